@@ -1,0 +1,247 @@
+// Episodes and the actions they take: the only module that decides what to write into run
+// directories. Both the embedded detector and the Alertmanager webhook go through it.
+//
+// An episode starts when an anomaly kind becomes active on a run (embedded) or when a new
+// alert (fingerprint@startsAt) fires (webhook). Starting one appends an `anomaly` audit entry
+// first (the intent), then performs the required actions, each recorded as an `action` entry:
+// .anomaly_type, .anomaly.json and, when halting is enabled and the kind may halt, .HALT.
+// An action that failed stays pending and is retried on the next evaluation or delivery. While
+// the episode lasts nothing is rewritten, so an operator who deletes .anomaly_type is not
+// fought with; the next episode writes it again. On restart the audit log is read back, so
+// open episodes continue and no completed action is repeated. Per run, work is serialised
+// on one promise chain: concurrent duplicate deliveries act exactly once.
+import { randomUUID } from 'node:crypto';
+import type { Anomaly } from '../detect/detect.js';
+import { ANOMALY_KINDS } from '../detect/kinds.js';
+import type { Logger } from '../log.js';
+import type { Stats } from '../watch/stats.js';
+import { readAudit, remember, type AuditEntry, type AuditMemory, type OpenEpisode } from './audit.js';
+import { appendLine, CONTROL_FILES, ConfinementError, createExclusive, writeAtomic } from './files.js';
+import { processStartTime, sendSignal } from './signals.js';
+
+/** A watched run directory, as discovery resolved it. */
+export interface RunRef {
+  name: string;
+  dir: string;
+  real: string;
+}
+
+/** Options of the actions module. */
+export interface ActionOptions {
+  halt: boolean;
+  /** who acts, for the audit log: host and pid */
+  by: string;
+  escalateS: number;
+  escalateTermS: number;
+  log: Logger;
+  stats: Stats;
+}
+
+/** An alert from Alertmanager, mapped to a run. */
+export interface AlertInput {
+  key: string;
+  kind: string;
+  status: 'firing' | 'resolved';
+  halts: boolean;
+  rank?: number;
+  message: string;
+}
+
+/** What the webhook did with one alert. */
+export type AlertOutcome = 'acted' | 'duplicate' | 'resolved' | 'resolved_duplicate';
+
+/** A rank's trainer process, for escalation. */
+export interface TrainerProc {
+  pid: number;
+  /** trainer ts of the rank's newest liveness record */
+  lastLivenessTs?: number;
+  /** trainer ts of the rank's newest boot record: the process must be older than this */
+  bootTs?: number;
+}
+
+interface RunActions {
+  chain: Promise<unknown>;
+  mem?: AuditMemory;
+}
+
+/** Acts on anomalies and alerts; see the header comment for the episode rules. */
+export class Actions {
+  private readonly runs = new Map<string, RunActions>();
+
+  constructor(private readonly o: ActionOptions) {}
+
+  /** Embedded mode: make the episodes of `run` match the anomalies detected now. */
+  reconcile(run: RunRef, anomalies: Anomaly[], now: number, procs: TrainerProc[] = []): Promise<void> {
+    return this.serial(run, async (mem) => {
+      const active = new Map<string, Anomaly>();
+      for (const a of anomalies) if (!active.has(a.kind)) active.set(a.kind, a);
+      const open = new Map<string, [string, OpenEpisode]>();
+      for (const [id, ep] of mem.open) if (ep.source === 'embedded') open.set(ep.kind, [id, ep]);
+      for (const [kind, [id, ep]] of open) {
+        if (active.has(kind)) continue;
+        await this.audit(run, { ts: now, event: 'resolved', episode: id, kind, source: 'embedded', rank: ep.rank });
+        mem.open.delete(id);
+      }
+      // Lowest priority first, so the most important kind is the one left in .anomaly_type.
+      const order = [...ANOMALY_KINDS].reverse();
+      for (const k of order) {
+        const a = active.get(k.name);
+        if (!a) continue;
+        let ep = open.get(k.name);
+        if (!ep) {
+          const id = randomUUID();
+          const entry: AuditEntry = { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message };
+          await this.audit(run, entry);
+          const opened: OpenEpisode = { kind: a.kind, source: 'embedded', rank: a.rank, ts: now, done: new Map() };
+          mem.open.set(id, opened);
+          ep = [id, opened];
+          this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
+        }
+        await this.ensureActions(run, ep[0], ep[1], k.halts, a.message, now);
+      }
+      await this.escalate(run, mem, procs, now);
+    });
+  }
+
+  /** Webhook: act on one alert for `run`, at most once per key. */
+  alert(run: RunRef, a: AlertInput, now: number): Promise<AlertOutcome> {
+    return this.serial(run, async (mem): Promise<AlertOutcome> => {
+      const found = [...mem.open].find(([, ep]) => ep.key === a.key);
+      if (a.status === 'resolved') {
+        if (!found) return 'resolved_duplicate';
+        // Recorded, never undone: .HALT stays until a person removes it.
+        await this.audit(run, { ts: now, event: 'resolved', episode: found[0], kind: found[1].kind, source: 'alertmanager', key: a.key });
+        mem.open.delete(found[0]);
+        return 'resolved';
+      }
+      if (found) {
+        await this.ensureActions(run, found[0], found[1], a.halts, a.message, now);
+        return 'duplicate';
+      }
+      if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
+      const id = randomUUID();
+      await this.audit(run, { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message });
+      mem.keys.add(a.key);
+      const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', key: a.key, rank: a.rank, ts: now, done: new Map() };
+      mem.open.set(id, ep);
+      this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
+      await this.ensureActions(run, id, ep, a.halts, a.message, now);
+      return 'acted';
+    });
+  }
+
+  /** Forgets a run that is no longer watched. */
+  forget(real: string): void {
+    this.runs.delete(real);
+  }
+
+  /** Open episodes of a run (for the status page). */
+  openEpisodes(real: string): OpenEpisode[] {
+    return [...(this.runs.get(real)?.mem?.open.values() ?? [])];
+  }
+
+  /** The newest audit entries of a run (for the status page). */
+  recent(real: string): AuditEntry[] {
+    return this.runs.get(real)?.mem?.recent ?? [];
+  }
+
+  private serial<T>(run: RunRef, fn: (mem: AuditMemory) => Promise<T>): Promise<T> {
+    let ra = this.runs.get(run.real);
+    if (!ra) {
+      ra = { chain: Promise.resolve() };
+      this.runs.set(run.real, ra);
+    }
+    const state = ra;
+    const next = state.chain.then(async () => {
+      state.mem ??= await readAudit(run.real);
+      return fn(state.mem);
+    });
+    state.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  // Performs whichever required actions of an episode are not done yet. Throws if any failed
+  // with an error a retry could fix, so that the webhook can answer 5xx.
+  private async ensureActions(run: RunRef, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number): Promise<void> {
+    const kind = ep.kind;
+    const steps: Array<[string, () => Promise<string>]> = [
+      ['anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')],
+      ['details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, key: ep.key, episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n'), 'ok')],
+    ];
+    if (this.o.halt && kindHalts) {
+      steps.push(['halt', async () => ((await createExclusive(run.dir, run.real, CONTROL_FILES.halt, `halt: ${kind}\n`)) ? 'ok' : 'exists')]);
+    }
+    let failure: Error | undefined;
+    for (const [action, run1] of steps) {
+      if (ep.done.has(action)) continue;
+      try {
+        const result = await run1();
+        ep.done.set(action, now);
+        this.o.stats.action(action, result);
+        await this.audit(run, { ts: now, event: 'action', episode: id, kind, action, result });
+        if (action === 'halt' && result === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
+      } catch (e) {
+        this.o.stats.action(action, 'failed');
+        const err = e as NodeJS.ErrnoException;
+        this.o.log.error({ run: run.name, action, err: err.message }, `cannot write into ${run.dir}: ${fixFor(err)}`);
+        await this.audit(run, { ts: now, event: 'action', episode: id, kind, action, result: 'failed', error: err.message }).catch(() => undefined);
+        if (!(e instanceof ConfinementError)) failure ??= err;
+      }
+    }
+    if (failure) throw failure;
+  }
+
+  // A hung training loop never polls .HALT: after a grace, ask it for stacks, then to stop.
+  private async escalate(run: RunRef, mem: AuditMemory, procs: TrainerProc[], now: number): Promise<void> {
+    if (this.o.escalateS <= 0) return;
+    for (const [id, ep] of mem.open) {
+      const haltedAt = ep.done.get('halt');
+      if (haltedAt === undefined || now - haltedAt < this.o.escalateS) continue;
+      for (const p of procs) {
+        if (p.lastLivenessTs !== undefined && p.lastLivenessTs > haltedAt) continue; // it is still beating: not hung
+        const usr1 = `sigusr1:${p.pid}`;
+        const term = `sigterm:${p.pid}`;
+        if (!ep.done.has(usr1)) await this.signal(run, id, ep, p, 'SIGUSR1', usr1, now);
+        else if (this.o.escalateTermS > 0 && !ep.done.has(term) && now - ep.done.get(usr1)! >= this.o.escalateTermS) await this.signal(run, id, ep, p, 'SIGTERM', term, now);
+      }
+    }
+  }
+
+  private async signal(run: RunRef, id: string, ep: OpenEpisode, p: TrainerProc, sig: 'SIGUSR1' | 'SIGTERM', action: string, now: number): Promise<void> {
+    // Only a process on this host that is older than the run's boot record can be the trainer:
+    // a recycled pid belongs to a process started later.
+    const started = await processStartTime(p.pid);
+    let result: string;
+    if (started === undefined) result = 'not_running';
+    else if (p.bootTs === undefined || started > p.bootTs + 5) result = 'unverified';
+    else result = sendSignal(p.pid, sig);
+    ep.done.set(action, now);
+    this.o.stats.action(sig.toLowerCase(), result);
+    await this.audit(run, { ts: now, event: 'action', episode: id, kind: ep.kind, action, result, pid: p.pid, signal: sig });
+    this.o.log.warn({ run: run.name, pid: p.pid, signal: sig, result }, 'escalation for a hung trainer');
+  }
+
+  private async audit(run: RunRef, e: AuditEntry): Promise<void> {
+    const entry = { ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by };
+    await appendLine(run.dir, run.real, CONTROL_FILES.audit, JSON.stringify(entry));
+    const mem = this.runs.get(run.real)?.mem;
+    if (mem) remember(mem, entry);
+  }
+}
+
+function fixFor(e: NodeJS.ErrnoException): string {
+  switch (e.code) {
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied: run trainwatch as a user that may write into the run directory';
+    case 'EROFS':
+      return 'the filesystem is read-only: mount the run directory read-write';
+    case 'ENOSPC':
+      return 'the disk is full: free space; trainwatch retries';
+    case 'ENOENT':
+      return 'the run directory is gone';
+    default:
+      return `${e.code ?? 'error'}; trainwatch retries`;
+  }
+}
+

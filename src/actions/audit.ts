@@ -1,0 +1,102 @@
+// The audit log: one JSONL file per run directory recording everything trainwatch did there.
+// It is also trainwatch's memory across restarts: open episodes and webhook alerts already
+// acted on are rebuilt from it, so a restart never repeats an action.
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CONTROL_FILES } from './files.js';
+
+/** One audit entry. `event` says what happened. */
+export interface AuditEntry {
+  ts: number;
+  iso?: string;
+  event: 'anomaly' | 'action' | 'resolved' | 'signal' | 'alert_resolved';
+  episode: string;
+  kind?: string;
+  run?: string;
+  rank?: number;
+  value?: number;
+  threshold?: number;
+  source?: 'embedded' | 'alertmanager';
+  /** webhook de-duplication key: fingerprint@startsAt */
+  key?: string;
+  action?: string;
+  result?: string;
+  error?: string;
+  message?: string;
+  by?: string;
+  pid?: number;
+  signal?: string;
+}
+
+/** An episode the audit log shows as not yet resolved; `done` maps each completed action to its time. */
+export interface OpenEpisode {
+  kind: string;
+  source: string;
+  key?: string;
+  rank?: number;
+  ts: number;
+  done: Map<string, number>;
+}
+
+/** What the audit log says is still going on. */
+export interface AuditMemory {
+  /** episodes with an `anomaly` entry and no `resolved` entry, by episode id */
+  open: Map<string, OpenEpisode>;
+  /** webhook keys already acted on */
+  keys: Set<string>;
+  /** the newest entries, for the status page (at most RECENT_AUDIT) */
+  recent: AuditEntry[];
+}
+
+/** How many recent audit entries are kept in memory per run. */
+export const RECENT_AUDIT = 20;
+
+/** Remembers an entry in the bounded recent list. */
+export function remember(mem: AuditMemory, e: AuditEntry): void {
+  mem.recent.push(e);
+  if (mem.recent.length > RECENT_AUDIT) mem.recent.shift();
+}
+
+/** The newest bytes of the audit log read on startup: bounded, like the heartbeat tail. */
+const AUDIT_TAIL_BYTES = 4 << 20;
+
+/** Reads the end of a run's audit log. A missing log is an empty memory. */
+export async function readAudit(real: string): Promise<AuditMemory> {
+  const mem: AuditMemory = { open: new Map(), keys: new Set(), recent: [] };
+  let text = '';
+  try {
+    const fh = await open(join(real, CONTROL_FILES.audit), 'r');
+    try {
+      const { size } = await fh.stat();
+      const start = Math.max(0, size - AUDIT_TAIL_BYTES);
+      const buf = Buffer.alloc(size - start);
+      await fh.read(buf, 0, buf.length, start);
+      text = buf.toString('utf8');
+      if (start > 0) text = text.slice(text.indexOf('\n') + 1);
+    } finally {
+      await fh.close();
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return mem;
+    throw e;
+  }
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    let e: AuditEntry;
+    try {
+      e = JSON.parse(line) as AuditEntry;
+    } catch {
+      continue; // a line cut by a crash mid-append
+    }
+    remember(mem, e);
+    if (e.event === 'anomaly') {
+      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', key: e.key, rank: e.rank, ts: e.ts, done: new Map() });
+      if (e.key) mem.keys.add(e.key);
+    } else if (e.event === 'action' && e.result !== 'failed') {
+      mem.open.get(e.episode)?.done.set(e.action ?? '', e.ts);
+    } else if (e.event === 'resolved') {
+      mem.open.delete(e.episode);
+    }
+  }
+  return mem;
+}

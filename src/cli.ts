@@ -1,0 +1,104 @@
+// Command line → (flag values, command). Flags and their help come from SETTINGS.
+import { Command, Option } from 'commander';
+import { SETTINGS, type Setting } from './config/settings.js';
+
+/** What the command line asked for. */
+export interface CliResult {
+  command: 'run' | 'demo';
+  flags: Map<string, unknown>;
+  demo?: { fault: string; keep: boolean };
+}
+
+function describe(s: Setting): string {
+  const parts = [s.help];
+  const extra: string[] = [];
+  if (s.env) extra.push(`env ${s.env}`);
+  const d = s.default;
+  if (d !== undefined && !(Array.isArray(d) && d.length === 0)) extra.push(`default ${typeof d === 'boolean' ? (d ? '1' : '0') : String(d)}`);
+  if (s.min !== undefined && s.max !== undefined) extra.push(`${s.min}..${s.max}`);
+  if (extra.length) parts.push(`(${extra.join('; ')})`);
+  return parts.join(' ');
+}
+
+const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Actions', 'Web', 'Tailing', 'Logging'];
+
+/** Builds the commander program; exported so --help text can be tested and documented. */
+export function buildProgram(version: string): Command {
+  const program = new Command('trainwatch');
+  program
+    .description('Watchdog and Prometheus exporter for ML training runs: tails heartbeat_rank<N>.jsonl files, serves /metrics and a status page, and writes .anomaly_type and .HALT when a run hangs, diverges or stops learning.')
+    .version(version, '--version', 'Print the version and exit.')
+    .helpOption('-h, --help', 'Show this help.')
+    .showHelpAfterError('(run trainwatch --help for every flag)')
+    .configureHelp({ sortOptions: false });
+  for (const s of [...(SETTINGS as readonly Setting[])].sort((a, b) => GROUP_ORDER.indexOf(a.group) - GROUP_ORDER.indexOf(b.group))) {
+    let flag: string;
+    if (s.key === 'halt') flag = `--halt <0|1>`;
+    else if (s.type === 'bool') flag = `--${s.key} [0|1]`;
+    else flag = `--${s.key} <${s.arg ?? (s.type === 'enum' ? s.choices!.join('|') : s.type === 'int' || s.type === 'number' ? 'n' : 'value')}>`;
+    const opt = new Option(flag, `[${s.group}] ${describe(s)}`);
+    if (s.type === 'list') opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
+    if (s.type === 'bool' && s.key !== 'halt') opt.preset('1');
+    program.addOption(opt);
+  }
+  program.addHelpText(
+    'after',
+    `
+Commands:
+  trainwatch [flags]          watch runs (default)
+  trainwatch demo [--fault K] start a simulated trainer, inject a fault, watch trainwatch catch it
+                              (K: heartbeat_stall, throughput_flatline, nonfinite_loss, watchdog_dump)
+
+Control files written into a run directory:
+  .anomaly_type   "<anomaly>\\n" once per episode (heartbeat_stall, throughput_flatline, loss_flatline,
+                  zero_grad, fetch_stall, gate_collapse, nonfinite_loss, straggler, trainer_crash)
+  .HALT           "halt: <anomaly>\\n", only with --halt 1 / NSA_WATCH_HALT=1; never overwritten
+  .anomaly.json   details; .trainwatch-audit.jsonl: every action, one JSON line each
+
+Examples:
+  trainwatch --dir artifacts/train_showcase --halt 1     # the original _watchdog.py, drop-in
+  trainwatch --root artifacts --web.listen-address=:9465 # every run under artifacts/
+  NSA_WATCH_HEARTBEAT_STALL_S=120 NSA_WATCH_FLATLINE_N=3 trainwatch --dir run --halt 1
+Precedence: flags > environment > --config file > defaults. Docs: README.md, docs/configuration.md.`,
+  );
+  return program;
+}
+
+/** Parses argv (without node and script). Throws commander errors for bad flags. */
+export function parseCli(argv: string[], version: string): CliResult {
+  const args = [...argv];
+  let command: CliResult['command'] = 'run';
+  const demo = { fault: 'heartbeat_stall', keep: false };
+  if (args[0] === 'demo') {
+    command = 'demo';
+    args.shift();
+    for (let i = 0; i < args.length; i++) {
+      if (args[i] === '--fault') {
+        demo.fault = args[i + 1] ?? '';
+        args.splice(i, 2);
+        i--;
+      } else if (args[i]!.startsWith('--fault=')) {
+        demo.fault = args[i]!.slice(8);
+        args.splice(i, 1);
+        i--;
+      } else if (args[i] === '--keep') {
+        demo.keep = true;
+        args.splice(i, 1);
+        i--;
+      }
+    }
+  }
+  const program = buildProgram(version);
+  program.exitOverride();
+  program.parse(args, { from: 'user' });
+  if (program.args.length > 0) throw new Error(`unexpected argument '${program.args[0]}'. Did you mean --dir ${program.args[0]}?`);
+  const opts = program.opts();
+  const flags = new Map<string, unknown>();
+  for (const opt of program.options) {
+    const name = opt.long?.replace(/^--/, '');
+    if (!name || name === 'version' || name === 'help') continue;
+    const v = opts[opt.attributeName()];
+    if (v !== undefined) flags.set(name, v);
+  }
+  return { command, flags, demo: command === 'demo' ? demo : undefined };
+}

@@ -1,0 +1,117 @@
+// Resolves the config: flag > env > config file > default, and validates every value with
+// an error that names the key, the source and the accepted range.
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { SETTINGS, defaultConfig, type Config, type Setting } from './settings.js';
+
+/** A bad setting; the message names the key, where it came from, and what is accepted. */
+export class ConfigError extends Error {}
+
+type Source = { name: string; values: Map<string, unknown> };
+
+/**
+ * Builds a Config. `flags` holds values given on the command line (keyed by setting key),
+ * `env` is the process environment; the config file path may come from either.
+ */
+export function resolveConfig(flags: Map<string, unknown>, env: NodeJS.ProcessEnv): Config {
+  const envValues = new Map<string, unknown>();
+  for (const s of SETTINGS as readonly Setting[]) {
+    if (s.env && env[s.env] !== undefined && env[s.env] !== '') envValues.set(s.key, env[s.env]);
+  }
+  const configPath = (flags.get('config') ?? envValues.get('config')) as string | undefined;
+  const fileValues = configPath ? readConfigFile(configPath) : new Map<string, unknown>();
+  const sources: Source[] = [
+    { name: 'flag', values: flags },
+    { name: 'env', values: envValues },
+    { name: `config file ${configPath}`, values: fileValues },
+  ];
+  const config = defaultConfig() as unknown as Record<string, unknown>;
+  for (const s of SETTINGS as readonly Setting[]) {
+    for (const src of sources) {
+      if (!src.values.has(s.key)) continue;
+      const where = src.name === 'env' ? `env ${s.env}` : src.name === 'flag' ? `--${s.key}` : `${src.name}: key '${s.key}'`;
+      config[s.key] = coerce(s, src.values.get(s.key), where);
+      break;
+    }
+  }
+  const c = config as unknown as Config;
+  validateCombination(c);
+  return c;
+}
+
+function readConfigFile(path: string): Map<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}. Fix the path given to --config.`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`config file ${path} is not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+  }
+  const out = new Map<string, unknown>();
+  if (doc === null || doc === undefined) return out;
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path} must be a YAML mapping of setting names to values`);
+  flatten(doc as Record<string, unknown>, '', out);
+  const known = new Set((SETTINGS as readonly Setting[]).map((s) => s.key));
+  for (const key of out.keys()) {
+    if (!known.has(key)) throw new ConfigError(`config file ${path}: unknown key '${key}'. Known keys: ${[...known].join(', ')}`);
+  }
+  return out;
+}
+
+// Nested maps become dotted keys, except where the dotted prefix is itself a setting's key.
+function flatten(obj: Record<string, unknown>, prefix: string, out: Map<string, unknown>): void {
+  const known = new Set((SETTINGS as readonly Setting[]).map((s) => s.key));
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    if (!known.has(key) && v !== null && typeof v === 'object' && !Array.isArray(v)) flatten(v as Record<string, unknown>, key, out);
+    else out.set(key, v);
+  }
+}
+
+function coerce(s: Setting, raw: unknown, where: string): unknown {
+  const bad = (accepted: string) => new ConfigError(`${where}: invalid value ${JSON.stringify(raw)} for ${s.key}; accepted: ${accepted}`);
+  switch (s.type) {
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      const t = String(raw).trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(t)) return true;
+      if (['0', 'false', 'no', 'off'].includes(t)) return false;
+      throw bad('0 or 1 (also true/false)');
+    }
+    case 'number':
+    case 'int': {
+      const v = typeof raw === 'number' ? raw : String(raw).trim() === '' ? NaN : Number(String(raw).trim());
+      const range = `${s.type === 'int' ? 'a whole number' : 'a number'} from ${s.min} to ${s.max}`;
+      if (!Number.isFinite(v) || (s.type === 'int' && !Number.isInteger(v))) throw bad(range);
+      if ((s.min !== undefined && v < s.min) || (s.max !== undefined && v > s.max)) throw bad(range);
+      return v;
+    }
+    case 'enum': {
+      const t = String(raw).trim();
+      if (!s.choices!.includes(t)) throw bad(s.choices!.join(', '));
+      return t;
+    }
+    case 'list': {
+      const items = Array.isArray(raw) ? raw.map(String) : String(raw).split(',');
+      return items.map((x) => x.trim()).filter((x) => x !== '');
+    }
+    case 'string': {
+      if (typeof raw === 'object') throw bad('a string');
+      return String(raw);
+    }
+  }
+}
+
+function validateCombination(c: Config): void {
+  if (!/^(\[[0-9a-fA-F:.]+\]|[^:\s]*):\d{1,5}$/.test(c['web.listen-address'])) {
+    throw new ConfigError(`--web.listen-address: invalid value ${JSON.stringify(c['web.listen-address'])}; accepted: host:port, e.g. :9465 or 127.0.0.1:9465`);
+  }
+  const port = Number(c['web.listen-address'].split(':').pop());
+  if (port > 65535) throw new ConfigError(`--web.listen-address: port ${port} is out of range 0..65535`);
+  if (!c['web.telemetry-path'].startsWith('/')) throw new ConfigError(`--web.telemetry-path: must start with '/', got ${JSON.stringify(c['web.telemetry-path'])}`);
+}

@@ -1,0 +1,155 @@
+// The ONE table of settings. Flags, env variables, YAML config keys, validation, --help and
+// docs/configuration.md all come from it, so they cannot drift apart.
+// Precedence when resolving: flag > env > config file > default.
+
+/** How a setting's text is turned into a value. */
+export type SettingType = 'number' | 'int' | 'bool' | 'string' | 'list' | 'enum';
+
+/** One configurable value. */
+export interface Setting {
+  /** Flag name without the leading dashes; also the YAML key (dots may be nested maps). */
+  key: string;
+  env?: string;
+  type: SettingType;
+  default: number | boolean | string | string[] | undefined;
+  min?: number;
+  max?: number;
+  choices?: readonly string[];
+  /** Placeholder in --help. */
+  arg?: string;
+  help: string;
+  /** Section in --help and docs. */
+  group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Web' | 'Tailing' | 'Logging';
+}
+
+export const SETTINGS = [
+  // Watch
+  { key: 'dir', type: 'list', default: [], arg: 'path', group: 'Watch', help: 'A run directory to watch (repeatable). The original watchdog\'s --dir.' },
+  { key: 'root', env: 'TRAINWATCH_ROOT', type: 'list', default: [], arg: 'path', group: 'Watch', help: 'A directory whose sub-directories are runs; new runs are picked up live (repeatable; env: comma-separated).' },
+  { key: 'mode', env: 'TRAINWATCH_MODE', type: 'enum', choices: ['embedded', 'alertmanager'], default: 'embedded', group: 'Watch', help: 'embedded: trainwatch detects and acts by itself. alertmanager: it only exports metrics, and acts on alerts posted to its webhook.' },
+  { key: 'run.ttl-s', env: 'TRAINWATCH_RUN_TTL_S', type: 'number', default: 21600, min: 60, max: 31536000, group: 'Watch', help: 'A run whose newest record is older than this many seconds is expired: its series go away and it no longer alerts.' },
+  // Detection
+  { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
+  { key: 'watch.heartbeat-stall-s', env: 'NSA_WATCH_HEARTBEAT_STALL_S', type: 'number', default: 180, min: 1, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'heartbeat_stall: no liveness record for this many seconds (watchdog_dump records are not liveness).' },
+  { key: 'watch.flatline-n', env: 'NSA_WATCH_FLATLINE_N', type: 'int', default: 5, min: 1, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'throughput_flatline: this many consecutive progress records (or training.csv rows) with toks_per_s <= 0.' },
+  { key: 'watch.loss-flatline-n', env: 'NSA_WATCH_LOSS_FLATLINE_N', type: 'int', default: 10, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'loss_flatline: this many consecutive progress records with the identical loss; 0 disables.' },
+  { key: 'watch.grad-zero-n', env: 'NSA_WATCH_GRAD_ZERO_N', type: 'int', default: 3, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'zero_grad: this many consecutive progress records with grad_norm == 0; 0 disables.' },
+  { key: 'watch.fetch-stall-ratio', env: 'NSA_WATCH_FETCH_STALL_RATIO', type: 'number', default: 3.0, min: 0, max: 1e6, group: 'Detection (NSA_WATCH_*)', help: 'fetch_stall: a dt_fetch_s above this multiple of its baseline (an EWMA of earlier normal fetches, see docs/detection.md); 0 disables.' },
+  { key: 'watch.fetch-warmup-n', env: 'NSA_WATCH_FETCH_WARMUP_N', type: 'int', default: 10, min: 1, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'fetch_stall: how many dt_fetch_s samples form the baseline before the rule can fire.' },
+  { key: 'watch.gate-collapse-n', env: 'NSA_WATCH_GATE_COLLAPSE_N', type: 'int', default: 3, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'gate_collapse: this many consecutive progress records with collapsed gates; 0 disables.' },
+  { key: 'watch.gate-entropy-min', env: 'NSA_WATCH_GATE_ENTROPY_MIN', type: 'number', default: 0.2, min: 0, max: 100, group: 'Detection (NSA_WATCH_*)', help: 'gate_collapse: a record is collapsed if gate_entropy_mean is below this ...' },
+  { key: 'watch.gate-max-threshold', env: 'NSA_WATCH_GATE_MAX_THRESHOLD', type: 'number', default: 0.9, min: 0, max: 1, group: 'Detection (NSA_WATCH_*)', help: '... or gate_max_gate is above this ...' },
+  { key: 'watch.gate-collapse-frac', env: 'NSA_WATCH_GATE_COLLAPSE_FRAC', type: 'number', default: 0.5, min: 0, max: 1, group: 'Detection (NSA_WATCH_*)', help: '... or gate_collapse_frac is above this.' },
+  { key: 'watch.nonfinite-n', env: 'NSA_WATCH_NONFINITE_N', type: 'int', default: 1, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'nonfinite_loss: this many consecutive progress records whose loss or grad_norm is NaN or +-Infinity; 0 disables.' },
+  { key: 'watch.startup-grace-s', env: 'NSA_WATCH_STARTUP_GRACE_S', type: 'number', default: 900, min: 0, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'After a boot record and until the first progress record, the stall threshold is at least this (loaders and compilation are slow).' },
+  { key: 'watch.straggler-steps', env: 'NSA_WATCH_STRAGGLER_STEPS', type: 'int', default: 200, min: 0, max: 1e9, group: 'Detection (NSA_WATCH_*)', help: 'straggler: a rank whose step is this many steps behind the run\'s most advanced rank; 0 disables.' },
+  { key: 'watch.crash-detect', env: 'NSA_WATCH_CRASH_DETECT', type: 'bool', default: false, group: 'Detection (NSA_WATCH_*)', help: 'trainer_crash: the trainer\'s pid is gone on this host while no .HALT asked it to stop. Opt-in: only right when trainwatch shares the trainer\'s pid namespace.' },
+  // Actions
+  { key: 'halt', env: 'NSA_WATCH_HALT', type: 'bool', default: false, arg: '0|1', group: 'Actions', help: 'Write .HALT (the trainer stops gracefully) on a halting anomaly. .anomaly_type is written either way.' },
+  { key: 'watch.escalate-s', env: 'NSA_WATCH_ESCALATE_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'Hung trainers never read .HALT: this many seconds after halting a stalled run, send SIGUSR1 (stack dump) to its pid on this host. 0 disables.' },
+  { key: 'watch.escalate-term-s', env: 'NSA_WATCH_ESCALATE_TERM_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGUSR1, send SIGTERM. 0 never sends SIGTERM.' },
+  // Web
+  { key: 'web.listen-address', env: 'TRAINWATCH_WEB_LISTEN_ADDRESS', type: 'string', default: ':9465', arg: 'host:port', group: 'Web', help: 'Address to serve /metrics, the status page and the webhook on (port 0 picks a free port).' },
+  { key: 'web.telemetry-path', type: 'string', default: '/metrics', arg: 'path', group: 'Web', help: 'Path under which to expose metrics.' },
+  { key: 'web.config.file', type: 'string', default: undefined, arg: 'file', group: 'Web', help: 'exporter-toolkit web config YAML: tls_server_config, basic_auth_users (bcrypt), http_server_config.headers.' },
+  { key: 'webhook.token-file', env: 'TRAINWATCH_WEBHOOK_TOKEN_FILE', type: 'string', default: undefined, arg: 'file', group: 'Web', help: 'File holding the bearer token Alertmanager sends (its authorization.credentials_file).' },
+  { key: 'webhook.allow-unauthenticated', type: 'bool', default: false, group: 'Web', help: 'Serve POST /webhook/alertmanager with no auth at all. Without this or an auth setting, the webhook is disabled.' },
+  { key: 'webhook.instance', env: 'TRAINWATCH_WEBHOOK_INSTANCE', type: 'string', default: undefined, arg: 'host:port', group: 'Web', help: 'Act only on alerts whose instance label is this (or that have none). Unset: act on any alert naming a run watched here.' },
+  { key: 'webhook.max-body-bytes', type: 'int', default: 1048576, min: 1024, max: 1073741824, group: 'Web', help: 'Larger webhook bodies get 413.' },
+  // Tailing
+  { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },
+  { key: 'tail.sweep-interval-s', env: 'TRAINWATCH_SWEEP_INTERVAL_S', type: 'number', default: 2, min: 0.05, max: 3600, group: 'Tailing', help: 'Every this many seconds every file is stat()ed and runs are re-discovered; file events only make it sooner.' },
+  { key: 'tail.startup-bytes', type: 'int', default: 262144, min: 4096, max: 1073741824, group: 'Tailing', help: 'On startup, read this many bytes from the end of each existing file, doubling (up to 64x) while a streak reaches back past the window.' },
+  { key: 'tail.max-line-bytes', type: 'int', default: 1048576, min: 1024, max: 268435456, group: 'Tailing', help: 'Longer lines are skipped and counted as line_too_long.' },
+  // Logging
+  { key: 'log.level', env: 'TRAINWATCH_LOG_LEVEL', type: 'enum', choices: ['debug', 'info', 'warn', 'error'], default: 'info', group: 'Logging', help: 'Only log messages with the given severity or above.' },
+  { key: 'log.format', env: 'TRAINWATCH_LOG_FORMAT', type: 'enum', choices: ['logfmt', 'json'], default: 'logfmt', group: 'Logging', help: 'Output format of log messages.' },
+  { key: 'config', env: 'TRAINWATCH_CONFIG', type: 'string', default: undefined, arg: 'file', group: 'Watch', help: 'YAML file with any of these settings (keys as the flag names; dots may be nested maps).' },
+] as const satisfies readonly Setting[];
+
+export type SettingKey = (typeof SETTINGS)[number]['key'];
+
+/** Resolved values, keyed by setting key. */
+export interface Config {
+  dir: string[];
+  root: string[];
+  mode: 'embedded' | 'alertmanager';
+  'run.ttl-s': number;
+  'watch.interval-s': number;
+  'watch.heartbeat-stall-s': number;
+  'watch.flatline-n': number;
+  'watch.loss-flatline-n': number;
+  'watch.grad-zero-n': number;
+  'watch.fetch-stall-ratio': number;
+  'watch.fetch-warmup-n': number;
+  'watch.gate-collapse-n': number;
+  'watch.gate-entropy-min': number;
+  'watch.gate-max-threshold': number;
+  'watch.gate-collapse-frac': number;
+  'watch.nonfinite-n': number;
+  'watch.startup-grace-s': number;
+  'watch.straggler-steps': number;
+  'watch.crash-detect': boolean;
+  halt: boolean;
+  'watch.escalate-s': number;
+  'watch.escalate-term-s': number;
+  'web.listen-address': string;
+  'web.telemetry-path': string;
+  'web.config.file': string | undefined;
+  'webhook.token-file': string | undefined;
+  'webhook.allow-unauthenticated': boolean;
+  'webhook.instance': string | undefined;
+  'webhook.max-body-bytes': number;
+  poll: boolean;
+  'tail.sweep-interval-s': number;
+  'tail.startup-bytes': number;
+  'tail.max-line-bytes': number;
+  'log.level': 'debug' | 'info' | 'warn' | 'error';
+  'log.format': 'logfmt' | 'json';
+  config: string | undefined;
+}
+
+/** The detection thresholds, as the pure detector takes them. */
+export interface Thresholds {
+  stallS: number;
+  flatlineN: number;
+  lossFlatlineN: number;
+  gradZeroN: number;
+  fetchStallRatio: number;
+  fetchWarmupN: number;
+  gateCollapseN: number;
+  gateEntropyMin: number;
+  gateMaxThreshold: number;
+  gateCollapseFrac: number;
+  nonfiniteN: number;
+  startupGraceS: number;
+  stragglerSteps: number;
+  crashDetect: boolean;
+}
+
+/** Picks the thresholds out of a config. */
+export function thresholdsOf(c: Config): Thresholds {
+  return {
+    stallS: c['watch.heartbeat-stall-s'],
+    flatlineN: c['watch.flatline-n'],
+    lossFlatlineN: c['watch.loss-flatline-n'],
+    gradZeroN: c['watch.grad-zero-n'],
+    fetchStallRatio: c['watch.fetch-stall-ratio'],
+    fetchWarmupN: c['watch.fetch-warmup-n'],
+    gateCollapseN: c['watch.gate-collapse-n'],
+    gateEntropyMin: c['watch.gate-entropy-min'],
+    gateMaxThreshold: c['watch.gate-max-threshold'],
+    gateCollapseFrac: c['watch.gate-collapse-frac'],
+    nonfiniteN: c['watch.nonfinite-n'],
+    startupGraceS: c['watch.startup-grace-s'],
+    stragglerSteps: c['watch.straggler-steps'],
+    crashDetect: c['watch.crash-detect'],
+  };
+}
+
+/** The default config (every setting at its default). */
+export function defaultConfig(): Config {
+  const out: Record<string, unknown> = {};
+  for (const s of SETTINGS as readonly Setting[]) out[s.key] = Array.isArray(s.default) ? [...s.default] : s.default;
+  return out as unknown as Config;
+}

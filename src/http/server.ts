@@ -1,0 +1,143 @@
+// The HTTP server: /metrics, the status page, its JSON API, health endpoints and the
+// Alertmanager webhook, behind the exporter-toolkit auth and TLS settings.
+import { createServer as createHttp, type Server } from 'node:http';
+import { createServer as createHttps } from 'node:https';
+import { readFileSync } from 'node:fs';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { ConfigError } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { renderMetrics } from '../metrics/render.js';
+import type { Watcher } from '../watch/watcher.js';
+import { statusJson } from './status.js';
+import { statusPageHtml } from './page.js';
+import { handleWebhook } from './webhook.js';
+import { BasicAuth, bearerMatches, loadWebConfig } from './webconfig.js';
+
+/** The webhook path Alertmanager posts to. */
+export const WEBHOOK_PATH = '/webhook/alertmanager';
+
+/** A started server and how to stop it. */
+export interface Started {
+  server: Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Builds the express app and starts listening on --web.listen-address. */
+export async function startServer(w: Watcher, log: Logger, version: string): Promise<Started> {
+  const c = w.config;
+  const webConfig = loadWebConfig(c['web.config.file']);
+  const basic = new BasicAuth(webConfig.basicAuthUsers);
+  let token: string | undefined;
+  if (c['webhook.token-file']) {
+    try {
+      token = readFileSync(c['webhook.token-file'], 'utf8').trim();
+    } catch (e) {
+      throw new ConfigError(`--webhook.token-file: cannot read ${c['webhook.token-file']}: ${(e as Error).message}`);
+    }
+    if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
+  }
+  const webhookEnabled = token !== undefined || basic.enabled || c['webhook.allow-unauthenticated'];
+  if (!webhookEnabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
+  else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
+
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  // These three prom-client gauges end in _total, which promtool's linter rejects.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use((_req, res, next) => {
+    for (const [k, v] of Object.entries(webConfig.headers)) res.setHeader(k, v);
+    next();
+  });
+  // Basic auth guards everything except the webhook, which also takes its bearer token.
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    if (!basic.enabled || req.path === WEBHOOK_PATH || basic.check(req.headers.authorization)) return next();
+    res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
+    res.status(401).type('text/plain').send('Unauthorized\n');
+  });
+
+  app.get(c['web.telemetry-path'], async (_req, res) => {
+    const ours = renderMetrics(w, w.now(), version);
+    const defaults = await registry.metrics();
+    res.type('text/plain; version=0.0.4; charset=utf-8').send(ours + defaults);
+  });
+  app.get('/healthz', (_req, res) => {
+    res.type('text/plain').send('ok\n');
+  });
+  app.get('/readyz', (_req, res) => {
+    res.status(w.ready ? 200 : 503).type('text/plain').send(w.ready ? 'ready\n' : 'starting: reading existing heartbeat files\n');
+  });
+  app.get('/api/status', (_req, res) => {
+    res.json(statusJson(w, w.now(), version));
+  });
+  app.get('/', (_req, res) => {
+    res.type('html').send(statusPageHtml(version, c['web.telemetry-path']));
+  });
+
+  app.post(
+    WEBHOOK_PATH,
+    (req: Request, res: Response, next: NextFunction) => {
+      if (!webhookEnabled) return reply(res, 403, { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' });
+      const authz = req.headers.authorization;
+      const authed = (token !== undefined && bearerMatches(authz, token)) || (basic.enabled && basic.check(authz)) || (token === undefined && !basic.enabled);
+      if (!authed) {
+        res.setHeader('WWW-Authenticate', token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"');
+        return reply(res, 401, { status: 'error', error: 'unauthorized' });
+      }
+      next();
+    },
+    express.json({ limit: c['webhook.max-body-bytes'], type: () => true, strict: false }),
+    async (req: Request, res: Response) => {
+      const out = await handleWebhook(w, req.body, { instance: c['webhook.instance'] });
+      if (out.status >= 400) log.warn({ status: out.status, error: out.body.error }, 'webhook request not handled');
+      reply(res, out.status, out.body);
+    },
+  );
+  app.use((req: Request, res: Response) => {
+    res.status(404).type('text/plain').send(`Not found: ${req.path}. Try / or ${c['web.telemetry-path']}\n`);
+  });
+  // Body parser errors (too large, malformed JSON, aborted) become 4xx, never a stack trace.
+  app.use((err: Error & { status?: number; type?: string }, req: Request, res: Response, _next: NextFunction) => {
+    const status = err.status && err.status >= 400 && err.status < 600 ? err.status : 500;
+    const error = err.type === 'entity.too.large' ? `body larger than --webhook.max-body-bytes (${c['webhook.max-body-bytes']})` : err.type === 'entity.parse.failed' ? 'body is not valid JSON' : status === 500 ? 'internal error' : err.message;
+    if (status === 500) log.error({ err: err.message, path: req.path }, 'request failed');
+    if (req.path === WEBHOOK_PATH) reply(res, status, { status: 'error', error });
+    else res.status(status).type('text/plain').send(error + '\n');
+  });
+
+  const server = webConfig.tls ? createHttps(webConfig.tls, app) : createHttp(app);
+  // Slow or stalled bodies must not hold a connection forever.
+  server.requestTimeout = 15_000;
+  server.headersTimeout = 10_000;
+  server.keepAliveTimeout = 65_000;
+  const addr = c['web.listen-address'];
+  const cut = addr.lastIndexOf(':');
+  const host = addr.slice(0, cut).replace(/^\[|\]$/g, '') || undefined;
+  const port = Number(addr.slice(cut + 1));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) =>
+      reject(new ConfigError(e.code === 'EADDRINUSE' ? `--web.listen-address ${addr}: the port is in use; pick another port (e.g. --web.listen-address=:0 for any free one)` : `--web.listen-address ${addr}: ${e.message}`)),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  const bound = (server.address() as { port: number }).port;
+  return {
+    server,
+    port: bound,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections?.();
+      }),
+  };
+
+  function reply(res: Response, status: number, body: unknown): void {
+    w.stats.webhookRequest(status);
+    res.status(status).json(body);
+  }
+}

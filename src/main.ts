@@ -1,0 +1,61 @@
+// Entry point: flags + env + config file → Config, then wiring only.
+import { CommanderError } from 'commander';
+import { parseCli } from './cli.js';
+import { ConfigError, resolveConfig } from './config/load.js';
+import type { Config } from './config/settings.js';
+import { makeLogger } from './log.js';
+import { start, VERSION, type Running } from './app.js';
+import { runDemo } from './demo.js';
+
+async function main(): Promise<number> {
+  let cli;
+  try {
+    cli = parseCli(process.argv.slice(2), VERSION);
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    process.stderr.write(`trainwatch: error: ${(e as Error).message}\n`);
+    return 2;
+  }
+  let config: Config;
+  try {
+    config = resolveConfig(cli.flags, process.env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    process.stderr.write(`trainwatch: error: ${e.message}\n`);
+    return 2;
+  }
+  const log = makeLogger(config['log.level'], config['log.format']);
+  if (cli.command === 'demo') return runDemo(config, log, cli.demo!);
+  if (config.dir.length === 0 && config.root.length === 0) {
+    process.stderr.write('trainwatch: error: nothing to watch. Pass --dir <run directory> (as for the original watchdog) or --root <directory of runs>, or try: trainwatch demo\n');
+    return 2;
+  }
+  let running: Running;
+  try {
+    running = await start(config, log);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    process.stderr.write(`trainwatch: error: ${e.message}\n`);
+    return 2;
+  }
+  process.on('unhandledRejection', (e) => log.error({ err: String(e) }, 'unexpected error; still running'));
+  await new Promise<void>((resolve) => {
+    const bye = (sig: string) => {
+      log.info({ signal: sig }, 'shutting down');
+      // A second signal, or a stop that hangs, must not keep the process around.
+      setTimeout(() => process.exit(0), 5000).unref();
+      void running.stop().then(resolve);
+    };
+    process.once('SIGTERM', () => bye('SIGTERM'));
+    process.once('SIGINT', () => bye('SIGINT'));
+  });
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: Error) => {
+    process.stderr.write(`trainwatch: internal error: ${e.message}. Please report it with the command line you used.\n`);
+    process.exit(70);
+  },
+);

@@ -1,0 +1,83 @@
+// The ONE list of metric names, types, labels and help. docs/metrics.md is generated from it
+// (npm run gen), and a test checks that the real /metrics output matches it.
+//
+// The streak gauges end in `_count` because `trainwatch_throughput_flatline_count` is a public
+// name. promtool's linter reserves `_count` for histograms and summaries except on untyped
+// metrics, so those are declared untyped: the output stays lint-clean and the names stay stable.
+
+/** One exported metric family. */
+export interface MetricDef {
+  name: string;
+  type: 'gauge' | 'counter' | 'untyped';
+  labels: readonly string[];
+  help: string;
+}
+
+const RR = ['run', 'rank'] as const;
+
+export const METRICS = {
+  // Per rank, from heartbeats.
+  heartbeatLastTs: { name: 'trainwatch_heartbeat_last_timestamp_seconds', type: 'gauge', labels: RR, help: 'Trainer timestamp of the newest liveness record (watchdog_dump records excluded).' },
+  heartbeatAge: { name: 'trainwatch_heartbeat_age_seconds', type: 'gauge', labels: RR, help: 'Seconds since the newest liveness record, computed at scrape time.' },
+  stallThreshold: { name: 'trainwatch_heartbeat_stall_threshold_seconds', type: 'gauge', labels: RR, help: 'Stall threshold in force for the rank, raised to the startup grace between boot and first progress.' },
+  dumpLastTs: { name: 'trainwatch_watchdog_dump_last_timestamp_seconds', type: 'gauge', labels: RR, help: 'Trainer timestamp of the newest watchdog_dump record (the trainer saw its own loop hang).' },
+  bootTs: { name: 'trainwatch_boot_timestamp_seconds', type: 'gauge', labels: RR, help: 'Trainer timestamp of the newest boot record.' },
+  progressLastTs: { name: 'trainwatch_progress_last_timestamp_seconds', type: 'gauge', labels: RR, help: 'Trainer timestamp of the newest progress record since the last boot.' },
+  step: { name: 'trainwatch_step', type: 'gauge', labels: RR, help: 'Newest training step.' },
+  stepChangeTs: { name: 'trainwatch_step_last_change_timestamp_seconds', type: 'gauge', labels: RR, help: 'Trainer timestamp at which the step last changed.' },
+  stepLag: { name: 'trainwatch_step_lag', type: 'gauge', labels: RR, help: 'Steps behind the most advanced rank of the same run.' },
+  toks: { name: 'trainwatch_tokens_per_second', type: 'gauge', labels: RR, help: 'Global tokens per second from the newest progress record.' },
+  throughputFlatline: { name: 'trainwatch_throughput_flatline_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with toks_per_s <= 0.' },
+  loss: { name: 'trainwatch_loss', type: 'gauge', labels: RR, help: 'Training loss from the newest progress record (NaN when the run diverged).' },
+  lossFlatline: { name: 'trainwatch_loss_flatline_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with the identical loss.' },
+  gradNorm: { name: 'trainwatch_grad_norm', type: 'gauge', labels: RR, help: 'Gradient norm from the newest progress record.' },
+  gradZero: { name: 'trainwatch_grad_zero_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with grad_norm == 0.' },
+  nonfinite: { name: 'trainwatch_nonfinite_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with a NaN or infinite loss or grad_norm.' },
+  fetch: { name: 'trainwatch_data_fetch_seconds', type: 'gauge', labels: RR, help: 'Data fetch time from the newest progress record.' },
+  fetchBaseline: { name: 'trainwatch_data_fetch_baseline_seconds', type: 'gauge', labels: RR, help: 'Baseline data fetch time that fetch stalls are measured against.' },
+  fetchRatio: { name: 'trainwatch_data_fetch_baseline_ratio', type: 'gauge', labels: RR, help: 'Newest data fetch time divided by its baseline; absent during the warm-up.' },
+  gpuAlloc: { name: 'trainwatch_gpu_memory_allocated_bytes', type: 'gauge', labels: RR, help: 'GPU memory allocated by the trainer.' },
+  gpuReserved: { name: 'trainwatch_gpu_memory_reserved_bytes', type: 'gauge', labels: RR, help: 'GPU memory reserved by the trainer\'s caching allocator.' },
+  gateEntropyMean: { name: 'trainwatch_gate_entropy_mean', type: 'gauge', labels: RR, help: 'Mean NSA gate entropy.' },
+  gateEntropyMin: { name: 'trainwatch_gate_entropy_min', type: 'gauge', labels: RR, help: 'Minimum NSA gate entropy.' },
+  gateMax: { name: 'trainwatch_gate_max_ratio', type: 'gauge', labels: RR, help: 'Largest NSA gate value.' },
+  gateCollapseFrac: { name: 'trainwatch_gate_collapse_ratio', type: 'gauge', labels: RR, help: 'Fraction of NSA gates that collapsed.' },
+  gateCollapse: { name: 'trainwatch_gate_collapse_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with collapsed gates.' },
+  records: { name: 'trainwatch_records_total', type: 'counter', labels: ['run', 'rank', 'msg'], help: 'Heartbeat records read, by msg kind (unknown kinds count as other).' },
+  trainerUp: { name: 'trainwatch_trainer_up', type: 'gauge', labels: RR, help: 'Whether the trainer pid is alive on this host (only with crash detection).' },
+  anomaly: { name: 'trainwatch_anomaly', type: 'gauge', labels: ['run', 'rank', 'anomaly_type'], help: 'Anomalies the embedded detector sees now (1 while active).' },
+  // Per run.
+  runHalted: { name: 'trainwatch_run_halted', type: 'gauge', labels: ['run'], help: 'Whether the run directory holds a .HALT file.' },
+  runRanks: { name: 'trainwatch_run_ranks', type: 'gauge', labels: ['run'], help: 'Ranks seen in the run.' },
+  csvStep: { name: 'trainwatch_csv_step', type: 'gauge', labels: ['run'], help: 'Newest step in training.csv.' },
+  csvToks: { name: 'trainwatch_csv_tokens_per_second', type: 'gauge', labels: ['run'], help: 'Tokens per second from the newest training.csv row.' },
+  csvLoss: { name: 'trainwatch_csv_loss', type: 'gauge', labels: ['run'], help: 'Loss from the newest training.csv row.' },
+  csvFlatline: { name: 'trainwatch_csv_throughput_flatline_count', type: 'untyped', labels: ['run'], help: 'Consecutive training.csv rows with toks_per_s <= 0.' },
+  // Thresholds in force (the same numbers the embedded detector uses; rules join on them).
+  thStall: { name: 'trainwatch_threshold_heartbeat_stall_seconds', type: 'gauge', labels: [], help: 'NSA_WATCH_HEARTBEAT_STALL_S in force.' },
+  thGrace: { name: 'trainwatch_threshold_startup_grace_seconds', type: 'gauge', labels: [], help: 'NSA_WATCH_STARTUP_GRACE_S in force.' },
+  thFlatline: { name: 'trainwatch_threshold_throughput_flatline_records', type: 'gauge', labels: [], help: 'NSA_WATCH_FLATLINE_N in force.' },
+  thLossFlatline: { name: 'trainwatch_threshold_loss_flatline_records', type: 'gauge', labels: [], help: 'NSA_WATCH_LOSS_FLATLINE_N in force (0 disables).' },
+  thGradZero: { name: 'trainwatch_threshold_grad_zero_records', type: 'gauge', labels: [], help: 'NSA_WATCH_GRAD_ZERO_N in force (0 disables).' },
+  thNonfinite: { name: 'trainwatch_threshold_nonfinite_records', type: 'gauge', labels: [], help: 'NSA_WATCH_NONFINITE_N in force (0 disables).' },
+  thFetchRatio: { name: 'trainwatch_threshold_fetch_stall_ratio', type: 'gauge', labels: [], help: 'NSA_WATCH_FETCH_STALL_RATIO in force (0 disables).' },
+  thGateCollapse: { name: 'trainwatch_threshold_gate_collapse_records', type: 'gauge', labels: [], help: 'NSA_WATCH_GATE_COLLAPSE_N in force (0 disables).' },
+  thStraggler: { name: 'trainwatch_threshold_straggler_steps', type: 'gauge', labels: [], help: 'NSA_WATCH_STRAGGLER_STEPS in force (0 disables).' },
+  haltEnabled: { name: 'trainwatch_halt_enabled', type: 'gauge', labels: [], help: 'Whether this trainwatch writes .HALT (NSA_WATCH_HALT or --halt).' },
+  embeddedActions: { name: 'trainwatch_embedded_actions_enabled', type: 'gauge', labels: [], help: 'Whether the embedded detector acts (mode embedded) or Alertmanager decides (mode alertmanager).' },
+  // Self-metrics.
+  buildInfo: { name: 'trainwatch_build_info', type: 'gauge', labels: ['version', 'nodejs_version', 'mode'], help: 'Build information; the value is always 1.' },
+  runsWatched: { name: 'trainwatch_runs_watched', type: 'gauge', labels: [], help: 'Run directories being watched.' },
+  filesWatched: { name: 'trainwatch_files_watched', type: 'gauge', labels: [], help: 'Heartbeat and training.csv files being tailed.' },
+  filesOpen: { name: 'trainwatch_files_open', type: 'gauge', labels: [], help: 'File handles held open by tails.' },
+  pollingFallback: { name: 'trainwatch_watch_polling_fallback', type: 'gauge', labels: [], help: 'Whether inotify failed (e.g. watches exhausted) and file events fell back to polling.' },
+  parseErrors: { name: 'trainwatch_parse_errors_total', type: 'counter', labels: ['reason'], help: 'Lines that did not become records, by reason.' },
+  bytesRead: { name: 'trainwatch_read_bytes_total', type: 'counter', labels: [], help: 'Bytes read from heartbeat and training.csv files.' },
+  linesRead: { name: 'trainwatch_lines_read_total', type: 'counter', labels: [], help: 'Complete lines read from heartbeat and training.csv files.' },
+  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
+  actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
+  webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
+  webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
+} as const satisfies Record<string, MetricDef>;
+
+export type MetricKey = keyof typeof METRICS;

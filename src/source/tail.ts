@@ -1,0 +1,284 @@
+// FileTail: the ONLY place that knows about offsets, inodes, partial lines, truncation and
+// rotation. Every other module sees complete lines.
+//
+// A tail follows a path, not an inode. Each poll() stats the path and compares it with the
+// file it holds open (dev+ino), then:
+// - append (same file, size > offset): read [offset, size); complete lines are delivered, the
+//   bytes after the last newline wait in `pending` until their newline arrives.
+// - nothing new (size == offset): nothing happens.
+// - copytruncate (same file, size < offset): the pending partial line is dropped (counted),
+//   and reading restarts at offset 0.
+// - truncate and regrow past our offset between two polls (same file, size >= offset): we keep
+//   the last bytes before `offset` (up to TAIL_MARK_BYTES, ending at a newline) and compare
+//   them with what the file holds there now; a mismatch is a truncation, handled as above.
+// - rename rotation (gzip, logrotate create) or delete/recreate (path gone, or a different
+//   inode): the old handle is drained to EOF first (the writer may have appended just before
+//   rotating), then closed, which also releases a deleted-but-open file; the new file, if any,
+//   is read from offset 0. A partial line left at the old file's end can never complete, so it
+//   is dropped and counted. Because the old fd is held until then, its inode cannot be reused
+//   by a recreated file while we compare: a new file always has a new identity.
+// - first open at startup: only a bounded window at the end of the file is read (from the
+//   first newline inside it); the sink may ask for more history, and the window doubles up
+//   to a cap, each time after sink.reset(). A file that appears after startup is new: read
+//   from 0.
+// - read errors (EACCES, ESTALE, EIO): counted, the handle is dropped, the next poll retries.
+// - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
+// Nothing here parses; gz files are never opened because discovery never hands them over.
+import { open, stat, type FileHandle } from 'node:fs/promises';
+
+/** Receives what a tail reads. */
+export interface TailSink {
+  /** Called before a startup window is (re)read: forget what this file contributed. */
+  reset(): void;
+  /** One complete line, without its newline: bytes [start, end) of buf. */
+  line(buf: Buffer, start: number, end: number): void;
+  /** Something that could not be delivered as a line. */
+  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void;
+  /** After a startup window: does the state still reach back past the window's start? */
+  wantsMoreHistory(): boolean;
+  /** Bytes read from the file (for self-metrics). */
+  bytes(n: number): void;
+}
+
+/** Tail options. */
+export interface TailOptions {
+  maxLineBytes: number;
+  /** first startup window; it may double up to STARTUP_MAX_FACTOR times this */
+  startupBytes: number;
+  /** true for a file that existed before trainwatch started: start near the end */
+  startAtEnd: boolean;
+}
+
+const READ_CHUNK = 1 << 20;
+const TAIL_MARK_BYTES = 64;
+const STARTUP_MAX_FACTOR = 64;
+
+/** Follows one path across appends, truncation and rotation. */
+export class FileTail {
+  private fh: FileHandle | undefined;
+  private dev = -1;
+  private ino = -1;
+  private offset = 0;
+  private pending: Buffer | undefined;
+  private discarding = false;
+  private mark: Buffer | undefined;
+  /** file position just past the mark's last byte (a newline) */
+  private markEnd = 0;
+  private startAtEnd: boolean;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+  private lastError: string | undefined;
+
+  constructor(
+    readonly path: string,
+    private readonly sink: TailSink,
+    private readonly opts: TailOptions,
+  ) {
+    this.startAtEnd = opts.startAtEnd;
+  }
+
+  /** True while a file is open. */
+  get isOpen(): boolean {
+    return this.fh !== undefined;
+  }
+
+  /** Reads whatever is new. Concurrent calls coalesce into one more pass. */
+  poll(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.pollOnce();
+        } while (this.again && !this.closed);
+      } finally {
+        this.running = undefined;
+      }
+    })();
+    return this.running;
+  }
+
+  /** Releases the file handle; later polls do nothing. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.running?.catch(() => undefined);
+    await this.dropHandle();
+  }
+
+  private async pollOnce(): Promise<void> {
+    if (this.closed) return;
+    let st;
+    try {
+      st = await stat(this.path, { bigint: false });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // Gone (rotated away or deleted): finish the old file, then wait for a new one.
+      if (this.fh) await this.finishOldFile();
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError(`stat: ${(e as Error).message}`);
+      return;
+    }
+    if (!st.isFile()) return;
+    if (this.fh && (st.ino !== this.ino || st.dev !== this.dev)) {
+      await this.finishOldFile();
+    }
+    if (!this.fh) {
+      if (!(await this.openFile())) return;
+      if (this.startAtEnd) {
+        this.startAtEnd = false;
+        await this.readStartupWindow(st.size);
+        return;
+      }
+    }
+    if (st.size < this.offset || (st.size > this.offset && !(await this.markStillThere()))) {
+      this.truncated();
+    }
+    if (st.size > this.offset) await this.readTo(st.size);
+  }
+
+  private async openFile(): Promise<boolean> {
+    try {
+      this.fh = await open(this.path, 'r');
+      // The path may have been swapped between stat and open; trust the handle's identity.
+      const st = await this.fh.stat();
+      this.dev = st.dev;
+      this.ino = st.ino;
+      this.offset = 0;
+      this.pending = undefined;
+      this.discarding = false;
+      this.mark = undefined;
+      this.lastError = undefined;
+      return true;
+    } catch (e) {
+      this.fh = undefined;
+      this.reportError(`open: ${(e as Error).message}`);
+      return false;
+    }
+  }
+
+  private async finishOldFile(): Promise<void> {
+    try {
+      const st = await this.fh!.stat();
+      if (st.size > this.offset) await this.readTo(st.size);
+    } catch {
+      // ESTALE and friends: what was not read is not readable any more.
+    }
+    if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+    this.pending = undefined;
+    await this.dropHandle();
+  }
+
+  private async dropHandle(): Promise<void> {
+    const fh = this.fh;
+    this.fh = undefined;
+    this.dev = -1;
+    this.ino = -1;
+    await fh?.close().catch(() => undefined);
+  }
+
+  private truncated(): void {
+    if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+    this.pending = undefined;
+    this.discarding = false;
+    this.offset = 0;
+    this.mark = undefined;
+  }
+
+  // Compares the bytes we last consumed (ending at a newline) with what the file holds there now.
+  private async markStillThere(): Promise<boolean> {
+    if (!this.mark) return true;
+    const at = this.markEnd - this.mark.length;
+    const buf = Buffer.allocUnsafe(this.mark.length);
+    try {
+      const { bytesRead } = await this.fh!.read(buf, 0, buf.length, at);
+      return bytesRead === buf.length && buf.equals(this.mark);
+    } catch {
+      return false;
+    }
+  }
+
+  private async readStartupWindow(size: number): Promise<void> {
+    let window = this.opts.startupBytes;
+    for (;;) {
+      const start = Math.max(0, size - window);
+      this.sink.reset();
+      this.pending = undefined;
+      this.discarding = start > 0; // the first line in the window is probably cut: skip to a newline
+      this.offset = start;
+      this.mark = undefined;
+      await this.readTo(size);
+      if (start === 0 || window >= this.opts.startupBytes * STARTUP_MAX_FACTOR || !this.sink.wantsMoreHistory()) return;
+      window *= 2;
+    }
+  }
+
+  private async readTo(size: number): Promise<void> {
+    while (this.offset < size && this.fh) {
+      const len = Math.min(READ_CHUNK, size - this.offset);
+      const buf = Buffer.allocUnsafe(len);
+      let n: number;
+      try {
+        n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
+      } catch (e) {
+        this.reportError(`read: ${(e as Error).message}`);
+        await this.dropHandle();
+        return;
+      }
+      if (n === 0) return;
+      this.offset += n;
+      this.sink.bytes(n);
+      this.consume(buf, n);
+    }
+  }
+
+  private consume(chunk: Buffer, n: number): void {
+    let buf = chunk;
+    let end = n;
+    let pos = 0;
+    const bufStart = this.offset - n - (this.pending?.length ?? 0);
+    if (this.pending) {
+      buf = Buffer.concat([this.pending, chunk.subarray(0, n)]);
+      end = buf.length;
+      this.pending = undefined;
+    }
+    let lastNl = -1;
+    for (;;) {
+      const nl = buf.indexOf(10, pos);
+      if (nl === -1 || nl >= end) break;
+      lastNl = nl;
+      if (this.discarding) {
+        this.discarding = false;
+      } else if (nl - pos > this.opts.maxLineBytes) {
+        this.sink.error('line_too_long', this.path);
+      } else {
+        this.sink.line(buf, pos, nl);
+      }
+      pos = nl + 1;
+    }
+    if (lastNl >= 0) {
+      const from = Math.max(0, lastNl + 1 - TAIL_MARK_BYTES);
+      this.mark = Buffer.from(buf.subarray(from, lastNl + 1));
+      this.markEnd = bufStart + lastNl + 1;
+    }
+    if (pos < end) {
+      const rest = end - pos;
+      if (this.discarding) return; // still inside an over-long (or cut) line: nothing to keep
+      if (rest > this.opts.maxLineBytes) {
+        this.sink.error('line_too_long', this.path);
+        this.discarding = true;
+        return;
+      }
+      this.pending = Buffer.from(buf.subarray(pos, end));
+    }
+  }
+
+  private reportError(detail: string): void {
+    // One count per distinct failure, not one per poll, so a stuck EACCES does not flood.
+    if (this.lastError === detail) return;
+    this.lastError = detail;
+    this.sink.error('read_error', detail);
+  }
+}

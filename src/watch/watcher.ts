@@ -1,0 +1,333 @@
+// The watcher wires the pipeline: discovery → tails → sinks (parse + reduce) → detection →
+// actions. File events are only wake-up hints; a periodic stat sweep is the truth.
+import { hostname } from 'node:os';
+import { join, sep } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { watch as chokidarWatch, type FSWatcher } from 'chokidar';
+import type { Config, Thresholds } from '../config/settings.js';
+import { thresholdsOf } from '../config/settings.js';
+import { detectRun, nextStallDeadline, type Anomaly } from '../detect/detect.js';
+import type { Logger } from '../log.js';
+import { Actions, type RunRef, type TrainerProc } from '../actions/actions.js';
+import { CONTROL_FILES } from '../actions/files.js';
+import { pidAlive } from '../actions/signals.js';
+import { discoverRuns, listRunFiles, roleOf } from '../source/discover.js';
+import { FileTail } from '../source/tail.js';
+import type { RankState, ReduceParams } from '../state/rank.js';
+import type { CsvState } from '../state/run.js';
+import { CsvSink, HeartbeatSink, type RankTable } from './sinks.js';
+import { Stats } from './stats.js';
+
+/** One watched run: its files, its ranks and what detection sees now. */
+export class Run implements RankTable, RunRef {
+  ranks = new Map<number, RankState>();
+  csv?: CsvState;
+  tails = new Map<string, FileTail>();
+  halted = false;
+  expired = false;
+  anomalies: Anomaly[] = [];
+  dirty = false;
+  timer: NodeJS.Timeout | undefined;
+  /** pid → alive, refreshed each sweep when crash detection is on */
+  alive = new Map<number, boolean>();
+
+  constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly real: string,
+    private readonly onTouched: (run: Run) => void,
+  ) {}
+
+  touched(): void {
+    if (this.dirty) return;
+    this.dirty = true;
+    this.onTouched(this);
+  }
+
+  /** The trainer ts of the newest record of any rank. */
+  newestTs(): number | undefined {
+    let t: number | undefined;
+    for (const s of this.ranks.values()) {
+      for (const v of [s.lastLivenessTs, s.lastDumpTs]) if (v !== undefined && (t === undefined || v > t)) t = v;
+    }
+    return t;
+  }
+}
+
+/** Options beyond the config, mostly for tests. */
+export interface WatcherOptions {
+  /** the clock, in seconds; detection itself never reads it */
+  now?: () => number;
+}
+
+/** Watches every run and keeps its state, metrics and actions current. */
+export class Watcher {
+  readonly runs = new Map<string, Run>();
+  /** run directory (as discovered) → run, for file events */
+  private readonly byDir = new Map<string, Run>();
+  readonly stats = new Stats();
+  readonly thresholds: Thresholds;
+  readonly actions: Actions;
+  readonly now: () => number;
+  private readonly params: ReduceParams;
+  private fsw: FSWatcher | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private evalTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+  private started = false;
+  private stopped = false;
+  private readonly dirtyRuns = new Set<Run>();
+  private evalScheduled = false;
+  /** true once the first sweep has read every file that existed at startup */
+  ready = false;
+
+  constructor(
+    readonly config: Config,
+    private readonly log: Logger,
+    opts: WatcherOptions = {},
+  ) {
+    this.now = opts.now ?? (() => Date.now() / 1000);
+    this.thresholds = thresholdsOf(config);
+    const t = this.thresholds;
+    this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+    this.actions = new Actions({
+      halt: config.halt,
+      by: `trainwatch@${hostname()}:${process.pid}`,
+      escalateS: config['watch.escalate-s'],
+      escalateTermS: config['watch.escalate-term-s'],
+      log,
+      stats: this.stats,
+    });
+  }
+
+  /** Whether the embedded detector writes control files (mode embedded). */
+  get acting(): boolean {
+    return this.config.mode === 'embedded';
+  }
+
+  /** Reads what exists, then follows changes. */
+  async start(): Promise<void> {
+    await this.sweep();
+    this.started = true;
+    this.ready = true;
+    this.startFileEvents(this.config.poll);
+    const sweepMs = this.config['tail.sweep-interval-s'] * 1000;
+    this.sweepTimer = setInterval(() => void this.sweep(), sweepMs);
+    this.evalTimer = setInterval(() => void this.evaluateAll(), this.config['watch.interval-s'] * 1000);
+  }
+
+  /** Stops timers, file events and tails. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.sweepTimer);
+    clearInterval(this.evalTimer);
+    await this.fsw?.close().catch(() => undefined);
+    await this.sweeping?.catch(() => undefined);
+    for (const run of this.runs.values()) {
+      clearTimeout(run.timer);
+      for (const t of run.tails.values()) await t.close();
+    }
+  }
+
+  /** One stat sweep: discover runs and files, poll every tail, evaluate changed runs. */
+  sweep(): Promise<void> {
+    if (this.sweeping) return this.sweeping;
+    this.sweeping = this.doSweep()
+      .catch((e) => this.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval'))
+      .finally(() => {
+        this.sweeping = undefined;
+      });
+    return this.sweeping;
+  }
+
+  private async doSweep(): Promise<void> {
+    const locs = await discoverRuns(this.config.dir, this.config.root, (path, err) =>
+      this.log.warn({ path, err: err.message }, 'cannot read directory; check its permissions'),
+    );
+    const seen = new Set<string>();
+    for (const loc of locs) {
+      seen.add(loc.real);
+      let run = this.runs.get(loc.real);
+      if (!run) {
+        run = new Run(loc.name, loc.dir, loc.real, (r) => this.markDirty(r));
+        this.runs.set(loc.real, run);
+        this.byDir.set(run.dir, run);
+        if (this.started) this.log.info({ run: run.name, dir: run.dir }, 'new run');
+        this.fsw?.add(run.dir);
+      }
+    }
+    for (const [real, run] of this.runs) {
+      if (!seen.has(real)) await this.dropRun(run, 'directory gone');
+    }
+    await Promise.all([...this.runs.values()].map((run) => this.sweepRun(run)));
+    await this.evaluateAll();
+  }
+
+  private async sweepRun(run: Run): Promise<void> {
+    const names = await listRunFiles(run.dir).catch((e: Error) => {
+      this.log.warn({ run: run.name, err: e.message }, 'cannot list run directory; check its permissions');
+      return [] as string[];
+    });
+    if (names === undefined) return; // gone; the next discovery drops it
+    for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
+    run.halted = await exists(join(run.dir, CONTROL_FILES.halt));
+    await Promise.all([...run.tails.values()].map((t) => t.poll()));
+    if (this.thresholds.crashDetect) {
+      run.alive.clear();
+      for (const s of run.ranks.values()) if (s.pid !== undefined) run.alive.set(s.pid, pidAlive(s.pid));
+    }
+  }
+
+  private addTail(run: Run, name: string): FileTail {
+    const role = roleOf(name);
+    const sink = role === 'csv' ? new CsvSink(run, this.stats) : new HeartbeatSink(run, this.params, this.stats);
+    const tail = new FileTail(join(run.dir, name), sink, {
+      maxLineBytes: this.config['tail.max-line-bytes'],
+      startupBytes: this.config['tail.startup-bytes'],
+      // Files present before we started hold history: read a bounded tail. Later files are new.
+      startAtEnd: !this.started,
+    });
+    run.tails.set(name, tail);
+    return tail;
+  }
+
+  private async dropRun(run: Run, why: string): Promise<void> {
+    this.runs.delete(run.real);
+    this.byDir.delete(run.dir);
+    clearTimeout(run.timer);
+    this.actions.forget(run.real);
+    this.stats.runsExpired++;
+    this.fsw?.unwatch(run.dir);
+    for (const t of run.tails.values()) await t.close();
+    this.log.info({ run: run.name, why }, 'run dropped');
+  }
+
+  private markDirty(run: Run): void {
+    this.dirtyRuns.add(run);
+    if (this.evalScheduled) return;
+    this.evalScheduled = true;
+    // Coalesce a burst of lines into one evaluation, after the current read completes.
+    setImmediate(() => {
+      this.evalScheduled = false;
+      const runs = [...this.dirtyRuns];
+      this.dirtyRuns.clear();
+      for (const r of runs) void this.evaluate(r);
+    });
+  }
+
+  /** Re-evaluates every run (the NSA_WATCH_INTERVAL_S safety sweep, and after each stat sweep). */
+  async evaluateAll(): Promise<void> {
+    await Promise.all([...this.runs.values()].map((r) => this.evaluate(r)));
+  }
+
+  /** Runs detection on one run, acts on it, and arms its stall timer. */
+  async evaluate(run: Run): Promise<void> {
+    if (this.stopped) return;
+    run.dirty = false;
+    const now = this.now();
+    const newest = run.newestTs();
+    run.expired = newest !== undefined && now - newest > this.config['run.ttl-s'];
+    const facts = { ranks: run.ranks.values(), csv: run.csv, halted: run.halted, pidAlive: (pid: number) => run.alive.get(pid) };
+    run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    clearTimeout(run.timer);
+    run.timer = undefined;
+    if (!run.expired) {
+      const deadline = nextStallDeadline({ ranks: run.ranks.values(), halted: run.halted }, this.thresholds, now);
+      if (deadline !== undefined) {
+        // Fire just after the deadline: the rule is "older than", not "as old as".
+        run.timer = setTimeout(() => void this.evaluate(run), Math.max(0, (deadline - now) * 1000) + 20);
+        run.timer.unref();
+      }
+    }
+    if (!this.acting) return;
+    const procs: TrainerProc[] = [];
+    for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, bootTs: s.bootTs });
+    try {
+      await this.actions.reconcile(run, run.anomalies, now, procs);
+    } catch {
+      // Already logged and counted with its fix; the next evaluation retries.
+    }
+  }
+
+  /** Polls the tail of a path reported by a file event, if it belongs to a watched run. */
+  private onFileEvent(path: string): void {
+    const run = this.runOfPath(path);
+    if (!run) {
+      void this.sweep();
+      return;
+    }
+    const name = path.slice(run.dir.length + 1);
+    if (name === CONTROL_FILES.halt) {
+      void exists(path).then((h) => {
+        run.halted = h;
+        this.markDirty(run);
+      });
+      return;
+    }
+    if (roleOf(name) === undefined) return;
+    const tail = run.tails.get(name) ?? this.addTail(run, name);
+    void tail.poll();
+  }
+
+  private runOfPath(path: string): Run | undefined {
+    return this.byDir.get(path.slice(0, path.lastIndexOf(sep)));
+  }
+
+  private startFileEvents(usePolling: boolean): void {
+    const paths = [...this.config.root, ...[...this.runs.values()].map((r) => r.dir)];
+    if (paths.length === 0) return;
+    const fsw = chokidarWatch(paths, {
+      ignoreInitial: true,
+      persistent: false,
+      depth: 1,
+      usePolling,
+      interval: Math.max(100, this.config['tail.sweep-interval-s'] * 500),
+      ignored: (p: string, st?: { isFile(): boolean }) => {
+        if (!st || !st.isFile()) return false;
+        const base = p.slice(p.lastIndexOf(sep) + 1);
+        return roleOf(base) === undefined && base !== CONTROL_FILES.halt;
+      },
+    });
+    fsw.on('add', (p) => this.onFileEvent(p));
+    fsw.on('change', (p) => this.onFileEvent(p));
+    fsw.on('unlink', (p) => this.onFileEvent(p));
+    fsw.on('addDir', () => void this.sweep());
+    fsw.on('unlinkDir', () => void this.sweep());
+    fsw.on('error', (err) => {
+      const e = err as NodeJS.ErrnoException;
+      if (!usePolling && (e.code === 'ENOSPC' || e.code === 'EMFILE')) {
+        // Out of inotify watches: keep working by polling, and say how to fix it.
+        this.stats.pollingFallback = true;
+        this.log.warn({ err: e.message }, 'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)');
+        void fsw.close().then(() => this.startFileEvents(true));
+        return;
+      }
+      this.log.warn({ err: e.message }, 'file watcher error; the stat sweep keeps reading');
+    });
+    this.fsw = fsw;
+  }
+
+  /** The run a name refers to (the `run` label). */
+  runByName(name: string): Run | undefined {
+    for (const r of this.runs.values()) if (r.name === name) return r;
+    return undefined;
+  }
+
+  /** Tails currently holding an open file. */
+  openFiles(): number {
+    let n = 0;
+    for (const r of this.runs.values()) for (const t of r.tails.values()) if (t.isOpen) n++;
+    return n;
+  }
+
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
