@@ -26,7 +26,7 @@ export function parseCsvLine(line: string, layout: CsvLayout): CsvResult {
   line = line.trim();
   if (line === '') return { kind: 'blank' };
   const cells = line.split(',').map((c) => c.trim());
-  if (cells[0] === 'step') {
+  if (cells.includes('step') && num(cells[0]) === undefined) {
     const step = cells.indexOf('step');
     const loss = cells.indexOf('loss');
     const toks = cells.indexOf('toks_per_s');
