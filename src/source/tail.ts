@@ -8,9 +8,10 @@
 // - nothing new (size == offset): nothing happens.
 // - copytruncate (same file, size < offset): the pending partial line is dropped (counted),
 //   and reading restarts at offset 0.
-// - truncate and regrow past our offset between two polls (same file, size >= offset): we keep
-//   the last bytes before `offset` (up to TAIL_MARK_BYTES, ending at a newline) and compare
-//   them with what the file holds there now; a mismatch is a truncation, handled as above.
+// - truncate and regrow to or past our offset between two polls (same file, size >= offset, but
+//   mtime/ctime changed): we keep the last bytes before `offset` (up to TAIL_MARK_BYTES, ending
+//   at a newline) and compare them with what the file holds there now; a mismatch is a
+//   truncation, handled as above. An unchanged mtime and size costs no read at all.
 // - rename rotation (gzip, logrotate create) or delete/recreate (path gone, or a different
 //   inode): the old handle is drained to EOF first (the writer may have appended just before
 //   rotating), then closed, which also releases a deleted-but-open file; the new file, if any,
@@ -64,6 +65,9 @@ export class FileTail {
   private mark: Buffer | undefined;
   /** file position just past the mark's last byte (a newline) */
   private markEnd = 0;
+  /** times of the last poll: a change with no growth may be a truncate-and-regrow to the same size */
+  private mtimeMs = -1;
+  private ctimeMs = -1;
   private startAtEnd: boolean;
   private running: Promise<void> | undefined;
   private again = false;
@@ -133,10 +137,13 @@ export class FileTail {
         return;
       }
     }
-    if (st.size < this.offset || (st.size > this.offset && !(await this.markStillThere()))) {
+    const changed = st.mtimeMs !== this.mtimeMs || st.ctimeMs !== this.ctimeMs;
+    if (st.size < this.offset || (changed && this.offset > 0 && !(await this.markStillThere()))) {
       this.truncated();
     }
     if (st.size > this.offset) await this.readTo(st.size);
+    this.mtimeMs = st.mtimeMs;
+    this.ctimeMs = st.ctimeMs;
   }
 
   private async openFile(): Promise<boolean> {

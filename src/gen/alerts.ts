@@ -1,0 +1,247 @@
+// Generates alerts/trainwatch.rules.yml, the Prometheus alert rules, from the one list of
+// anomaly kinds (src/detect/kinds.ts), the one table of settings (src/config/settings.ts) and
+// the one list of metric names (src/metrics/names.ts).
+//
+// Thresholds have one source of truth: the exporter exposes the thresholds in force as
+// trainwatch_threshold_* gauges (and the per-rank effective stall threshold), and every rule
+// joins on them with `on(job, instance) group_left()`. Each join carries an `or` default (the
+// Robust Perception pattern), and that default literal is the SETTINGS default, so a missing
+// gauge neither silences an alert nor introduces a second number. A threshold of 0 disables
+// its rule, exactly like the embedded detector (src/detect/detect.ts), whose comparisons the
+// rules copy: streaks fire at `>=`, the stall and the fetch ratio at `>`.
+// docs/alerts.md explains the design; docs/runbook.md has one section per alert.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Document } from 'yaml';
+import { SETTINGS, type SettingKey } from '../config/settings.js';
+import { ANOMALY_KINDS, type AnomalyName } from '../detect/kinds.js';
+import { METRICS, type MetricKey } from '../metrics/names.js';
+
+/** Where the generated rules live, relative to the repository root. */
+export const ALERTS_FILE = 'alerts/trainwatch.rules.yml';
+
+/** Where runbook_url annotations point; anchors are the lower-cased alert names (docs/runbook.md headings). */
+export const RUNBOOK_URL = 'https://github.com/trainwatch/trainwatch/blob/main/docs/runbook.md';
+
+/** The default label matcher that finds trainwatch's scrape job(s) in `up`. */
+export const DEFAULT_JOB_MATCHER = 'job=~".*trainwatch.*"';
+
+/** One Prometheus alerting rule, as written to the YAML file. */
+export interface AlertRule {
+  alert: string;
+  expr: string;
+  for: string;
+  labels: Record<string, string>;
+  annotations: { summary: string; description: string; runbook_url: string };
+}
+
+/** A Prometheus rule file. */
+export interface RulesDocument {
+  groups: { name: string; rules: AlertRule[] }[];
+}
+
+/** Generator options. */
+export interface AlertOptions {
+  /** Label matcher selecting trainwatch's own `up` series (TrainwatchDown). */
+  jobMatcher?: string;
+}
+
+/** The runbook link for an alert: GitHub's anchor for a `## <AlertName>` heading. */
+export function runbookUrl(alert: string): string {
+  return `${RUNBOOK_URL}#${alert.toLowerCase()}`;
+}
+
+const m = (k: MetricKey): string => METRICS[k].name;
+
+/** The numeric default of a setting: the literal every `or` default uses. */
+function def(key: SettingKey): number {
+  const s = SETTINGS.find((x) => x.key === key);
+  if (!s || typeof s.default !== 'number') throw new Error(`setting ${key} has no numeric default`);
+  return s.default;
+}
+
+const indent = (text: string, n: number): string =>
+  text
+    .split('\n')
+    .map((l) => (l === '' ? l : ' '.repeat(n) + l))
+    .join('\n');
+
+/**
+ * The threshold in force for a target: the label-less gauge, or the SETTINGS default for any
+ * target that exposes `base` but not the gauge. `> 0` drops disabled thresholds, so the join
+ * finds nothing and the rule is silent, as the detector is.
+ */
+function threshold(gauge: MetricKey, setting: SettingKey, base: string): string {
+  return ['(', `  ${m(gauge)}`, '  or on(job, instance)', `  count by (job, instance) (${base}) * 0 + ${def(setting)}`, ') > 0'].join('\n');
+}
+
+/** `value op threshold`, joined on the target (the gauge only carries job and instance). */
+function vsThreshold(value: string, op: '>=' | '>', gauge: MetricKey, setting: SettingKey): string {
+  return [value, `  ${op} on(job, instance) group_left()`, '(', indent(threshold(gauge, setting, value), 2), ')'].join('\n');
+}
+
+/** Silences an expression for runs that hold a .HALT: the trainer was asked to stop. */
+function unlessHalted(expr: string): string {
+  return ['(', indent(expr, 2), ')', 'unless on(job, instance, run)', `  ${m('runHalted')} == 1`].join('\n');
+}
+
+const RANK = 'rank {{ $labels.rank }} of run {{ $labels.run }}';
+const RANK_UC = 'Rank {{ $labels.rank }} of run {{ $labels.run }}';
+
+/** The expression and description of each anomaly kind's alert. Keyed by name, so none is forgotten. */
+function kindRules(): Record<AnomalyName, { expr: string; description: string }> {
+  const last = m('heartbeatLastTs');
+  const dump = m('dumpLastTs');
+  const age = `time() - ${last}`;
+  const stall = [
+    `${age}`,
+    '  >',
+    '(',
+    `  ${m('stallThreshold')}`,
+    '  or',
+    `  ${last} * 0 + ${def('watch.heartbeat-stall-s')}`,
+    ')',
+  ].join('\n');
+  const heartbeat = unlessHalted(
+    [
+      '# no liveness record for longer than the rank\'s stall threshold (startup grace included)',
+      '(',
+      indent(stall, 2),
+      ')',
+      'or',
+      '# the trainer\'s own watchdog dumped stacks after the last liveness record: a hung loop',
+      `(${age})`,
+      '  and',
+      `(${dump} > ${last})`,
+      'or',
+      '# a dump and no liveness record at all',
+      `time() - (${dump} unless ${last})`,
+    ].join('\n'),
+  );
+  const csv = m('csvFlatline');
+  const throughput = [
+    '# per rank, from progress records',
+    '(',
+    indent(vsThreshold(m('throughputFlatline'), '>=', 'thFlatline', 'watch.flatline-n'), 2),
+    ')',
+    'or',
+    '# training.csv (written by rank 0), as the original watchdog read it',
+    'label_replace(',
+    indent(vsThreshold(csv, '>=', 'thFlatline', 'watch.flatline-n'), 2) + ',',
+    '  "rank", "0", "", ""',
+    ')',
+  ].join('\n');
+  return {
+    heartbeat_stall: {
+      expr: heartbeat,
+      description: `${RANK_UC} has sent no heartbeat for {{ $value | humanizeDuration }}: longer than its stall threshold, or the trainer's own watchdog dumped stacks (a hung training loop).`,
+    },
+    throughput_flatline: {
+      expr: throughput,
+      description: `${RANK_UC} reported toks_per_s <= 0 in {{ $value }} progress records (or training.csv rows) in a row.`,
+    },
+    loss_flatline: {
+      expr: vsThreshold(m('lossFlatline'), '>=', 'thLossFlatline', 'watch.loss-flatline-n'),
+      description: `${RANK_UC} logged the identical loss in {{ $value }} progress records in a row.`,
+    },
+    zero_grad: {
+      expr: vsThreshold(m('gradZero'), '>=', 'thGradZero', 'watch.grad-zero-n'),
+      description: `${RANK_UC} logged grad_norm == 0 in {{ $value }} progress records in a row.`,
+    },
+    fetch_stall: {
+      expr: vsThreshold(m('fetchRatio'), '>', 'thFetchRatio', 'watch.fetch-stall-ratio'),
+      description: `The newest data fetch of ${RANK} took {{ printf "%.1f" $value }}x its baseline.`,
+    },
+    gate_collapse: {
+      expr: vsThreshold(m('gateCollapse'), '>=', 'thGateCollapse', 'watch.gate-collapse-n'),
+      description: `${RANK_UC} logged collapsed NSA gates in {{ $value }} progress records in a row.`,
+    },
+    nonfinite_loss: {
+      expr: vsThreshold(m('nonfinite'), '>=', 'thNonfinite', 'watch.nonfinite-n'),
+      description: `${RANK_UC} logged a NaN or infinite loss or grad_norm in {{ $value }} progress records in a row.`,
+    },
+    straggler: {
+      expr: vsThreshold(m('stepLag'), '>=', 'thStraggler', 'watch.straggler-steps'),
+      description: `${RANK_UC} is {{ $value }} steps behind the most advanced rank of the run.`,
+    },
+    trainer_crash: {
+      expr: unlessHalted(`${m('trainerUp')} == 0`),
+      description: `The trainer process of ${RANK} is gone from the host of {{ $labels.instance }} (trainwatch_trainer_up = {{ $value }}) and no .HALT asked it to stop.`,
+    },
+  };
+}
+
+/** Builds the rules document. Pure: the same inputs always give the same document. */
+export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
+  const job = opts.jobMatcher ?? DEFAULT_JOB_MATCHER;
+  const specs = kindRules();
+  const training: AlertRule[] = ANOMALY_KINDS.map((k) => ({
+    alert: k.alert,
+    expr: specs[k.name].expr,
+    // The embedded detector acts on the first evaluation that crosses a threshold; the
+    // thresholds already count records or seconds, so a `for` would only add delay.
+    for: '0s',
+    labels: { severity: k.severity, anomaly_type: k.name, halt: String(k.halts) },
+    annotations: { summary: k.summary, description: specs[k.name].description, runbook_url: runbookUrl(k.alert) },
+  }));
+  training.push({
+    alert: 'TrainingRunHalted',
+    expr: `${m('runHalted')} == 1`,
+    for: '0s',
+    labels: { severity: 'info' },
+    annotations: {
+      summary: 'A training run holds a .HALT file: its trainer was asked to stop.',
+      description: 'Run {{ $labels.run }} holds a .HALT file, so its trainer stops (or stopped) at its next step. .anomaly_type in the run directory names the reason; delete .HALT before restarting the run.',
+      runbook_url: runbookUrl('TrainingRunHalted'),
+    },
+  });
+  const self: AlertRule[] = [
+    {
+      alert: 'TrainwatchDown',
+      expr: `up{${job}} == 0\nor\nabsent(up{${job}})`,
+      for: '5m',
+      labels: { severity: 'critical' },
+      annotations: {
+        summary: 'trainwatch cannot be scraped: training runs are not watched by these rules.',
+        description: 'Prometheus cannot scrape trainwatch at {{ $labels.instance }} (job {{ $labels.job }}), or no trainwatch target exists at all. Heartbeat stalls and other anomalies of the runs it watches raise no alerts.',
+        runbook_url: runbookUrl('TrainwatchDown'),
+      },
+    },
+    {
+      alert: 'TrainwatchParseErrors',
+      expr: `sum by (job, instance, reason) (\n  increase(${m('parseErrors')}{reason!="blank_line"}[10m])\n) > 0`,
+      for: '15m',
+      labels: { severity: 'warning' },
+      annotations: {
+        summary: 'trainwatch keeps failing to parse heartbeat or training.csv lines.',
+        description: 'trainwatch at {{ $labels.instance }} dropped {{ $value | humanize }} lines as {{ $labels.reason }} in the last 10 minutes, and has kept doing so for 15 minutes. Records it cannot parse are invisible to every rule.',
+        runbook_url: runbookUrl('TrainwatchParseErrors'),
+      },
+    },
+  ];
+  return {
+    groups: [
+      { name: 'trainwatch-training', rules: training },
+      { name: 'trainwatch-self', rules: self },
+    ],
+  };
+}
+
+/** The rules file's text, with its do-not-edit header. */
+export function renderAlertRules(opts: AlertOptions = {}): string {
+  const doc = new Document(buildAlertRules(opts));
+  doc.commentBefore = [
+    ' Generated by src/gen/alerts.ts from src/detect/kinds.ts, src/config/settings.ts and',
+    ' src/metrics/names.ts. Do not edit: change those and run `npm run gen`.',
+    ' Thresholds come from the exporter\'s trainwatch_threshold_* gauges; see docs/alerts.md.',
+  ].join('\n');
+  return doc.toString({ lineWidth: 0 });
+}
+
+/** Writes alerts/trainwatch.rules.yml under `repoRoot`; returns the path written. */
+export function writeAlerts(repoRoot: string): string {
+  const path = join(repoRoot, ALERTS_FILE);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, renderAlertRules());
+  return path;
+}
