@@ -36,9 +36,8 @@ export function buildProgram(version: string): Command {
     if (s.key === 'halt') flag = `--halt <0|1>`;
     else if (s.type === 'bool') flag = `--${s.key} [0|1]`;
     else flag = `--${s.key} <${s.arg ?? (s.type === 'enum' ? s.choices!.join('|') : s.type === 'int' || s.type === 'number' ? 'n' : 'value')}>`;
-    const opt = new Option(flag, `[${s.group}] ${describe(s)}`);
+    const opt = new Option(flag, describe(s)).helpGroup(`${s.group}:`);
     if (s.type === 'list') opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
-    if (s.type === 'bool' && s.key !== 'halt') opt.preset('1');
     program.addOption(opt);
   }
   program.addHelpText(

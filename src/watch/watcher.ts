@@ -107,6 +107,9 @@ export class Watcher {
 
   /** Reads what exists, then follows changes. */
   async start(): Promise<void> {
+    for (const p of [...this.config.dir, ...this.config.root]) {
+      if (!(await exists(p))) this.log.warn({ path: p }, 'directory does not exist (yet); watching for it. Check the path if this is a typo');
+    }
     await this.sweep();
     this.started = true;
     this.ready = true;
