@@ -54,9 +54,11 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     for (const [k, v] of Object.entries(webConfig.headers)) res.setHeader(k, v);
     next();
   });
-  // Basic auth guards everything except the webhook, which also takes its bearer token.
+  // Basic auth guards everything except the webhook, which also takes its bearer token, and
+  // the health endpoints, which reveal nothing and must answer probes that carry no credentials.
+  const open = new Set([WEBHOOK_PATH, '/healthz', '/readyz']);
   app.use((req: Request, res: Response, next: NextFunction) => {
-    if (!basic.enabled || req.path === WEBHOOK_PATH || basic.check(req.headers.authorization)) return next();
+    if (!basic.enabled || open.has(req.path) || basic.check(req.headers.authorization)) return next();
     res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
     res.status(401).type('text/plain').send('Unauthorized\n');
   });
