@@ -203,7 +203,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
       labels: { severity: 'critical' },
       annotations: {
         summary: 'trainwatch cannot be scraped: training runs are not watched by these rules.',
-        description: 'Prometheus cannot scrape trainwatch at {{ $labels.instance }} (job {{ $labels.job }}), or no trainwatch target exists at all. Heartbeat stalls and other anomalies of the runs it watches raise no alerts.',
+        description: `{{ if $labels.instance }}Prometheus cannot scrape trainwatch at {{ $labels.instance }} (job {{ $labels.job }}).{{ else }}Prometheus has no trainwatch target at all: no up series matches ${job}.{{ end }} Anomalies of the runs it watches raise no alerts.`,
         runbook_url: runbookUrl('TrainwatchDown'),
       },
     },
