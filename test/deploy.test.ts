@@ -1,0 +1,397 @@
+// deploy/: the Prometheus and Alertmanager configs (promtool, amtool, and a real Prometheus →
+// Alertmanager → trainwatch chain running them), the Compose stack's wiring, and the Kubernetes
+// manifests, including the generated PrometheusRule.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, posix, resolve } from 'node:path';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { defaultConfig } from '../src/config/settings.js';
+import { WEBHOOK_PATH } from '../src/http/server.js';
+import { REPO, pyJson, requireBinary, startTrainwatch, tmpDir, waitFor } from './helpers/proc.js';
+import { promQuery, startAlertmanager, startPrometheus } from './helpers/stack.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type Y = any;
+
+const DEPLOY = join(REPO, 'deploy');
+const K8S = join(DEPLOY, 'kubernetes');
+const DEFAULTS = defaultConfig();
+const DEFAULT_PORT = Number(/:(\d+)$/.exec(DEFAULTS['web.listen-address'])![1]);
+const yamlFile = (p: string): Y => parseYaml(readFileSync(p, 'utf8'));
+const prom: Y = yamlFile(join(DEPLOY, 'prometheus.yml'));
+const am: Y = yamlFile(join(DEPLOY, 'alertmanager.yml'));
+const compose: Y = yamlFile(join(DEPLOY, 'compose.yaml'));
+const trainwatchJob = () => (prom.scrape_configs as Y[]).find((j) => j.job_name === 'trainwatch');
+const trainwatchReceiver = () => (am.receivers as Y[]).find((r) => r.name === 'trainwatch');
+/** host:port → [host, port]. */
+const hostPort = (s: string): [string, number] => {
+  const cut = s.lastIndexOf(':');
+  return [s.slice(0, cut), Number(s.slice(cut + 1))];
+};
+/** The rule files prometheus.yml's rule_files globs (`dir/*.rules.yml`) match, resolved against `base`. */
+const ruleFilesOf = (base: string): string[] =>
+  (prom.rule_files as string[]).flatMap((g) => {
+    const abs = resolve(base, g);
+    const re = new RegExp('^' + posix.basename(abs).replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*') + '$');
+    return existsSync(dirname(abs)) ? readdirSync(dirname(abs)).filter((n) => re.test(n)).map((n) => join(dirname(abs), n)) : [];
+  });
+
+// ---------------------------------------------------------------- Prometheus and Alertmanager
+
+test('deploy/prometheus.yml: promtool check config passes and loads every alerts/*.rules.yml', () => {
+  const promtool = requireBinary('promtool', 'prometheus');
+  const rules = ruleFilesOf(DEPLOY);
+  assert.deepEqual(
+    readdirSync(join(REPO, 'alerts'))
+      .filter((n) => n.endsWith('.rules.yml'))
+      .map((n) => join(REPO, 'alerts', n))
+      .sort(),
+    rules.sort(),
+    'rule_files must load the repository alerts/*.rules.yml',
+  );
+  assert.notEqual(0, rules.length, 'alerts/ has no *.rules.yml');
+  // Relative rule_files resolve against the config's directory, so it is checked where it lies.
+  const r = spawnSync(promtool, ['check', 'config', 'prometheus.yml'], { cwd: DEPLOY, encoding: 'utf8' });
+  assert.equal(0, r.status, `promtool check config deploy/prometheus.yml:\n${r.stdout}${r.stderr}`);
+  for (const f of rules) assert.match(r.stdout, new RegExp(`Checking \\.\\./alerts/${posix.basename(f).replace(/\./g, '\\.')}\\s+SUCCESS`), `promtool did not check ${f}:\n${r.stdout}`);
+  const job = trainwatchJob();
+  assert.ok(job, 'a scrape job named trainwatch');
+  assert.match(job.job_name, /trainwatch/, 'TrainwatchDown matches up{job=~".*trainwatch.*"}');
+  assert.equal(DEFAULTS['web.telemetry-path'], job.metrics_path ?? '/metrics');
+  for (const t of job.static_configs.flatMap((s: Y) => s.targets)) assert.equal(DEFAULT_PORT, hostPort(t)[1], `target ${t} must use trainwatch's default port`);
+  assert.ok(prom.alerting?.alertmanagers?.length > 0, 'alerting must send to an Alertmanager');
+});
+
+test('deploy/alertmanager.yml: amtool check-config passes and the trainwatch receiver is a 0.25 webhook with a bearer credentials_file', () => {
+  const amtool = requireBinary('amtool', 'prometheus-alertmanager');
+  const r = spawnSync(amtool, ['check-config', join(DEPLOY, 'alertmanager.yml')], { encoding: 'utf8' });
+  assert.equal(0, r.status, `amtool check-config deploy/alertmanager.yml:\n${r.stdout}${r.stderr}`);
+  const recv = trainwatchReceiver();
+  assert.ok(recv, 'a receiver named trainwatch');
+  assert.equal(1, recv.webhook_configs?.length, 'one webhook per trainwatch; the example has one');
+  const wh = recv.webhook_configs[0];
+  // Alertmanager 0.25's webhook_config knows only these keys (no url_file, no timeout).
+  assert.deepEqual([], Object.keys(wh).filter((k) => !['url', 'send_resolved', 'http_config', 'max_alerts'].includes(k)));
+  assert.equal(true, wh.send_resolved);
+  const url = new URL(wh.url);
+  assert.equal(WEBHOOK_PATH, url.pathname);
+  assert.equal(DEFAULT_PORT, Number(url.port));
+  assert.equal('Bearer', wh.http_config.authorization.type ?? 'Bearer');
+  assert.equal('string', typeof wh.http_config.authorization.credentials_file);
+  assert.equal(undefined, wh.http_config.authorization.credentials, 'the token must come from a file, not the config');
+  const route = (am.route.routes as Y[]).find((x) => x.receiver === 'trainwatch');
+  assert.ok(route, 'a route to the trainwatch receiver');
+  assert.deepEqual(['anomaly_type=~".+"'], route.matchers, 'only alerts trainwatch can act on (they carry anomaly_type)');
+  assert.equal(true, route.continue, 'people must still be notified: continue: true');
+  assert.ok((am.receivers as Y[]).some((x) => x.name === am.route.receiver && !x.webhook_configs), 'the default receiver is the null example');
+});
+
+test('deploy configs end to end: Prometheus scrapes trainwatch, evaluates alerts/, Alertmanager posts to the webhook with the bearer token, trainwatch halts the run', { timeout: 120_000 }, async () => {
+  const t = tmpDir('tw-deploy-e2e-');
+  const runs = join(t.path, 'runs');
+  const runDir = join(runs, 'run-nan');
+  mkdirSync(runDir, { recursive: true });
+  const token = join(t.path, 'webhook.token');
+  writeFileSync(token, 'e2e-token-' + process.pid + '\n');
+  const tw = await startTrainwatch(['--root', runs, '--mode', 'alertmanager', '--webhook.token-file', token, '--halt', '1']);
+  const stops: Array<() => Promise<unknown>> = [() => tw.stop()];
+  try {
+    // Alertmanager: deploy/alertmanager.yml with the webhook pointed at this trainwatch and this
+    // token; group_wait shortened from 10s so the test is quick. Nothing else changes.
+    const amCfg = structuredClone(am);
+    const wh = amCfg.receivers.find((r: Y) => r.name === 'trainwatch').webhook_configs[0];
+    const u = new URL(wh.url);
+    u.host = `127.0.0.1:${tw.port}`;
+    wh.url = u.href;
+    wh.http_config.authorization.credentials_file = token;
+    amCfg.route.group_wait = '1s';
+    const amSvc = await startAlertmanager(JSON.stringify(amCfg));
+    stops.push(() => amSvc.stop());
+    // Prometheus: deploy/prometheus.yml with these addresses, the repository's rules by absolute
+    // path, and 1 s intervals instead of 15 s.
+    const promCfg = structuredClone(prom);
+    promCfg.global.scrape_interval = '1s';
+    promCfg.global.evaluation_interval = '1s';
+    promCfg.rule_files = ruleFilesOf(DEPLOY);
+    promCfg.alerting.alertmanagers[0].static_configs[0].targets = [`127.0.0.1:${amSvc.port}`];
+    promCfg.scrape_configs.find((j: Y) => j.job_name === 'trainwatch').static_configs = [{ targets: [`127.0.0.1:${tw.port}`] }];
+    const promSvc = await startPrometheus(JSON.stringify(promCfg));
+    stops.push(() => promSvc.stop());
+
+    await waitFor(async () => (await promQuery(promSvc.url, 'up{job="trainwatch"} == 1')).length === 1, 'Prometheus to scrape trainwatch with job="trainwatch"', 30_000, 200);
+    const rules = (await (await fetch(`${promSvc.url}/api/v1/rules`)).json()) as Y;
+    const loaded = rules.data.groups.map((g: Y) => g.name).sort();
+    const expected = ruleFilesOf(DEPLOY).flatMap((f) => (yamlFile(f).groups as Y[]).map((g) => g.name)).sort();
+    assert.deepEqual(expected, loaded);
+
+    const now = Date.now() / 1000;
+    const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
+    writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
+    await waitFor(() => existsSync(join(runDir, '.HALT')), 'Alertmanager to deliver TrainingLossNotFinite to the webhook and trainwatch to write .HALT', 60_000, 100).catch((e: Error) =>
+      assert.fail(`${e.message}\n--- trainwatch ---\n${tw.logs().slice(-4000)}\n--- alertmanager ---\n${amSvc.logs().slice(-2000)}\n--- prometheus ---\n${promSvc.logs().slice(-2000)}`),
+    );
+    assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
+    assert.equal('halt: nonfinite_loss\n', readFileSync(join(runDir, '.HALT'), 'utf8'));
+    assert.match(tw.logs(), /webhook|alertmanager/i);
+  } finally {
+    for (const s of stops.reverse()) await s();
+    t.cleanup();
+  }
+});
+
+// ---------------------------------------------------------------- Compose
+
+/** `${VAR:-default}` → default (what `docker compose` uses when VAR is unset). */
+const interpolate = (s: string) => s.replace(/\$\{(\w+)(?::?-([^}]*))?\}/g, (_m, _v, def: string | undefined) => def ?? '');
+/** Short-syntax volume "src:dst[:mode]" → {src, dst}. */
+const volumeOf = (v: string) => {
+  const [src, dst] = interpolate(v).split(':');
+  return { raw: v, src: src!, dst: dst!, bind: /^[./~]/.test(interpolate(v)) };
+};
+const flag = (args: string[], name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+
+test('deploy/compose.yaml: parses, every local file it mounts exists, and services, ports and paths agree with the configs', () => {
+  const s = compose.services;
+  assert.deepEqual(['alertmanager', 'grafana', 'prometheus', 'trainwatch'], Object.keys(s).sort());
+  // trainwatch is built from this repository.
+  assert.ok(existsSync(join(DEPLOY, s.trainwatch.build.context, s.trainwatch.build.dockerfile ?? 'Dockerfile')), 'build context must hold the Dockerfile');
+  // Every bind-mounted file or directory exists (the runs directory is the user's).
+  for (const [name, svc] of Object.entries<Y>(s))
+    for (const v of (svc.volumes ?? []).map(volumeOf)) {
+      if (!v.bind) {
+        assert.ok(compose.volumes && v.src in compose.volumes, `${name}: named volume ${v.src} is not declared`);
+        continue;
+      }
+      if (v.dst === '/runs') continue;
+      if (v.src.startsWith('../grafana') && !existsSync(join(REPO, 'grafana'))) continue;
+      assert.ok(existsSync(resolve(DEPLOY, v.src)), `${name}: ${v.raw} mounts ${resolve(DEPLOY, v.src)}, which does not exist`);
+    }
+  for (const [name, sec] of Object.entries<Y>(compose.secrets ?? {})) assert.ok(existsSync(resolve(DEPLOY, interpolate(sec.file))), `secret ${name}: ${sec.file} does not exist`);
+  const mountOf = (svc: Y, dst: string) => (svc.volumes as string[]).map(volumeOf).find((v) => v.dst === dst);
+  const published = (svc: Y) => (svc.ports as string[]).map((p) => Number(p.split(':').at(-1)));
+
+  // trainwatch: default port, /runs, the webhook token from the shared secret.
+  const twArgs: string[] = s.trainwatch.command;
+  assert.deepEqual([DEFAULT_PORT], published(s.trainwatch));
+  assert.equal('/runs', flag(twArgs, 'root'));
+  assert.equal('/runs', mountOf(s.trainwatch, '/runs')?.dst, 'the runs directory must be mounted at /runs');
+  const tokenPath = flag(twArgs, 'webhook.token-file');
+  assert.equal(`/run/secrets/${s.trainwatch.secrets[0]}`, tokenPath);
+
+  // Prometheus: the deploy/prometheus.yml the tests check, and its rule_files land on ../alerts.
+  const promArgs: string[] = s.prometheus.command;
+  const promConfig = flag(promArgs, 'config.file')!;
+  assert.equal('./prometheus.yml', mountOf(s.prometheus, promConfig)?.src);
+  for (const g of prom.rule_files as string[]) {
+    const inContainer = posix.resolve(posix.dirname(promConfig), posix.dirname(g));
+    assert.equal('../alerts', mountOf(s.prometheus, inContainer)?.src, `rule_files ${g} resolves to ${inContainer}, which must be the alerts/ mount`);
+  }
+  const promPort = hostPort(flag(promArgs, 'web.listen-address')!)[1];
+  assert.deepEqual([promPort], published(s.prometheus));
+  for (const t of trainwatchJob().static_configs.flatMap((c: Y) => c.targets)) assert.deepEqual(['trainwatch', DEFAULT_PORT], hostPort(t));
+
+  // Alertmanager: deploy/alertmanager.yml; Prometheus sends to it; it posts to trainwatch with the shared token.
+  const amArgs: string[] = s.alertmanager.command;
+  assert.equal('./alertmanager.yml', mountOf(s.alertmanager, flag(amArgs, 'config.file')!)?.src);
+  const amPort = hostPort(flag(amArgs, 'web.listen-address')!)[1];
+  assert.deepEqual([amPort], published(s.alertmanager));
+  assert.deepEqual([['alertmanager', amPort]], prom.alerting.alertmanagers[0].static_configs[0].targets.map(hostPort));
+  const wh = trainwatchReceiver().webhook_configs[0];
+  assert.equal(`trainwatch:${DEFAULT_PORT}`, new URL(wh.url).host);
+  assert.deepEqual(s.trainwatch.secrets, s.alertmanager.secrets);
+  assert.equal(tokenPath, wh.http_config.authorization.credentials_file);
+
+  // Grafana: provisioning from grafana/, its datasource reaches this Prometheus, its dashboard
+  // provider reads the directory the dashboard JSON is mounted into.
+  if (existsSync(join(REPO, 'grafana'))) {
+    assert.equal('../grafana/provisioning', mountOf(s.grafana, '/etc/grafana/provisioning')?.src);
+    const ds = (yamlFile(join(REPO, 'grafana/provisioning/datasources/prometheus.yml')).datasources as Y[]).find((d) => d.type === 'prometheus');
+    const dsUrl = new URL(ds.url);
+    assert.deepEqual(['prometheus', promPort], [dsUrl.hostname, Number(dsUrl.port)]);
+    assert.equal(prom.global.scrape_interval, ds.jsonData?.timeInterval, "the datasource's timeInterval must equal Prometheus' scrape_interval ($__rate_interval)");
+    const provider = (yamlFile(join(REPO, 'grafana/provisioning/dashboards/trainwatch.yml')).providers as Y[])[0];
+    const dash = (s.grafana.volumes as string[]).map(volumeOf).find((v) => v.src === '../grafana/trainwatch-dashboard.json');
+    assert.ok(dash, 'the dashboard JSON must be mounted');
+    assert.equal(provider.options.path, posix.dirname(dash.dst));
+  }
+});
+
+// ---------------------------------------------------------------- Kubernetes
+
+interface Doc {
+  file: string;
+  obj: Y;
+}
+function k8sDocs(): Doc[] {
+  const out: Doc[] = [];
+  for (const n of readdirSync(K8S).sort()) {
+    if (!/\.ya?ml$/.test(n) || n === 'kustomization.yaml') continue;
+    for (const d of parseAllDocuments(readFileSync(join(K8S, n), 'utf8'))) {
+      assert.deepEqual([], d.errors.map(String), `${n} does not parse`);
+      const obj = d.toJS();
+      if (obj !== null) out.push({ file: n, obj });
+    }
+  }
+  return out;
+}
+const one = (docs: Doc[], kind: string): Y => {
+  const found = docs.filter((d) => d.obj.kind === kind);
+  assert.equal(1, found.length, `exactly one ${kind} under deploy/kubernetes`);
+  return found[0]!.obj;
+};
+const subset = (small: Record<string, string>, big: Record<string, string>) => Object.entries(small).every(([k, v]) => big?.[k] === v);
+
+test('deploy/kubernetes: DaemonSet, Service, ServiceMonitor and PrometheusRule are well-formed and select each other', () => {
+  const docs = k8sDocs();
+  for (const { file, obj } of docs) {
+    assert.equal('string', typeof obj.apiVersion, `${file}: apiVersion`);
+    assert.equal('string', typeof obj.kind, `${file}: kind`);
+    assert.equal('string', typeof obj.metadata?.name, `${file}: metadata.name`);
+  }
+  assert.deepEqual(['DaemonSet', 'PrometheusRule', 'Service', 'ServiceMonitor'], docs.map((d) => d.obj.kind).sort());
+
+  const ds = one(docs, 'DaemonSet');
+  assert.equal('apps/v1', ds.apiVersion);
+  const podLabels = ds.spec.template.metadata.labels;
+  assert.ok(Object.keys(ds.spec.selector.matchLabels ?? {}).length > 0, 'DaemonSet needs spec.selector.matchLabels');
+  assert.equal(true, subset(ds.spec.selector.matchLabels, podLabels), 'DaemonSet selector must match its template labels');
+  const pod = ds.spec.template.spec;
+  assert.equal(1, pod.containers.length);
+  const c = pod.containers[0];
+  assert.equal('string', typeof c.image);
+  assert.equal('string', typeof c.name);
+  const metricsPort = (c.ports as Y[]).find((p) => p.name === 'metrics');
+  assert.equal(DEFAULT_PORT, metricsPort?.containerPort);
+  const listen = (c.args as string[]).find((a) => a.startsWith('--web.listen-address='));
+  if (listen) assert.equal(DEFAULT_PORT, hostPort(listen.split('=')[1]!)[1]);
+  assert.deepEqual({ path: '/readyz', port: 'metrics' }, c.readinessProbe.httpGet);
+  assert.deepEqual({ path: '/healthz', port: 'metrics' }, c.livenessProbe.httpGet);
+  assert.ok(c.resources?.requests?.cpu && c.resources?.requests?.memory && c.resources?.limits?.memory, 'resources: cpu/memory requests and a memory limit');
+  // The runs: a writable hostPath mounted where --root points.
+  const root = (c.args as string[]).find((a) => a.startsWith('--root='))?.split('=')[1];
+  const mount = (c.volumeMounts as Y[]).find((m) => m.mountPath === root);
+  assert.ok(mount, `--root=${root} must be a volumeMount`);
+  assert.notEqual(true, mount.readOnly, 'the runs mount must be writable (.anomaly_type, .HALT)');
+  const vol = (pod.volumes as Y[]).find((v) => v.name === mount.name);
+  assert.equal('string', typeof vol?.hostPath?.path, 'the runs volume must be a hostPath (one trainwatch per node)');
+  // Least privilege.
+  assert.equal(true, pod.securityContext.runAsNonRoot);
+  assert.notEqual(0, pod.securityContext.runAsUser);
+  assert.equal(false, c.securityContext.allowPrivilegeEscalation);
+  assert.equal(true, c.securityContext.readOnlyRootFilesystem);
+  assert.deepEqual(['ALL'], c.securityContext.capabilities.drop);
+
+  const svc = one(docs, 'Service');
+  assert.equal('v1', svc.apiVersion);
+  assert.equal(true, subset(svc.spec.selector, podLabels), 'Service selector must match the pod labels');
+  const svcPort = (svc.spec.ports as Y[]).find((p) => p.name === 'metrics');
+  assert.ok(svcPort, 'Service port named metrics');
+  assert.ok(svcPort.targetPort === 'metrics' || svcPort.targetPort === DEFAULT_PORT, 'Service targetPort must reach the container port');
+
+  const sm = one(docs, 'ServiceMonitor');
+  assert.equal('monitoring.coreos.com/v1', sm.apiVersion);
+  assert.equal(true, subset(sm.spec.selector.matchLabels, svc.metadata.labels), 'ServiceMonitor selector must match the Service labels');
+  for (const e of sm.spec.endpoints as Y[]) {
+    assert.equal('metrics', e.port, 'ServiceMonitor endpoint port must be the Service port name');
+    assert.equal(DEFAULTS['web.telemetry-path'], e.path ?? '/metrics');
+  }
+  // The rules expect job="…trainwatch…": prometheus-operator sets job to the Service name.
+  assert.match(sm.spec.jobLabel ? svc.metadata.labels[sm.spec.jobLabel] : svc.metadata.name, /trainwatch/);
+
+  const pr = one(docs, 'PrometheusRule');
+  assert.equal('monitoring.coreos.com/v1', pr.apiVersion);
+  assert.ok(Array.isArray(pr.spec.groups) && pr.spec.groups.length > 0, 'PrometheusRule spec.groups');
+  // kube-prometheus-stack selects on release: the raw files and the kustomization agree.
+  const kust = yamlFile(join(K8S, 'kustomization.yaml'));
+  const release = kust.labels.find((l: Y) => l.pairs?.release).pairs.release;
+  assert.equal(release, sm.metadata.labels.release);
+  assert.equal(release, pr.metadata.labels.release);
+});
+
+test('deploy/kubernetes/kustomization.yaml: lists every manifest, sets the release label without touching selectors, and its patches hit the runs hostPath', () => {
+  const kust = yamlFile(join(K8S, 'kustomization.yaml'));
+  assert.equal('Kustomization', kust.kind);
+  const manifests = readdirSync(K8S).filter((n) => /\.ya?ml$/.test(n) && n !== 'kustomization.yaml').sort();
+  assert.deepEqual(manifests, [...kust.resources].sort());
+  const rel = (kust.labels as Y[]).find((l) => l.pairs?.release);
+  assert.ok(rel, 'a labels entry setting release (kube-prometheus-stack selects on it)');
+  assert.equal(false, rel.includeSelectors, 'selectors are immutable: the release label must not go into them');
+  const docs = k8sDocs();
+  const ds = one(docs, 'DaemonSet');
+  const images = (ds.spec.template.spec.containers as Y[]).map((c) => String(c.image).replace(/:[^/:]+$/, ''));
+  for (const img of kust.images ?? []) assert.ok(images.includes(img.name), `images: ${img.name} is no container image (${images.join(', ')})`);
+  for (const p of kust.patches ?? []) {
+    const target = docs.find((d) => d.obj.kind === p.target.kind && d.obj.metadata.name === p.target.name);
+    assert.ok(target, `patch target ${p.target.kind}/${p.target.name} does not exist`);
+    for (const op of parseYaml(p.patch) as Y[]) {
+      assert.equal('replace', op.op, 'only replace ops are checked here');
+      const segs = (op.path as string).split('/').slice(1);
+      let node: Y = target.obj;
+      for (const s of segs.slice(0, -1)) node = node?.[s];
+      assert.ok(node && segs.at(-1)! in node, `patch path ${op.path} does not exist in ${p.target.kind}/${p.target.name}`);
+      if ((op.path as string).includes('/volumes/')) assert.equal('runs', ds.spec.template.spec.volumes[Number(segs[4])].name, `${op.path} must be the runs volume`);
+    }
+  }
+});
+
+test('deploy/kubernetes/prometheusrule.yaml: equals what scripts/gen-prometheusrule.mjs generates from alerts/, and its groups pass promtool check rules', () => {
+  const env = { ...process.env };
+  delete env.TRAINWATCH_PROMETHEUSRULE_LABELS;
+  const r = spawnSync(process.execPath, [join(REPO, 'scripts/gen-prometheusrule.mjs'), '--stdout'], { encoding: 'utf8', env });
+  assert.equal(0, r.status, r.stderr);
+  assert.equal(r.stdout, readFileSync(join(K8S, 'prometheusrule.yaml'), 'utf8'), 'deploy/kubernetes/prometheusrule.yaml is out of date. Fix: node scripts/gen-prometheusrule.mjs');
+  const pr = parseYaml(r.stdout);
+  const fromAlerts = readdirSync(join(REPO, 'alerts'))
+    .filter((n) => n.endsWith('.rules.yml'))
+    .sort()
+    .flatMap((n) => yamlFile(join(REPO, 'alerts', n)).groups);
+  assert.deepEqual(fromAlerts, pr.spec.groups);
+  const promtool = requireBinary('promtool', 'prometheus');
+  const t = tmpDir('tw-prule-');
+  try {
+    const f = join(t.path, 'spec.rules.yml');
+    writeFileSync(f, JSON.stringify({ groups: pr.spec.groups }));
+    const c = spawnSync(promtool, ['check', 'rules', f], { encoding: 'utf8' });
+    assert.equal(0, c.status, `promtool check rules on the PrometheusRule's groups:\n${c.stdout}${c.stderr}`);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check reports drift, a non-rule file is an error', () => {
+  const gen = join(REPO, 'scripts/gen-prometheusrule.mjs');
+  const t = tmpDir('tw-gen-');
+  try {
+    const alerts = join(t.path, 'alerts');
+    mkdirSync(alerts);
+    writeFileSync(join(alerts, 'a.rules.yml'), 'groups:\n  - name: g1\n    rules:\n      - alert: A\n        expr: vector(1)\n');
+    const out = join(t.path, 'pr.yaml');
+    const run = (...args: string[]) => spawnSync(process.execPath, [gen, '--alerts', alerts, '--out', out, ...args], { encoding: 'utf8' });
+    let r = run('--labels', 'release=prom,team=ml');
+    assert.equal(0, r.status, r.stderr);
+    const pr = yamlFile(out);
+    assert.deepEqual({ 'app.kubernetes.io/name': 'trainwatch', 'app.kubernetes.io/component': 'alerting-rules', release: 'prom', team: 'ml' }, pr.metadata.labels);
+    assert.deepEqual([{ name: 'g1', rules: [{ alert: 'A', expr: 'vector(1)' }] }], pr.spec.groups);
+    assert.equal(0, run('--labels', 'release=prom,team=ml', '--check').status, 'an up-to-date file passes --check');
+    r = run('--check');
+    assert.equal(1, r.status, 'the default labels differ from the file: --check must fail');
+    assert.match(r.stderr, /out of date.*Fix: node scripts\/gen-prometheusrule\.mjs/s);
+    assert.equal(2, run('--labels', 'bad label=x').status, 'an invalid label name is an error');
+    writeFileSync(join(alerts, 'b.rules.yml'), 'not: rules\n');
+    r = run('--stdout');
+    assert.equal(2, r.status);
+    assert.match(r.stderr, /b\.rules\.yml: not a Prometheus rule file/);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('docs/deploy.md: names the files it tells users to use, and they exist', () => {
+  const doc = readFileSync(join(REPO, 'docs/deploy.md'), 'utf8');
+  const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]!);
+  for (const p of ['deploy/prometheus.yml', 'deploy/alertmanager.yml', 'deploy/compose.yaml', 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml']) assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
+  for (const p of paths) assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
+  assert.ok(statSync(join(REPO, 'Dockerfile')).isFile());
+});
