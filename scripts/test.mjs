@@ -13,6 +13,7 @@ const NEEDED = [
   ['chromium', 'chromium'],
   ['mtail', 'mtail'],
   ['python3', 'python3'],
+  ['tini', 'tini'],
 ];
 const say = (s) => process.stdout.write(`[npm test] ${s}\n`);
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;

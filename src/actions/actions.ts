@@ -12,10 +12,10 @@
 // on one promise chain: concurrent duplicate deliveries act exactly once.
 import { randomUUID } from 'node:crypto';
 import type { Anomaly } from '../detect/detect.js';
-import { ANOMALY_KINDS } from '../detect/kinds.js';
+import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
-import { readAudit, remember, type AuditEntry, type AuditMemory, type OpenEpisode } from './audit.js';
+import { readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
 import { appendLine, CONTROL_FILES, ConfinementError, createExclusive, writeAtomic } from './files.js';
 import { processStartTime, sendSignal } from './signals.js';
 
@@ -55,8 +55,8 @@ export interface TrainerProc {
   pid: number;
   /** trainer ts of the rank's newest liveness record */
   lastLivenessTs?: number;
-  /** trainer ts of the rank's newest boot record: the process must be older than this */
-  bootTs?: number;
+  /** trainer ts of the first record seen from this pid: the process must be older than this */
+  pidSinceTs?: number;
 }
 
 interface RunActions {
@@ -70,15 +70,18 @@ export class Actions {
 
   constructor(private readonly o: ActionOptions) {}
 
-  /** Embedded mode: make the episodes of `run` match the anomalies detected now. */
-  reconcile(run: RunRef, anomalies: Anomaly[], now: number, procs: TrainerProc[] = []): Promise<void> {
+  /**
+   * Embedded mode: make the episodes of `run` match the anomalies detected now. `halted` says
+   * .HALT exists: kinds that are quiet while halted then neither start nor end an episode.
+   */
+  reconcile(run: RunRef, anomalies: Anomaly[], now: number, halted: boolean, procs: TrainerProc[] = []): Promise<void> {
     return this.serial(run, async (mem) => {
       const active = new Map<string, Anomaly>();
       for (const a of anomalies) if (!active.has(a.kind)) active.set(a.kind, a);
       const open = new Map<string, [string, OpenEpisode]>();
       for (const [id, ep] of mem.open) if (ep.source === 'embedded') open.set(ep.kind, [id, ep]);
       for (const [kind, [id, ep]] of open) {
-        if (active.has(kind)) continue;
+        if (active.has(kind) || (halted && kindOf(kind)?.quietWhileHalted)) continue;
         await this.audit(run, { ts: now, event: 'resolved', episode: id, kind, source: 'embedded', rank: ep.rank });
         mem.open.delete(id);
       }
@@ -97,9 +100,9 @@ export class Actions {
           ep = [id, opened];
           this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
         }
-        await this.ensureActions(run, ep[0], ep[1], k.halts, a.message, now);
+        await this.ensureActions(run, mem, ep[0], ep[1], k.halts, a.message, now);
       }
-      await this.escalate(run, mem, procs, now);
+      if (halted) await this.escalate(run, mem, procs, now);
     });
   }
 
@@ -115,7 +118,7 @@ export class Actions {
         return 'resolved';
       }
       if (found) {
-        await this.ensureActions(run, found[0], found[1], a.halts, a.message, now);
+        await this.ensureActions(run, mem, found[0], found[1], a.halts, a.message, now);
         return 'duplicate';
       }
       if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
@@ -125,7 +128,7 @@ export class Actions {
       const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', key: a.key, rank: a.rank, ts: now, done: new Map() };
       mem.open.set(id, ep);
       this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
-      await this.ensureActions(run, id, ep, a.halts, a.message, now);
+      await this.ensureActions(run, mem, id, ep, a.halts, a.message, now);
       return 'acted';
     });
   }
@@ -162,7 +165,7 @@ export class Actions {
 
   // Performs whichever required actions of an episode are not done yet. Throws if any failed
   // with an error a retry could fix, so that the webhook can answer 5xx.
-  private async ensureActions(run: RunRef, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number): Promise<void> {
+  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number): Promise<void> {
     const kind = ep.kind;
     const steps: Array<[string, () => Promise<string>]> = [
       ['anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')],
@@ -179,7 +182,10 @@ export class Actions {
         ep.done.set(action, now);
         this.o.stats.action(action, result);
         await this.audit(run, { ts: now, event: 'action', episode: id, kind, action, result });
-        if (action === 'halt' && result === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
+        if (action === 'halt' && result === 'ok') {
+          mem.halt = { episode: id, at: now, done: new Map() };
+          this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
+        }
       } catch (e) {
         this.o.stats.action(action, 'failed');
         const err = e as NodeJS.ErrnoException;
@@ -191,33 +197,31 @@ export class Actions {
     if (failure) throw failure;
   }
 
-  // A hung training loop never polls .HALT: after a grace, ask it for stacks, then to stop.
+  // A hung training loop never polls .HALT: some time after we wrote it, ask a trainer that has
+  // not beaten since for its stacks (SIGUSR1), then to stop (SIGTERM). Each signal goes once.
   private async escalate(run: RunRef, mem: AuditMemory, procs: TrainerProc[], now: number): Promise<void> {
-    if (this.o.escalateS <= 0) return;
-    for (const [id, ep] of mem.open) {
-      const haltedAt = ep.done.get('halt');
-      if (haltedAt === undefined || now - haltedAt < this.o.escalateS) continue;
-      for (const p of procs) {
-        if (p.lastLivenessTs !== undefined && p.lastLivenessTs > haltedAt) continue; // it is still beating: not hung
-        const usr1 = `sigusr1:${p.pid}`;
-        const term = `sigterm:${p.pid}`;
-        if (!ep.done.has(usr1)) await this.signal(run, id, ep, p, 'SIGUSR1', usr1, now);
-        else if (this.o.escalateTermS > 0 && !ep.done.has(term) && now - ep.done.get(usr1)! >= this.o.escalateTermS) await this.signal(run, id, ep, p, 'SIGTERM', term, now);
-      }
+    const h = mem.halt;
+    if (this.o.escalateS <= 0 || !h || now - h.at < this.o.escalateS) return;
+    for (const p of procs) {
+      if (p.lastLivenessTs !== undefined && p.lastLivenessTs > h.at) continue; // still beating: not hung
+      const usr1 = `sigusr1:${p.pid}`;
+      const term = `sigterm:${p.pid}`;
+      if (!h.done.has(usr1)) await this.signal(run, h, p, 'SIGUSR1', usr1, now);
+      else if (this.o.escalateTermS > 0 && !h.done.has(term) && now - h.done.get(usr1)! >= this.o.escalateTermS) await this.signal(run, h, p, 'SIGTERM', term, now);
     }
   }
 
-  private async signal(run: RunRef, id: string, ep: OpenEpisode, p: TrainerProc, sig: 'SIGUSR1' | 'SIGTERM', action: string, now: number): Promise<void> {
-    // Only a process on this host that is older than the run's boot record can be the trainer:
+  private async signal(run: RunRef, h: HaltRecord, p: TrainerProc, sig: 'SIGUSR1' | 'SIGTERM', action: string, now: number): Promise<void> {
+    // Only a process on this host that is older than its first record can be the trainer:
     // a recycled pid belongs to a process started later.
     const started = await processStartTime(p.pid);
     let result: string;
     if (started === undefined) result = 'not_running';
-    else if (p.bootTs === undefined || started > p.bootTs + 5) result = 'unverified';
+    else if (p.pidSinceTs === undefined || started > p.pidSinceTs + 5) result = 'unverified';
     else result = sendSignal(p.pid, sig);
-    ep.done.set(action, now);
+    h.done.set(action, now);
     this.o.stats.action(sig.toLowerCase(), result);
-    await this.audit(run, { ts: now, event: 'action', episode: id, kind: ep.kind, action, result, pid: p.pid, signal: sig });
+    await this.audit(run, { ts: now, event: 'action', episode: h.episode, action, result, pid: p.pid, signal: sig });
     this.o.log.warn({ run: run.name, pid: p.pid, signal: sig, result }, 'escalation for a hung trainer');
   }
 

@@ -46,6 +46,15 @@ export interface AuditMemory {
   keys: Set<string>;
   /** the newest entries, for the status page (at most RECENT_AUDIT) */
   recent: AuditEntry[];
+  /** the newest .HALT this trainwatch wrote, and the escalation signals sent since */
+  halt?: HaltRecord;
+}
+
+/** When .HALT was written (by which episode), and which signals followed it. */
+export interface HaltRecord {
+  episode: string;
+  at: number;
+  done: Map<string, number>;
 }
 
 /** How many recent audit entries are kept in memory per run. */
@@ -94,6 +103,8 @@ export async function readAudit(real: string): Promise<AuditMemory> {
       if (e.key) mem.keys.add(e.key);
     } else if (e.event === 'action' && e.result !== 'failed') {
       mem.open.get(e.episode)?.done.set(e.action ?? '', e.ts);
+      if (e.action === 'halt' && e.result === 'ok') mem.halt = { episode: e.episode, at: e.ts, done: new Map() };
+      else if (e.signal && mem.halt?.episode === e.episode) mem.halt.done.set(e.action ?? '', e.ts);
     } else if (e.event === 'resolved') {
       mem.open.delete(e.episode);
     }

@@ -4,7 +4,7 @@
 import type { Thresholds } from '../config/settings.js';
 import type { RankState } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
-import type { AnomalyName } from './kinds.js';
+import { kindOf, type AnomalyName } from './kinds.js';
 
 /** One detected anomaly on one rank of a run. */
 export interface Anomaly {
@@ -43,22 +43,20 @@ export function detectRun(run: RunFacts, t: Thresholds, now: number): Anomaly[] 
   if (run.csv && t.flatlineN > 0 && run.csv.throughputZero >= t.flatlineN) {
     out.push({ kind: 'throughput_flatline', rank: 0, value: run.csv.throughputZero, threshold: t.flatlineN, message: `training.csv: ${run.csv.throughputZero} rows in a row with toks_per_s <= 0` });
   }
-  return out;
+  return run.halted ? out.filter((a) => !kindOf(a.kind)?.quietWhileHalted) : out;
 }
 
 function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, maxStep: number, nRanks: number, out: Anomaly[]): void {
   const push = (kind: AnomalyName, value: number, threshold: number, message: string) => out.push({ kind, rank: s.rank, value, threshold, message });
-  if (!run.halted) {
-    const stallS = effectiveStallS(s, t);
-    if (s.lastDumpTs !== undefined && (s.lastLivenessTs === undefined || s.lastDumpTs > s.lastLivenessTs)) {
-      const age = s.lastLivenessTs === undefined ? 0 : now - s.lastLivenessTs;
-      push('heartbeat_stall', age, stallS, `the trainer's own watchdog dumped stacks (hung training loop); last liveness ${fmtAge(age)} ago`);
-    } else if (s.lastLivenessTs !== undefined && now - s.lastLivenessTs > stallS) {
-      push('heartbeat_stall', now - s.lastLivenessTs, stallS, `no heartbeat for ${fmtAge(now - s.lastLivenessTs)} (threshold ${stallS}s)`);
-    }
-    if (t.crashDetect && s.pid !== undefined && run.pidAlive?.(s.pid) === false) {
-      push('trainer_crash', s.pid, 0, `trainer pid ${s.pid} is gone and no .HALT asked it to stop`);
-    }
+  const stallS = effectiveStallS(s, t);
+  if (s.lastDumpTs !== undefined && (s.lastLivenessTs === undefined || s.lastDumpTs > s.lastLivenessTs)) {
+    const age = s.lastLivenessTs === undefined ? 0 : now - s.lastLivenessTs;
+    push('heartbeat_stall', age, stallS, `the trainer's own watchdog dumped stacks (hung training loop); last liveness ${fmtAge(age)} ago`);
+  } else if (s.lastLivenessTs !== undefined && now - s.lastLivenessTs > stallS) {
+    push('heartbeat_stall', now - s.lastLivenessTs, stallS, `no heartbeat for ${fmtAge(now - s.lastLivenessTs)} (threshold ${stallS}s)`);
+  }
+  if (t.crashDetect && s.pid !== undefined && run.pidAlive?.(s.pid) === false) {
+    push('trainer_crash', s.pid, 0, `trainer pid ${s.pid} is gone and no .HALT asked it to stop`);
   }
   const st = s.streaks;
   if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN) push('throughput_flatline', st.throughputZero, t.flatlineN, `${st.throughputZero} progress records in a row with toks_per_s <= 0`);

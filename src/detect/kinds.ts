@@ -11,10 +11,12 @@ export interface AnomalyKind {
   halts: boolean;
   severity: 'critical' | 'warning' | 'info';
   summary: string;
+  /** Silence is expected once .HALT exists (the trainer was asked to stop): not detected then. */
+  quietWhileHalted?: boolean;
 }
 
 export const ANOMALY_KINDS = [
-  { name: 'heartbeat_stall', alert: 'TrainingHeartbeatStalled', halts: true, severity: 'critical', summary: 'A training rank stopped sending heartbeats.' },
+  { name: 'heartbeat_stall', alert: 'TrainingHeartbeatStalled', halts: true, severity: 'critical', summary: 'A training rank stopped sending heartbeats.', quietWhileHalted: true },
   { name: 'throughput_flatline', alert: 'TrainingThroughputFlatline', halts: true, severity: 'critical', summary: 'A training rank reports zero throughput.' },
   { name: 'loss_flatline', alert: 'TrainingLossFlatline', halts: true, severity: 'warning', summary: 'Training loss has not changed for many logging steps.' },
   { name: 'zero_grad', alert: 'TrainingZeroGradient', halts: true, severity: 'critical', summary: 'Gradient norm is zero: the model stopped learning.' },
@@ -22,7 +24,7 @@ export const ANOMALY_KINDS = [
   { name: 'gate_collapse', alert: 'TrainingGateCollapse', halts: true, severity: 'critical', summary: 'NSA gate distribution collapsed.' },
   { name: 'nonfinite_loss', alert: 'TrainingLossNotFinite', halts: true, severity: 'critical', summary: 'Loss or gradient norm is NaN or infinite: the run diverged.' },
   { name: 'straggler', alert: 'TrainingRankStraggler', halts: false, severity: 'warning', summary: 'A rank is far behind its peers.' },
-  { name: 'trainer_crash', alert: 'TrainingProcessCrashed', halts: false, severity: 'critical', summary: 'The trainer process is gone but nobody asked it to stop.' },
+  { name: 'trainer_crash', alert: 'TrainingProcessCrashed', halts: false, severity: 'critical', summary: 'The trainer process is gone but nobody asked it to stop.', quietWhileHalted: true },
 ] as const satisfies readonly AnomalyKind[];
 
 export type AnomalyName = (typeof ANOMALY_KINDS)[number]['name'];

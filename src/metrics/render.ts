@@ -74,7 +74,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
     }
     for (const s of run.ranks.values()) {
       const l = `{${rl},rank="${s.rank}"}`;
-      rankSamples(f, s, l, now, effectiveStallS(s, t), maxStep);
+      rankSamples(f, s, l, now, effectiveStallS(s, t), maxStep, t.fetchWarmupN);
       for (const cls of MSG_CLASSES) if (s.records[cls] > 0) f.add('records', `{${rl},rank="${s.rank}",msg="${cls}"}`, s.records[cls]);
       if (t.crashDetect && s.pid !== undefined) {
         const alive = run.alive.get(s.pid);
@@ -119,7 +119,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
   return f.text();
 }
 
-function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: number, maxStep: number): void {
+function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: number, maxStep: number, fetchWarmupN: number): void {
   f.add('heartbeatLastTs', l, s.lastLivenessTs);
   if (s.lastLivenessTs !== undefined) f.add('heartbeatAge', l, Math.max(0, now - s.lastLivenessTs));
   f.add('stallThreshold', l, stallS);
@@ -138,7 +138,10 @@ function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: 
   f.add('nonfinite', l, s.streaks.nonfinite);
   f.add('fetch', l, s.dtFetchS);
   f.add('fetchBaseline', l, s.fetchBaseline);
-  if (s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchBaseline > 0) f.add('fetchRatio', l, s.dtFetchS / s.fetchBaseline);
+  // Like the detector: no ratio during the warm-up, and a zero baseline makes any fetch +Inf.
+  if (s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchSamples >= fetchWarmupN) {
+    f.add('fetchRatio', l, s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : s.dtFetchS > 0 ? Infinity : 0);
+  }
   if (s.gpuMemAllocMiB !== undefined) f.add('gpuAlloc', l, s.gpuMemAllocMiB * MIB);
   if (s.gpuMemReservedMiB !== undefined) f.add('gpuReserved', l, s.gpuMemReservedMiB * MIB);
   f.add('gateEntropyMean', l, s.gateEntropyMean);

@@ -29,6 +29,8 @@ export interface Streaks {
 export interface RankState {
   rank: number;
   pid?: number;
+  /** trainer ts of the first record seen from the current pid */
+  pidSinceTs?: number;
   /** trainer ts of the newest liveness record (anything but watchdog_dump) */
   lastLivenessTs?: number;
   /** trainer ts of the newest watchdog_dump record */
@@ -90,7 +92,10 @@ export function cloneRankState(s: RankState): RankState {
 export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankState {
   const cls: MsgClass = (MSG_CLASSES as readonly string[]).includes(r.msg) ? (r.msg as MsgClass) : 'other';
   s.records[cls]++;
-  if (r.pid !== undefined) s.pid = r.pid;
+  if (r.pid !== undefined && r.pid !== s.pid) {
+    s.pid = r.pid;
+    s.pidSinceTs = r.ts;
+  }
   if (cls === 'watchdog_dump') {
     // The trainer's own hang detector: evidence of a stall, never a sign of life.
     if (s.lastDumpTs === undefined || r.ts > s.lastDumpTs) s.lastDumpTs = r.ts;

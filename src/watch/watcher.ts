@@ -244,9 +244,9 @@ export class Watcher {
     }
     if (!this.acting) return;
     const procs: TrainerProc[] = [];
-    for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, bootTs: s.bootTs });
+    for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, pidSinceTs: s.pidSinceTs });
     try {
-      await this.actions.reconcile(run, run.anomalies, now, procs);
+      await this.actions.reconcile(run, run.anomalies, now, run.halted, procs);
     } catch {
       // Already logged and counted with its fix; the next evaluation retries.
     }
