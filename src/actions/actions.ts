@@ -48,7 +48,7 @@ export interface AlertInput {
 }
 
 /** What the webhook did with one alert. */
-export type AlertOutcome = 'acted' | 'duplicate' | 'resolved' | 'resolved_duplicate';
+export type AlertOutcome = 'acted' | 'joined' | 'duplicate' | 'resolved' | 'resolved_duplicate';
 
 /** A rank's trainer process, for escalation. */
 export interface TrainerProc {
@@ -95,7 +95,7 @@ export class Actions {
           const id = randomUUID();
           const entry: AuditEntry = { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message };
           await this.audit(run, entry);
-          const opened: OpenEpisode = { kind: a.kind, source: 'embedded', rank: a.rank, ts: now, done: new Map() };
+          const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map() };
           mem.open.set(id, opened);
           ep = [id, opened];
           this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
@@ -106,26 +106,49 @@ export class Actions {
     });
   }
 
-  /** Webhook: act on one alert for `run`, at most once per key. */
+  /** Mode alertmanager: only the escalation of a hung trainer after our own .HALT. */
+  escalateOnly(run: RunRef, now: number, halted: boolean, procs: TrainerProc[]): Promise<void> {
+    return this.serial(run, (mem) => (halted ? this.escalate(run, mem, procs, now) : Promise.resolve()));
+  }
+
+  /**
+   * Webhook: act on one alert for `run`, at most once per key (fingerprint@startsAt). Like the
+   * embedded detector, an episode is one anomaly kind on one run: the alerts of several ranks
+   * join the open episode of their kind, and it ends when the last of them resolves.
+   */
   alert(run: RunRef, a: AlertInput, now: number): Promise<AlertOutcome> {
     return this.serial(run, async (mem): Promise<AlertOutcome> => {
-      const found = [...mem.open].find(([, ep]) => ep.key === a.key);
+      const mine = [...mem.open].find(([, ep]) => ep.keys.has(a.key));
       if (a.status === 'resolved') {
-        if (!found) return 'resolved_duplicate';
+        if (!mine) return 'resolved_duplicate';
+        const [id, ep] = mine;
+        ep.keys.delete(a.key);
         // Recorded, never undone: .HALT stays until a person removes it.
-        await this.audit(run, { ts: now, event: 'resolved', episode: found[0], kind: found[1].kind, source: 'alertmanager', key: a.key });
-        mem.open.delete(found[0]);
+        if (ep.keys.size > 0) {
+          await this.audit(run, { ts: now, event: 'alert_resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
+          return 'resolved';
+        }
+        await this.audit(run, { ts: now, event: 'resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
+        mem.open.delete(id);
         return 'resolved';
       }
-      if (found) {
-        await this.ensureActions(run, mem, found[0], found[1], a.halts, a.message, now);
+      if (mine) {
+        await this.ensureActions(run, mem, mine[0], mine[1], a.halts, a.message, now);
         return 'duplicate';
       }
       if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
+      mem.keys.add(a.key);
+      const same = [...mem.open].find(([, ep]) => ep.source === 'alertmanager' && ep.kind === a.kind);
+      if (same) {
+        const [id, ep] = same;
+        ep.keys.add(a.key);
+        await this.audit(run, { ts: now, event: 'joined', episode: id, kind: a.kind, rank: a.rank, source: 'alertmanager', key: a.key });
+        await this.ensureActions(run, mem, id, ep, a.halts, a.message, now);
+        return 'joined';
+      }
       const id = randomUUID();
       await this.audit(run, { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message });
-      mem.keys.add(a.key);
-      const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', key: a.key, rank: a.rank, ts: now, done: new Map() };
+      const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map() };
       mem.open.set(id, ep);
       this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
       await this.ensureActions(run, mem, id, ep, a.halts, a.message, now);
@@ -169,7 +192,7 @@ export class Actions {
     const kind = ep.kind;
     const steps: Array<[string, () => Promise<string>]> = [
       ['anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')],
-      ['details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, key: ep.key, episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n'), 'ok')],
+      ['details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n'), 'ok')],
     ];
     if (this.o.halt && kindHalts) {
       steps.push(['halt', async () => ((await createExclusive(run.dir, run.real, CONTROL_FILES.halt, `halt: ${kind}\n`)) ? 'ok' : 'exists')]);

@@ -9,7 +9,7 @@ import { CONTROL_FILES } from './files.js';
 export interface AuditEntry {
   ts: number;
   iso?: string;
-  event: 'anomaly' | 'action' | 'resolved' | 'signal' | 'alert_resolved';
+  event: 'anomaly' | 'action' | 'resolved' | 'joined' | 'alert_resolved';
   episode: string;
   kind?: string;
   run?: string;
@@ -32,7 +32,8 @@ export interface AuditEntry {
 export interface OpenEpisode {
   kind: string;
   source: string;
-  key?: string;
+  /** webhook alerts (fingerprint@startsAt) still firing in this episode */
+  keys: Set<string>;
   rank?: number;
   ts: number;
   done: Map<string, number>;
@@ -99,8 +100,13 @@ export async function readAudit(real: string): Promise<AuditMemory> {
     }
     remember(mem, e);
     if (e.event === 'anomaly') {
-      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', key: e.key, rank: e.rank, ts: e.ts, done: new Map() });
+      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map() });
       if (e.key) mem.keys.add(e.key);
+    } else if (e.event === 'joined' && e.key) {
+      mem.open.get(e.episode)?.keys.add(e.key);
+      mem.keys.add(e.key);
+    } else if (e.event === 'alert_resolved' && e.key) {
+      mem.open.get(e.episode)?.keys.delete(e.key);
     } else if (e.event === 'action' && e.result !== 'failed') {
       mem.open.get(e.episode)?.done.set(e.action ?? '', e.ts);
       if (e.action === 'halt' && e.result === 'ok') mem.halt = { episode: e.episode, at: e.ts, done: new Map() };

@@ -12,7 +12,7 @@ import type { Watcher } from '../watch/watcher.js';
 export interface AlertResult {
   run?: string;
   anomaly_type?: string;
-  result: 'acted' | 'duplicate' | 'resolved' | 'resolved_duplicate' | 'not_ours' | 'unknown_kind' | 'rejected' | 'failed';
+  result: 'acted' | 'joined' | 'duplicate' | 'resolved' | 'resolved_duplicate' | 'not_ours' | 'unknown_kind' | 'rejected' | 'failed';
   error?: string;
 }
 

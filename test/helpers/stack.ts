@@ -74,7 +74,7 @@ export async function promQuery(promUrl: string, expr: string): Promise<Array<{ 
 }
 
 /** Starts one Alertmanager replica; `peers` are other replicas' cluster addresses. */
-export async function startAlertmanager(configYaml: string, opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string> } = {}): Promise<Service & { clusterAddress: string; dir: string }> {
+export async function startAlertmanager(configYaml: string, opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string>; peerTimeout?: string } = {}): Promise<Service & { clusterAddress: string; dir: string }> {
   const bin = requireBinary('prometheus-alertmanager', 'prometheus-alertmanager');
   const t = tmpDir('tw-am-');
   for (const [name, text] of Object.entries(opts.extraFiles ?? {})) writeFileSync(join(t.path, name), text);
@@ -88,7 +88,7 @@ export async function startAlertmanager(configYaml: string, opts: { clusterPort?
     `--web.listen-address=127.0.0.1:${port}`,
     `--cluster.listen-address=${clusterAddress}`,
     `--cluster.advertise-address=${clusterAddress}`,
-    '--cluster.peer-timeout=1s',
+    `--cluster.peer-timeout=${opts.peerTimeout ?? '1s'}`,
     '--cluster.gossip-interval=50ms',
     '--cluster.pushpull-interval=1s',
     '--log.level=warn',

@@ -1,0 +1,118 @@
+// The whole stack, for real: a simulated trainer → trainwatch (mode alertmanager) → Prometheus
+// scraping it and evaluating alerts/ → two clustered Alertmanager replicas → trainwatch's webhook
+// → .anomaly_type and .HALT → the trainer stops. Both replicas may deliver; trainwatch acts once.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO, scrape, startSimTrainer, startTrainwatch, tmpDir, waitFor } from '../helpers/proc.js';
+import { promQuery, startAlertmanager, startPrometheus, type Service } from '../helpers/stack.js';
+
+const TOKEN = 'e2e-token-0123456789';
+const SCRAPE_S = 1;
+const EVAL_S = 1;
+const GROUP_WAIT_S = 1;
+
+const audit = (dir: string) => (existsSync(join(dir, '.trainwatch-audit.jsonl')) ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+
+test('stall, flatline and NaN divergence go through Prometheus and an Alertmanager HA pair to .HALT, acted on once each', { timeout: 180_000 }, async (t) => {
+  const d = tmpDir('tw-e2e-');
+  t.after(() => d.cleanup());
+  const tokenFile = join(d.path, 'token');
+  writeFileSync(tokenFile, TOKEN + '\n');
+  const runs = { stall: 'heartbeat_stall', flat: 'throughput_flatline', nan: 'nonfinite_loss' } as const;
+  const sims = Object.entries(runs).map(([name, fault]) => {
+    const sim = startSimTrainer(['--dir', join(d.path, 'runs', name), '--ranks', '2', '--step-s', '0.05', '--fault', fault, '--fault-at', '60', '--quiet']);
+    t.after(() => sim.kill());
+    return [name, sim] as const;
+  });
+  const tw = await startTrainwatch(['--root', join(d.path, 'runs'), '--mode', 'alertmanager', '--halt', '1', '--webhook.token-file', tokenFile], {
+    NSA_WATCH_HEARTBEAT_STALL_S: '3',
+    NSA_WATCH_STARTUP_GRACE_S: '10',
+    NSA_WATCH_FLATLINE_N: '5',
+    NSA_WATCH_ESCALATE_S: '2',
+    NSA_WATCH_ESCALATE_TERM_S: '1',
+    NSA_WATCH_INTERVAL_S: '1',
+  });
+  t.after(() => tw.stop());
+  const amConfig = `
+route:
+  receiver: "null"
+  group_by: [alertname, run]
+  group_wait: ${GROUP_WAIT_S}s
+  group_interval: 2s
+  repeat_interval: 1h
+  routes:
+    - receiver: trainwatch
+      matchers: ['anomaly_type=~".+"']
+receivers:
+  - name: "null"
+  - name: trainwatch
+    webhook_configs:
+      - url: ${tw.url}/webhook/alertmanager
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: ${tokenFile}
+`;
+  // A 1 ms peer timeout makes the second replica send before it hears that the first did:
+  // the at-least-once delivery that trainwatch must absorb.
+  const am1 = await startAlertmanager(amConfig, { peerTimeout: '1ms' });
+  t.after(() => am1.stop());
+  const am2 = await startAlertmanager(amConfig, { peers: [am1.clusterAddress], peerTimeout: '1ms' });
+  t.after(() => am2.stop());
+  await waitFor(async () => {
+    const s = (await (await fetch(`${am2.url}/api/v2/status`)).json()) as { cluster: { peers: unknown[] } };
+    return s.cluster.peers.length === 2;
+  }, 'the two Alertmanagers to form a cluster');
+  const prom: Service = await startPrometheus(`
+global: { scrape_interval: ${SCRAPE_S}s, evaluation_interval: ${EVAL_S}s }
+rule_files: [${join(REPO, 'alerts/trainwatch.rules.yml')}]
+alerting:
+  alertmanagers:
+    - static_configs: [{ targets: ['${new URL(am1.url).host}', '${new URL(am2.url).host}'] }]
+scrape_configs:
+  - job_name: trainwatch
+    static_configs: [{ targets: ['127.0.0.1:${tw.port}'] }]
+`);
+  t.after(() => prom.stop());
+
+  for (const [name, kind] of Object.entries(runs)) {
+    const dir = join(d.path, 'runs', name);
+    await waitFor(() => existsSync(join(dir, '.HALT')), `.HALT in ${name}`, 90_000, 50);
+    assert.equal(`${kind}\n`, readFileSync(join(dir, '.anomaly_type'), 'utf8'), name);
+    assert.equal(`halt: ${kind}\n`, readFileSync(join(dir, '.HALT'), 'utf8'), name);
+  }
+  for (const [name, sim] of sims) assert.notEqual(null, await sim.exited, `${name} trainer stopped`);
+  // Both replicas got the alerts from Prometheus; each run still has exactly one episode.
+  for (const am of [am1, am2]) {
+    const alerts = (await (await fetch(`${am.url}/api/v2/alerts`)).json()) as Array<{ labels: Record<string, string> }>;
+    for (const name of Object.keys(runs)) assert.equal(true, alerts.some((a) => a.labels.run === name), `${name} alert in ${am.url}`);
+  }
+  for (const name of Object.keys(runs)) {
+    const dir = join(d.path, 'runs', name);
+    const episodes = audit(dir).filter((e) => e.event === 'anomaly');
+    assert.equal(1, episodes.length, `${name}: ${JSON.stringify(episodes)}`);
+    assert.equal('alertmanager', episodes[0]!.source);
+  }
+  // The hung trainer never read .HALT: escalation stopped it, and said so.
+  assert.deepEqual(['SIGUSR1:ok', 'SIGUSR1:ok', 'SIGTERM:ok', 'SIGTERM:ok'], audit(join(d.path, 'runs', 'stall')).filter((e) => e.signal).map((e) => `${e.signal}:${e.result}`));
+
+  // Latency for the stall: threshold crossing (last heartbeat + 3 s) → .HALT on disk.
+  const stallDir = join(d.path, 'runs', 'stall');
+  const lastBeat = Math.max(...[0, 1].map((r) => {
+    const lines = readFileSync(join(stallDir, `heartbeat_rank${r}.jsonl`), 'utf8').trim().split('\n').map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as { ts: number; msg: string });
+    return Math.min(...lines.filter((x) => x.msg !== 'watchdog_dump').slice(-1).map((x) => x.ts));
+  }));
+  const haltAt = statSync(join(stallDir, '.HALT')).mtimeMs / 1000;
+  const latency = haltAt - (lastBeat + 3);
+  const bound = SCRAPE_S + EVAL_S + GROUP_WAIT_S + 1;
+  t.diagnostic(`stall threshold → .HALT on disk: ${latency.toFixed(2)} s (bound scrape ${SCRAPE_S} + eval ${EVAL_S} + group_wait ${GROUP_WAIT_S} + 1 = ${bound} s)`);
+  assert.equal(true, latency <= bound, `latency ${latency.toFixed(2)} s > ${bound} s`);
+  const m = await scrape(tw.url);
+  t.diagnostic(`webhook alerts: acted ${m.get('trainwatch_webhook_alerts_total{result="acted"}')}, duplicate ${m.get('trainwatch_webhook_alerts_total{result="duplicate"}') ?? 0}`);
+  assert.equal(3, m.get('trainwatch_webhook_alerts_total{result="acted"}'));
+  const firing = await promQuery(prom.url, 'ALERTS{alertstate="firing", alertname="TrainingRunHalted"}');
+  assert.equal(3, firing.length);
+});
