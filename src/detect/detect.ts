@@ -33,20 +33,46 @@ export function effectiveStallS(s: RankState, t: Thresholds): number {
   return booting ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
 }
 
+/** A rank's step at trainer time `ts` from its recent history; undefined if `ts` is older than it. */
+function stepAt(s: RankState, ts: number): number | undefined {
+  const h = s.stepHistory;
+  for (let i = h.length - 2; i >= 0; i -= 2) if (h[i]! <= ts) return h[i + 1];
+  return undefined;
+}
+
+/**
+ * How many steps each rank is behind the most advanced peer, compared at the same moment: the
+ * rank's newest record time. Comparing the newest steps instead would flag whichever rank's file
+ * happened to be read last, and a hung rank (a stall, not a straggler) would look far behind.
+ */
+export function stepLags(ranks: readonly RankState[]): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const s of ranks) {
+    if (s.step === undefined || s.lastLivenessTs === undefined) continue;
+    let lead = s.step;
+    for (const p of ranks) {
+      if (p === s) continue;
+      const ps = stepAt(p, s.lastLivenessTs);
+      if (ps !== undefined && ps > lead) lead = ps;
+    }
+    out.set(s.rank, lead - s.step);
+  }
+  return out;
+}
+
 /** All anomalies of a run at time `now` (seconds). */
 export function detectRun(run: RunFacts, t: Thresholds, now: number): Anomaly[] {
   const out: Anomaly[] = [];
   const ranks = [...run.ranks];
-  let maxStep = -Infinity;
-  for (const s of ranks) if (s.step !== undefined && s.step > maxStep) maxStep = s.step;
-  for (const s of ranks) detectRank(s, t, now, run, maxStep, ranks.length, out);
+  const lags = t.stragglerSteps > 0 && ranks.length > 1 ? stepLags(ranks) : undefined;
+  for (const s of ranks) detectRank(s, t, now, run, lags?.get(s.rank), out);
   if (run.csv && t.flatlineN > 0 && run.csv.throughputZero >= t.flatlineN) {
     out.push({ kind: 'throughput_flatline', rank: 0, value: run.csv.throughputZero, threshold: t.flatlineN, message: `training.csv: ${run.csv.throughputZero} rows in a row with toks_per_s <= 0` });
   }
   return run.halted ? out.filter((a) => !kindOf(a.kind)?.quietWhileHalted) : out;
 }
 
-function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, maxStep: number, nRanks: number, out: Anomaly[]): void {
+function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, lag: number | undefined, out: Anomaly[]): void {
   const push = (kind: AnomalyName, value: number, threshold: number, message: string) => out.push({ kind, rank: s.rank, value, threshold, message });
   const stallS = effectiveStallS(s, t);
   if (s.lastDumpTs !== undefined && (s.lastLivenessTs === undefined || s.lastDumpTs > s.lastLivenessTs)) {
@@ -68,8 +94,8 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, max
     const ratio = s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : Infinity;
     push('fetch_stall', ratio, t.fetchStallRatio, `dt_fetch_s ${s.dtFetchS.toFixed(3)}s is ${ratio.toFixed(1)}x its baseline ${s.fetchBaseline.toFixed(3)}s`);
   }
-  if (t.stragglerSteps > 0 && nRanks > 1 && s.step !== undefined && maxStep - s.step >= t.stragglerSteps) {
-    push('straggler', maxStep - s.step, t.stragglerSteps, `step ${s.step} is ${maxStep - s.step} steps behind the most advanced rank`);
+  if (lag !== undefined && lag >= t.stragglerSteps) {
+    push('straggler', lag, t.stragglerSteps, `step ${s.step} is ${lag} steps behind the most advanced rank at the same moment`);
   }
 }
 

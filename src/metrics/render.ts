@@ -6,7 +6,7 @@
 // text directly from METRICS (the one list), and prom-client serves only its process_* and
 // nodejs_* defaults, appended after ours.
 import { ANOMALY_KINDS } from '../detect/kinds.js';
-import { effectiveStallS } from '../detect/detect.js';
+import { effectiveStallS, stepLags } from '../detect/detect.js';
 import { MSG_CLASSES, type RankState } from '../state/rank.js';
 import type { Watcher } from '../watch/watcher.js';
 import { METRICS, type MetricDef, type MetricKey } from './names.js';
@@ -64,8 +64,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
       f.add('csvLoss', `{${rl}}`, run.csv.loss);
       f.add('csvFlatline', `{${rl}}`, run.csv.throughputZero);
     }
-    let maxStep = -Infinity;
-    for (const s of run.ranks.values()) if (s.step !== undefined && s.step > maxStep) maxStep = s.step;
+    const lags = stepLags([...run.ranks.values()]);
     const active = new Map<string, Set<string>>();
     for (const a of run.anomalies) {
       const k = String(a.rank);
@@ -74,7 +73,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
     }
     for (const s of run.ranks.values()) {
       const l = `{${rl},rank="${s.rank}"}`;
-      rankSamples(f, s, l, now, effectiveStallS(s, t), maxStep, t.fetchWarmupN);
+      rankSamples(f, s, l, now, effectiveStallS(s, t), lags.get(s.rank), t.fetchWarmupN);
       for (const cls of MSG_CLASSES) if (s.records[cls] > 0) f.add('records', `{${rl},rank="${s.rank}",msg="${cls}"}`, s.records[cls]);
       if (t.crashDetect && s.pid !== undefined) {
         const alive = run.alive.get(s.pid);
@@ -92,6 +91,9 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
   f.add('thNonfinite', '', t.nonfiniteN);
   f.add('thFetchRatio', '', t.fetchStallRatio);
   f.add('thGateCollapse', '', t.gateCollapseN);
+  f.add('thGateEntropyMin', '', t.gateEntropyMin);
+  f.add('thGateMax', '', t.gateMaxThreshold);
+  f.add('thGateFrac', '', t.gateCollapseFrac);
   f.add('thStraggler', '', t.stragglerSteps);
   f.add('haltEnabled', '', w.config.halt ? 1 : 0);
   f.add('embeddedActions', '', w.acting ? 1 : 0);
@@ -119,7 +121,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
   return f.text();
 }
 
-function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: number, maxStep: number, fetchWarmupN: number): void {
+function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: number, lag: number | undefined, fetchWarmupN: number): void {
   f.add('heartbeatLastTs', l, s.lastLivenessTs);
   if (s.lastLivenessTs !== undefined) f.add('heartbeatAge', l, Math.max(0, now - s.lastLivenessTs));
   f.add('stallThreshold', l, stallS);
@@ -128,7 +130,7 @@ function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: 
   f.add('progressLastTs', l, s.lastProgressTs);
   f.add('step', l, s.step);
   f.add('stepChangeTs', l, s.stepChangedTs);
-  if (s.step !== undefined && Number.isFinite(maxStep)) f.add('stepLag', l, maxStep - s.step);
+  f.add('stepLag', l, lag);
   f.add('toks', l, s.toksPerS);
   f.add('throughputFlatline', l, s.streaks.throughputZero);
   f.add('loss', l, s.loss);

@@ -10,6 +10,8 @@ export type MsgClass = (typeof MSG_CLASSES)[number];
 
 /** How many recent toks_per_s values the status page's sparkline keeps. */
 export const TOKS_HISTORY = 40;
+/** How many recent step changes are kept, to compare ranks' steps at the same moment. */
+export const STEP_HISTORY = 32;
 
 /** Consecutive-record counts that detection compares with thresholds. */
 export interface Streaks {
@@ -42,6 +44,8 @@ export interface RankState {
   step?: number;
   /** trainer ts at which the step last changed */
   stepChangedTs?: number;
+  /** recent step changes, oldest first: [ts, step, ts, step, …] */
+  stepHistory: number[];
   loss?: number;
   toksPerS?: number;
   gradNorm?: number;
@@ -80,12 +84,13 @@ export function newRankState(rank: number): RankState {
     streaks: { throughputZero: 0, lossSame: 0, gradZero: 0, gateCollapse: 0, nonfinite: 0 },
     records: Object.fromEntries(MSG_CLASSES.map((m) => [m, 0])) as Record<MsgClass, number>,
     toksHistory: [],
+    stepHistory: [],
   };
 }
 
 /** A deep copy, for callers that need the state before a reduce. */
 export function cloneRankState(s: RankState): RankState {
-  return { ...s, streaks: { ...s.streaks }, records: { ...s.records }, toksHistory: [...s.toksHistory] };
+  return { ...s, streaks: { ...s.streaks }, records: { ...s.records }, toksHistory: [...s.toksHistory], stepHistory: [...s.stepHistory] };
 }
 
 /** Applies one record to the rank's state. */
@@ -105,6 +110,8 @@ export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankS
   if (s.step === undefined || r.step !== s.step) {
     if (s.step === undefined || r.step > s.step || cls === 'boot') s.stepChangedTs = r.ts;
     s.step = r.step;
+    s.stepHistory.push(r.ts, r.step);
+    if (s.stepHistory.length > 2 * STEP_HISTORY) s.stepHistory.splice(0, 2);
   }
   if (r.gpu_mem_alloc !== undefined) s.gpuMemAllocMiB = r.gpu_mem_alloc;
   if (r.gpu_mem_reserved !== undefined) s.gpuMemReservedMiB = r.gpu_mem_reserved;

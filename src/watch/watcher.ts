@@ -206,6 +206,10 @@ export class Watcher {
   }
 
   private markDirty(run: Run): void {
+    // While the files that existed at startup are still being read back, the state is partial
+    // (one rank read, its peer not yet; a streak re-read in a larger window): judging it then
+    // raises false stalls and stragglers. The end of the first sweep evaluates every run.
+    if (!this.ready) return;
     this.dirtyRuns.add(run);
     if (this.evalScheduled) return;
     this.evalScheduled = true;
@@ -242,11 +246,11 @@ export class Watcher {
         run.timer.unref();
       }
     }
-    if (!this.acting) return;
     const procs: TrainerProc[] = [];
     for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, pidSinceTs: s.pidSinceTs });
     try {
-      await this.actions.reconcile(run, run.anomalies, now, run.halted, procs);
+      if (this.acting) await this.actions.reconcile(run, run.anomalies, now, run.halted, procs);
+      else if (run.halted && this.config['watch.escalate-s'] > 0) await this.actions.escalateOnly(run, now, true, procs);
     } catch {
       // Already logged and counted with its fix; the next evaluation retries.
     }

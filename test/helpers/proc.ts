@@ -125,7 +125,8 @@ export interface SimTrainer {
 /** Starts scripts/sim_trainer.py (see its --help). */
 export function startSimTrainer(args: string[]): SimTrainer {
   requireBinary('python3', 'python3');
-  const proc = spawn('python3', [SIM, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group, so that kill() reaches every forked rank, hung ones included.
+  const proc = spawn('python3', [SIM, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
@@ -135,7 +136,11 @@ export function startSimTrainer(args: string[]): SimTrainer {
     exited,
     output: () => out,
     kill: (signal = 'SIGKILL') => {
-      if (proc.exitCode === null) proc.kill(signal);
+      try {
+        process.kill(-proc.pid!, signal);
+      } catch {
+        // already gone
+      }
     },
   };
 }

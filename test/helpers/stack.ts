@@ -36,7 +36,7 @@ function launch(bin: string, args: string[], readyUrl: string, cleanup: () => vo
       logs: () => out,
       stop: async () => {
         if (proc.exitCode === null) proc.kill('SIGTERM');
-        await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 5000).unref())]);
         if (proc.exitCode === null) proc.kill('SIGKILL');
         cleanup();
       },

@@ -3,7 +3,7 @@
 // process detects each fault, writes the control files, and the trainer stops.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSimTrainer, startTrainwatch, tmpDir, waitFor } from '../helpers/proc.js';
 
@@ -115,4 +115,23 @@ test('once per episode: a deleted .anomaly_type is not rewritten while the episo
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(1, audit(dir).filter((e) => e.event === 'anomaly').length);
   assert.equal(undefined, read(dir, '.anomaly_type'));
+});
+
+test('a restart during a long anomaly streak raises no false stall or straggler, and continues the open episode', { timeout: 90_000 }, async (t) => {
+  // The streak is longer than the startup window, so the restart re-reads a doubling window.
+  const { dir, tw } = await scenario(t, ['--fault', 'nonfinite_loss', '--fault-at', '5', '--step-s', '0.002'], { NSA_WATCH_HEARTBEAT_STALL_S: '2' }, ['--halt', '0', '--tail.startup-bytes', '16384']);
+  await waitFor(() => read(dir, '.anomaly_type'), '.anomaly_type');
+  await waitFor(() => statSync(join(dir, 'heartbeat_rank1.jsonl')).size > 400_000, 'a long streak on disk', 60_000, 100);
+  await tw.stop('SIGKILL');
+  const tw2 = await startTrainwatch(['--root', join(dir, '..'), '--halt', '0', '--tail.startup-bytes', '16384'], { ...FAST, NSA_WATCH_HEARTBEAT_STALL_S: '2' });
+  t.after(() => tw2.stop());
+  const m = await waitFor(async () => {
+    const text = await (await fetch(tw2.url + '/metrics')).text();
+    return text.includes('anomaly_type="nonfinite_loss"} 1') ? text : undefined;
+  }, 'the streak seen again after the restart');
+  const streak = Number(/trainwatch_nonfinite_count\{run="run",rank="1"\} (\d+)/.exec(m)![1]);
+  assert.equal(true, streak > 100, `streak ${streak} rebuilt across the window`);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.deepEqual(['nonfinite_loss'], audit(dir).filter((e) => e.event === 'anomaly').map((e) => e.kind));
+  assert.equal(0, audit(dir).filter((e) => e.event === 'resolved').length);
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { defaultConfig, thresholdsOf, type Thresholds } from '../../src/config/settings.js';
-import { detectRun, effectiveStallS, nextStallDeadline } from '../../src/detect/detect.js';
+import { detectRun, effectiveStallS, nextStallDeadline, stepLags } from '../../src/detect/detect.js';
 import { ANOMALY_KINDS } from '../../src/detect/kinds.js';
 import type { HeartbeatRecord } from '../../src/parse/line.js';
 import { newRankState, reduce, type RankState } from '../../src/state/rank.js';
@@ -114,14 +114,23 @@ test('fetch_stall during warm-up never fires, however large the sample', () => {
   assert.equal(false, kinds(s).includes('fetch_stall'));
 });
 
-test('straggler: a rank this many steps behind its most advanced peer fires; one rank alone never does', () => {
+test('straggler: a rank N steps behind its most advanced peer at the same moment fires; N-1 and a lone rank do not', () => {
   const a = feed([rec({ rank: 0, step: 1000 })], newRankState(0));
   const b = feed([rec({ rank: 1, step: 1000 - T.stragglerSteps + 1 })], newRankState(1));
   const k = () => detectRun({ ranks: [a, b], halted: false }, T, clock).map((x) => `${x.kind}:${x.rank}`);
   assert.deepEqual([], k());
-  feed([rec({ rank: 0, step: 1001 })], a);
+  feed([rec({ rank: 1, step: 1000 - T.stragglerSteps })], b);
   assert.deepEqual(['straggler:1'], k());
   assert.deepEqual([], detectRun({ ranks: [b], halted: false }, T, clock).map((x) => x.kind));
+});
+
+test('straggler compares steps at the same moment: a peer read later, or a hung rank, is not a straggler', () => {
+  // Rank 1's newest record is older than rank 0's last 300 steps: at that moment they were level.
+  const a = feed([rec({ rank: 0, step: 10 })], newRankState(0));
+  const b = feed([rec({ rank: 1, step: 10 })], newRankState(1));
+  for (let i = 11; i <= 310; i++) feed([rec({ rank: 0, step: i })], a);
+  assert.deepEqual(new Map([[0, 0], [1, 0]]), stepLags([a, b]));
+  assert.deepEqual([], detectRun({ ranks: [a, b], halted: false }, T, b.lastLivenessTs!).map((x) => x.kind));
 });
 
 test('trainer_crash: only with crash detection on, only when the pid is known to be gone and no .HALT is there', () => {
