@@ -160,7 +160,7 @@ test('the landing page links to /metrics, and /healthz and /readyz answer', asyn
   const tw = await startTrainwatch(['--root', d.path]);
   t.after(() => tw.stop());
   const page = await (await fetch(tw.url + '/')).text();
-  assert.equal(true, page.includes('href="/metrics"'));
+  assert.equal(true, page.includes('href="./metrics"'));
   assert.equal(200, (await fetch(tw.url + '/healthz')).status);
   assert.equal(200, (await fetch(tw.url + '/readyz')).status);
   assert.equal(404, (await fetch(tw.url + '/nope')).status);

@@ -119,11 +119,13 @@ test('once per episode: a deleted .anomaly_type is not rewritten while the episo
 
 test('a restart during a long anomaly streak raises no false stall or straggler, and continues the open episode', { timeout: 90_000 }, async (t) => {
   // The streak is longer than the startup window, so the restart re-reads a doubling window.
-  const { dir, tw } = await scenario(t, ['--fault', 'nonfinite_loss', '--fault-at', '5', '--step-s', '0.002'], { NSA_WATCH_HEARTBEAT_STALL_S: '2' }, ['--halt', '0', '--tail.startup-bytes', '16384']);
+  // 500 steps (1 s at this pace) is far more than CPU contention skews two ranks, and far less
+  // than the whole-window skew that reading one rank's file before its peer's used to show.
+  const { dir, tw } = await scenario(t, ['--fault', 'nonfinite_loss', '--fault-at', '5', '--step-s', '0.002'], { NSA_WATCH_HEARTBEAT_STALL_S: '2', NSA_WATCH_STRAGGLER_STEPS: '500' }, ['--halt', '0', '--tail.startup-bytes', '16384']);
   await waitFor(() => read(dir, '.anomaly_type'), '.anomaly_type');
   await waitFor(() => statSync(join(dir, 'heartbeat_rank1.jsonl')).size > 400_000, 'a long streak on disk', 60_000, 100);
   await tw.stop('SIGKILL');
-  const tw2 = await startTrainwatch(['--root', join(dir, '..'), '--halt', '0', '--tail.startup-bytes', '16384'], { ...FAST, NSA_WATCH_HEARTBEAT_STALL_S: '2' });
+  const tw2 = await startTrainwatch(['--root', join(dir, '..'), '--halt', '0', '--tail.startup-bytes', '16384'], { ...FAST, NSA_WATCH_HEARTBEAT_STALL_S: '2', NSA_WATCH_STRAGGLER_STEPS: '500' });
   t.after(() => tw2.stop());
   const m = await waitFor(async () => {
     const text = await (await fetch(tw2.url + '/metrics')).text();
