@@ -45,8 +45,11 @@ export function buildProgram(version: string): Command {
     `
 Commands:
   trainwatch [flags]          watch runs (default)
-  trainwatch demo [--fault K] start a simulated trainer, inject a fault, watch trainwatch catch it
-                              (K: heartbeat_stall, throughput_flatline, nonfinite_loss, watchdog_dump)
+  trainwatch demo [--fault K] [--keep]
+                              start a simulated trainer, inject a fault, watch trainwatch catch it and
+                              the trainer stop (K: nonfinite_loss (default), throughput_flatline,
+                              heartbeat_stall, watchdog_dump, zero_grad, loss_flatline, gate_collapse;
+                              --keep: keep serving the status page afterwards)
 
 Control files written into a run directory:
   .anomaly_type   "<anomaly>\\n" once per episode (heartbeat_stall, throughput_flatline, loss_flatline,
@@ -67,7 +70,7 @@ Precedence: flags > environment > --config file > defaults. Docs: README.md, doc
 export function parseCli(argv: string[], version: string): CliResult {
   const args = [...argv];
   let command: CliResult['command'] = 'run';
-  const demo = { fault: 'heartbeat_stall', keep: false };
+  const demo = { fault: 'nonfinite_loss', keep: false };
   if (args[0] === 'demo') {
     command = 'demo';
     args.shift();

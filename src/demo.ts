@@ -1,6 +1,6 @@
 // `trainwatch demo`: a simulated trainer, an injected fault, and trainwatch catching it.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,7 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   }
   const root = mkdtempSync(join(tmpdir(), 'trainwatch-demo-'));
   const dir = join(root, 'demo_run');
+  mkdirSync(dir);
   const hung = opts.fault === 'heartbeat_stall' || opts.fault === 'watchdog_dump';
   const config: Config = {
     ...base,
@@ -45,19 +46,26 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   const running = await start(config, log);
   say(`trainwatch status page: http://127.0.0.1:${running.server.port}/  metrics: http://127.0.0.1:${running.server.port}/metrics`);
   const t0 = Date.now();
-  let lastStep = -1;
+  let shown = 0;
   let detected = false;
+  let halted = false;
   const timer = setInterval(() => {
     const run = running.watcher.runs.values().next().value;
     if (!run) return;
     const step = Math.max(-1, ...[...run.ranks.values()].map((s) => s.step ?? -1));
-    if (step !== lastStep && step % 10 === 0) say(`training… step ${step}`);
-    lastStep = step;
+    if (step >= shown + 10) {
+      shown = step - (step % 10);
+      say(`training… step ${step}${step >= 40 ? ' (fault injected at step 40)' : ''}`);
+    }
     if (!detected && run.anomalies.length > 0) {
       detected = true;
       say(`trainwatch detected: ${run.anomalies.map((a) => `${a.kind} on rank ${a.rank} (${a.message})`).join('; ')}`);
     }
-  }, 250);
+    if (!halted && run.halted) {
+      halted = true;
+      say(`.HALT written${hung ? '; the loop is hung and will not read it, so trainwatch escalates: SIGUSR1 (stack dump), then SIGTERM' : '; the trainer stops at its next step'}`);
+    }
+  }, 100);
   const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 90_000))]);
   clearInterval(timer);
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').trim() : '(absent)');
@@ -70,6 +78,7 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   say(`.anomaly_type: ${read('.anomaly_type')}`);
   say(`.HALT:         ${read('.HALT')}`);
   say(`audit log:     ${join(dir, '.trainwatch-audit.jsonl')}`);
+  if (opts.fault === 'nonfinite_loss') say('try another fault: trainwatch demo --fault heartbeat_stall (or throughput_flatline, watchdog_dump, …)');
   if (opts.keep) {
     say('--keep: still serving; press Ctrl-C to stop');
     await new Promise<void>((r) => process.once('SIGINT', () => r()));

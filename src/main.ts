@@ -24,7 +24,9 @@ async function main(): Promise<number> {
     process.stderr.write(`trainwatch: error: ${e.message}\n`);
     return 2;
   }
-  const log = makeLogger(config['log.level'], config['log.format']);
+  // The demo talks on stdout; its log shows only what trainwatch did (warnings: detections, writes).
+  const level = cli.command === 'demo' && !cli.flags.has('log.level') && !process.env.TRAINWATCH_LOG_LEVEL ? 'warn' : config['log.level'];
+  const log = makeLogger(level, config['log.format']);
   if (cli.command === 'demo') return runDemo(config, log, cli.demo!);
   if (config.dir.length === 0 && config.root.length === 0) {
     process.stderr.write('trainwatch: error: nothing to watch. Pass --dir <run directory> (as for the original watchdog) or --root <directory of runs>, or try: trainwatch demo\n');

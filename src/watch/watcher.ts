@@ -281,8 +281,8 @@ export class Watcher {
   }
 
   private startFileEvents(usePolling: boolean): void {
+    // Created even with nothing to watch yet: runs that appear later are added to it.
     const paths = [...this.config.root, ...[...this.runs.values()].map((r) => r.dir)];
-    if (paths.length === 0) return;
     const fsw = chokidarWatch(paths, {
       ignoreInitial: true,
       persistent: false,
