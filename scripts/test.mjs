@@ -14,6 +14,7 @@ const NEEDED = [
   ['mtail', 'mtail'],
   ['python3', 'python3'],
   ['tini', 'tini'],
+  ['openssl', 'openssl'],
 ];
 const say = (s) => process.stdout.write(`[npm test] ${s}\n`);
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`]).status === 0;

@@ -55,6 +55,7 @@ export const SETTINGS = [
   { key: 'webhook.token-file', env: 'TRAINWATCH_WEBHOOK_TOKEN_FILE', type: 'string', default: undefined, arg: 'file', group: 'Web', help: 'File holding the bearer token Alertmanager sends (its authorization.credentials_file).' },
   { key: 'webhook.allow-unauthenticated', type: 'bool', default: false, group: 'Web', help: 'Serve POST /webhook/alertmanager with no auth at all. Without this or an auth setting, the webhook is disabled.' },
   { key: 'webhook.instance', env: 'TRAINWATCH_WEBHOOK_INSTANCE', type: 'string', default: undefined, arg: 'host:port', group: 'Web', help: 'Act only on alerts whose instance label is this (or that have none). Unset: act on any alert naming a run watched here.' },
+  { key: 'web.request-timeout-s', type: 'number', default: 15, min: 0.5, max: 3600, group: 'Web', help: 'A request (headers and body) must arrive within this many seconds, so slow or stalled clients cannot hold connections.' },
   { key: 'webhook.max-body-bytes', type: 'int', default: 1048576, min: 1024, max: 1073741824, group: 'Web', help: 'Larger webhook bodies get 413.' },
   // Tailing
   { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },
@@ -99,6 +100,7 @@ export interface Config {
   'webhook.token-file': string | undefined;
   'webhook.allow-unauthenticated': boolean;
   'webhook.instance': string | undefined;
+  'web.request-timeout-s': number;
   'webhook.max-body-bytes': number;
   poll: boolean;
   'tail.sweep-interval-s': number;

@@ -112,11 +112,10 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     else res.status(status).type('text/plain').send(error + '\n');
   });
 
-  const server = webConfig.tls ? createHttps(webConfig.tls, app) : createHttp(app);
-  // Slow or stalled bodies must not hold a connection forever.
-  server.requestTimeout = 15_000;
-  server.headersTimeout = 10_000;
-  server.keepAliveTimeout = 65_000;
+  // Slow or stalled bodies must not hold a connection forever; check often enough to notice.
+  const timeoutMs = c['web.request-timeout-s'] * 1000;
+  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: 65_000 };
+  const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, app) : createHttp(serverOpts, app);
   const addr = c['web.listen-address'];
   const cut = addr.lastIndexOf(':');
   const host = addr.slice(0, cut).replace(/^\[|\]$/g, '') || undefined;
