@@ -45,7 +45,7 @@ export const METRICS = {
   gateCollapse: { name: 'trainwatch_gate_collapse_count', type: 'untyped', labels: RR, help: 'Consecutive progress records with collapsed gates.' },
   records: { name: 'trainwatch_records_total', type: 'counter', labels: ['run', 'rank', 'msg'], help: 'Heartbeat records read, by msg kind (unknown kinds count as other).' },
   trainerUp: { name: 'trainwatch_trainer_up', type: 'gauge', labels: RR, help: 'Whether the trainer pid is alive on this host (only with crash detection).' },
-  anomaly: { name: 'trainwatch_anomaly', type: 'gauge', labels: ['run', 'rank', 'anomaly_type'], help: 'Anomalies the embedded detector sees now (1 while active).' },
+  anomaly: { name: 'trainwatch_anomaly', type: 'gauge', labels: ['run', 'rank', 'anomaly_type'], help: 'Anomalies the embedded detector sees now: 1 while active, absent otherwise.' },
   // Per run.
   runHalted: { name: 'trainwatch_run_halted', type: 'gauge', labels: ['run'], help: 'Whether the run directory holds a .HALT file.' },
   runRanks: { name: 'trainwatch_run_ranks', type: 'gauge', labels: ['run'], help: 'Ranks seen in the run.' },

@@ -5,7 +5,6 @@
 // label hashing on every scrape costs far more than the 100 ms scrape budget. We build the
 // text directly from METRICS (the one list), and prom-client serves only its process_* and
 // nodejs_* defaults, appended after ours.
-import { ANOMALY_KINDS } from '../detect/kinds.js';
 import { effectiveStallS, stepLags } from '../detect/detect.js';
 import { MSG_CLASSES, type RankState } from '../state/rank.js';
 import type { Watcher } from '../watch/watcher.js';
@@ -79,8 +78,9 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
         const alive = run.alive.get(s.pid);
         if (alive !== undefined) f.add('trainerUp', l, alive ? 1 : 0);
       }
-      const kinds = active.get(String(s.rank));
-      for (const k of ANOMALY_KINDS) f.add('anomaly', `{${rl},rank="${s.rank}",anomaly_type="${k.name}"}`, kinds?.has(k.name) ? 1 : 0);
+      // Only active anomalies are exported (like ALERTS): nine zero series per rank would
+      // multiply the cardinality of a 10,000-rank fleet for no information.
+      for (const k of active.get(String(s.rank)) ?? []) f.add('anomaly', `{${rl},rank="${s.rank}",anomaly_type="${k}"}`, 1);
     }
   }
   f.add('thStall', '', t.stallS);
