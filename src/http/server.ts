@@ -66,7 +66,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.get(c['web.telemetry-path'], async (_req, res) => {
     const ours = renderMetrics(w, w.now(), version);
     const defaults = await registry.metrics();
-    res.type('text/plain; version=0.0.4; charset=utf-8').send(ours + defaults);
+    res.type('text/plain; version=0.0.4; charset=utf-8').send(Buffer.concat([ours, Buffer.from(defaults)]));
   });
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');

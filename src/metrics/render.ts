@@ -25,63 +25,134 @@ export function esc(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 }
 
-/** Collects samples per metric, then writes each family once with its HELP and TYPE. */
-class Families {
-  private readonly samples = new Map<MetricKey, string[]>();
+/** One rank as a scrape sees it: its state and what is derived per scrape. */
+interface RankView {
+  s: RankState;
+  /** `{run="…",rank="…"}`, built once per scrape */
+  labels: string;
+  runLabel: string;
+  stallS: number;
+  lag?: number;
+  alive?: boolean;
+  anomalies?: Set<string>;
+}
 
+type Getter = (v: RankView, now: number, fetchWarmupN: number) => number | undefined;
+
+/** The per-rank gauges, in exposition order: each family is written whole, then the next. */
+const RANK_GAUGES: Array<[MetricKey, Getter]> = [
+  ['heartbeatLastTs', (v) => v.s.lastLivenessTs],
+  ['heartbeatAge', (v, now) => (v.s.lastLivenessTs === undefined ? undefined : Math.max(0, now - v.s.lastLivenessTs))],
+  ['stallThreshold', (v) => v.stallS],
+  ['dumpLastTs', (v) => v.s.lastDumpTs],
+  ['bootTs', (v) => v.s.bootTs],
+  ['progressLastTs', (v) => v.s.lastProgressTs],
+  ['step', (v) => v.s.step],
+  ['stepChangeTs', (v) => v.s.stepChangedTs],
+  ['stepLag', (v) => v.lag],
+  ['toks', (v) => v.s.toksPerS],
+  ['throughputFlatline', (v) => v.s.streaks.throughputZero],
+  ['loss', (v) => v.s.loss],
+  ['lossFlatline', (v) => v.s.streaks.lossSame],
+  ['gradNorm', (v) => v.s.gradNorm],
+  ['gradZero', (v) => v.s.streaks.gradZero],
+  ['nonfinite', (v) => v.s.streaks.nonfinite],
+  ['fetch', (v) => v.s.dtFetchS],
+  ['fetchBaseline', (v) => v.s.fetchBaseline],
+  // Like the detector: no ratio during the warm-up, and a zero baseline makes any fetch +Inf.
+  ['fetchRatio', (v, _now, warm) => {
+    const { dtFetchS: dt, fetchBaseline: b } = v.s;
+    if (dt === undefined || b === undefined || v.s.fetchSamples < warm) return undefined;
+    return b > 0 ? dt / b : dt > 0 ? Infinity : 0;
+  }],
+  ['gpuAlloc', (v) => (v.s.gpuMemAllocMiB === undefined ? undefined : v.s.gpuMemAllocMiB * MIB)],
+  ['gpuReserved', (v) => (v.s.gpuMemReservedMiB === undefined ? undefined : v.s.gpuMemReservedMiB * MIB)],
+  ['gateEntropyMean', (v) => v.s.gateEntropyMean],
+  ['gateEntropyMin', (v) => v.s.gateEntropyMin],
+  ['gateMax', (v) => v.s.gateMaxGate],
+  ['gateCollapseFrac', (v) => v.s.gateCollapseFrac],
+  ['gateCollapse', (v) => v.s.streaks.gateCollapse],
+  ['trainerUp', (v) => (v.alive === undefined ? undefined : v.alive ? 1 : 0)],
+];
+
+const CHUNK = 1 << 20;
+
+/**
+ * Writes families one after the other into byte chunks; a family with no samples is left out
+ * entirely. Each sample line is encoded as soon as it is made, so no string outlives its line:
+ * keeping 300,000 strings alive until a final join cost more in GC than everything else.
+ */
+class Exposition {
+  private readonly chunks: Buffer[] = [];
+  private buf = Buffer.allocUnsafe(CHUNK);
+  private pos = 0;
+  private open: MetricKey | undefined;
+
+  /** One sample; `labels` is the whole `{…}` part (or ''). */
   add(key: MetricKey, labels: string, value: number | undefined): void {
     if (value === undefined) return;
-    let arr = this.samples.get(key);
-    if (!arr) this.samples.set(key, (arr = []));
-    arr.push(`${METRICS[key].name}${labels} ${fmt(value)}\n`);
+    if (this.open !== key) {
+      const m: MetricDef = METRICS[key];
+      this.open = key;
+      this.write(`# HELP ${m.name} ${m.help}\n# TYPE ${m.name} ${m.type}\n`);
+    }
+    this.write(METRICS[key].name + labels + ' ' + fmt(value) + '\n');
   }
 
-  text(): string {
-    let out = '';
-    for (const key of Object.keys(METRICS) as MetricKey[]) {
-      const m: MetricDef = METRICS[key];
-      const arr = this.samples.get(key);
-      if (!arr) continue; // a family with no samples is left out entirely
-      out += `# HELP ${m.name} ${m.help}\n# TYPE ${m.name} ${m.type}\n` + arr.join('');
+  private write(line: string): void {
+    // A UTF-8 character takes at most 3 bytes per UTF-16 unit.
+    if (this.pos + line.length * 3 > this.buf.length) {
+      this.chunks.push(this.buf.subarray(0, this.pos));
+      this.buf = Buffer.allocUnsafe(Math.max(CHUNK, line.length * 3));
+      this.pos = 0;
     }
-    return out;
+    this.pos += this.buf.write(line, this.pos);
+  }
+
+  bytes(): Buffer {
+    this.chunks.push(this.buf.subarray(0, this.pos));
+    return Buffer.concat(this.chunks);
   }
 }
 
 /** Renders every trainwatch_* family for the watcher's current state at time `now`. */
-export function renderMetrics(w: Watcher, now: number, version: string): string {
-  const f = new Families();
+export function renderMetrics(w: Watcher, now: number, version: string): Buffer {
+  const f = new Exposition();
   const t = w.thresholds;
-  for (const run of w.runs.values()) {
-    if (run.expired) continue;
-    const rl = `run="${esc(run.name)}"`;
-    f.add('runHalted', `{${rl}}`, run.halted ? 1 : 0);
-    f.add('runRanks', `{${rl}}`, run.ranks.size);
-    if (run.csv) {
-      f.add('csvStep', `{${rl}}`, run.csv.step);
-      f.add('csvToks', `{${rl}}`, run.csv.toksPerS);
-      f.add('csvLoss', `{${rl}}`, run.csv.loss);
-      f.add('csvFlatline', `{${rl}}`, run.csv.throughputZero);
-    }
+  const views: RankView[] = [];
+  const live = [...w.runs.values()].filter((r) => !r.expired);
+  for (const run of live) {
+    const runLabel = `run="${esc(run.name)}"`;
     const lags = stepLags([...run.ranks.values()]);
-    const active = new Map<string, Set<string>>();
+    const active = new Map<number, Set<string>>();
     for (const a of run.anomalies) {
-      const k = String(a.rank);
-      if (!active.has(k)) active.set(k, new Set());
-      active.get(k)!.add(a.kind);
+      if (!active.has(a.rank)) active.set(a.rank, new Set());
+      active.get(a.rank)!.add(a.kind);
     }
     for (const s of run.ranks.values()) {
-      const l = `{${rl},rank="${s.rank}"}`;
-      rankSamples(f, s, l, now, effectiveStallS(s, t), lags.get(s.rank), t.fetchWarmupN);
-      for (const cls of MSG_CLASSES) if (s.records[cls] > 0) f.add('records', `{${rl},rank="${s.rank}",msg="${cls}"}`, s.records[cls]);
-      if (t.crashDetect && s.pid !== undefined) {
-        const alive = run.alive.get(s.pid);
-        if (alive !== undefined) f.add('trainerUp', l, alive ? 1 : 0);
-      }
-      // Only active anomalies are exported (like ALERTS): nine zero series per rank would
-      // multiply the cardinality of a 10,000-rank fleet for no information.
-      for (const k of active.get(String(s.rank)) ?? []) f.add('anomaly', `{${rl},rank="${s.rank}",anomaly_type="${k}"}`, 1);
+      views.push({
+        s,
+        labels: `{${runLabel},rank="${s.rank}"}`,
+        runLabel,
+        stallS: effectiveStallS(s, t),
+        lag: lags.get(s.rank),
+        alive: t.crashDetect && s.pid !== undefined ? run.alive.get(s.pid) : undefined,
+        anomalies: active.get(s.rank),
+      });
     }
+  }
+  for (const [key, get] of RANK_GAUGES) for (const v of views) f.add(key, v.labels, get(v, now, t.fetchWarmupN));
+  for (const v of views) {
+    const base = `{${v.runLabel},rank="${v.s.rank}",msg="`;
+    for (const cls of MSG_CLASSES) if (v.s.records[cls] > 0) f.add('records', base + cls + '"}', v.s.records[cls]);
+  }
+  // Only active anomalies are exported (like ALERTS): nine zero series per rank would
+  // multiply the cardinality of a 10,000-rank fleet for no information.
+  for (const v of views) for (const k of v.anomalies ?? []) f.add('anomaly', `{${v.runLabel},rank="${v.s.rank}",anomaly_type="${k}"}`, 1);
+  for (const run of live) f.add('runHalted', `{run="${esc(run.name)}"}`, run.halted ? 1 : 0);
+  for (const run of live) f.add('runRanks', `{run="${esc(run.name)}"}`, run.ranks.size);
+  for (const [key, field] of [['csvStep', 'step'], ['csvToks', 'toksPerS'], ['csvLoss', 'loss'], ['csvFlatline', 'throughputZero']] as const) {
+    for (const run of live) if (run.csv) f.add(key, `{run="${esc(run.name)}"}`, run.csv[field]);
   }
   f.add('thStall', '', t.stallS);
   f.add('thGrace', '', t.startupGraceS);
@@ -98,13 +169,9 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
   f.add('haltEnabled', '', w.config.halt ? 1 : 0);
   f.add('embeddedActions', '', w.acting ? 1 : 0);
   f.add('buildInfo', `{version="${esc(version)}",nodejs_version="${esc(process.version)}",mode="${w.config.mode}"}`, 1);
-  let live = 0;
   let files = 0;
-  for (const r of w.runs.values()) {
-    if (!r.expired) live++;
-    files += r.tails.size;
-  }
-  f.add('runsWatched', '', live);
+  for (const r of w.runs.values()) files += r.tails.size;
+  f.add('runsWatched', '', live.length);
   f.add('filesWatched', '', files);
   f.add('filesOpen', '', w.openFiles());
   f.add('pollingFallback', '', w.stats.pollingFallback ? 1 : 0);
@@ -118,37 +185,5 @@ export function renderMetrics(w: Watcher, now: number, version: string): string 
   }
   for (const [code, n] of w.stats.webhookRequests) f.add('webhookRequests', `{code="${code}"}`, n);
   for (const [result, n] of w.stats.webhookAlerts) f.add('webhookAlerts', `{result="${esc(result)}"}`, n);
-  return f.text();
-}
-
-function rankSamples(f: Families, s: RankState, l: string, now: number, stallS: number, lag: number | undefined, fetchWarmupN: number): void {
-  f.add('heartbeatLastTs', l, s.lastLivenessTs);
-  if (s.lastLivenessTs !== undefined) f.add('heartbeatAge', l, Math.max(0, now - s.lastLivenessTs));
-  f.add('stallThreshold', l, stallS);
-  f.add('dumpLastTs', l, s.lastDumpTs);
-  f.add('bootTs', l, s.bootTs);
-  f.add('progressLastTs', l, s.lastProgressTs);
-  f.add('step', l, s.step);
-  f.add('stepChangeTs', l, s.stepChangedTs);
-  f.add('stepLag', l, lag);
-  f.add('toks', l, s.toksPerS);
-  f.add('throughputFlatline', l, s.streaks.throughputZero);
-  f.add('loss', l, s.loss);
-  f.add('lossFlatline', l, s.streaks.lossSame);
-  f.add('gradNorm', l, s.gradNorm);
-  f.add('gradZero', l, s.streaks.gradZero);
-  f.add('nonfinite', l, s.streaks.nonfinite);
-  f.add('fetch', l, s.dtFetchS);
-  f.add('fetchBaseline', l, s.fetchBaseline);
-  // Like the detector: no ratio during the warm-up, and a zero baseline makes any fetch +Inf.
-  if (s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchSamples >= fetchWarmupN) {
-    f.add('fetchRatio', l, s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : s.dtFetchS > 0 ? Infinity : 0);
-  }
-  if (s.gpuMemAllocMiB !== undefined) f.add('gpuAlloc', l, s.gpuMemAllocMiB * MIB);
-  if (s.gpuMemReservedMiB !== undefined) f.add('gpuReserved', l, s.gpuMemReservedMiB * MIB);
-  f.add('gateEntropyMean', l, s.gateEntropyMean);
-  f.add('gateEntropyMin', l, s.gateEntropyMin);
-  f.add('gateMax', l, s.gateMaxGate);
-  f.add('gateCollapseFrac', l, s.gateCollapseFrac);
-  f.add('gateCollapse', l, s.streaks.gateCollapse);
+  return f.bytes();
 }
