@@ -8,20 +8,23 @@
 // - nothing new (size == offset): nothing happens.
 // - copytruncate (same file, size < offset): the pending partial line is dropped (counted),
 //   and reading restarts at offset 0.
-// - truncate and regrow to or past our offset between two polls (same file, size >= offset, but
-//   mtime/ctime changed): we keep the last bytes before `offset` (up to TAIL_MARK_BYTES, ending
-//   at a newline) and compare them with what the file holds there now; a mismatch is a
-//   truncation, handled as above. An unchanged mtime and size costs no read at all.
+// - truncate and regrow to or past our offset between two polls (same file, size >= offset, and
+//   it grew or mtime/ctime changed): we keep the last bytes read before `offset` (up to
+//   TAIL_MARK_BYTES, a partial line included) and compare them with what the file holds there
+//   now; a mismatch is a truncation, handled as above. Growth alone triggers the check because
+//   coarse timestamps (NFS, older kernels) may not change within one tick. Regrowth to the very
+//   same bytes is indistinguishable from no change. An unchanged mtime and size costs no read.
 // - rename rotation (gzip, logrotate create) or delete/recreate (path gone, or a different
 //   inode): the old handle is drained to EOF first (the writer may have appended just before
-//   rotating), then closed, which also releases a deleted-but-open file; the new file, if any,
-//   is read from offset 0. A partial line left at the old file's end can never complete, so it
-//   is dropped and counted. Because the old fd is held until then, its inode cannot be reused
+//   rotating; the truncation check above comes first, as it may have been copytruncated and
+//   regrown before the rename), then closed, which also releases a deleted-but-open file; the
+//   new file, if any, is read from offset 0. A partial line left at the old file's end can
+//   never complete, so it is dropped and counted. Because the old fd is held until then, its inode cannot be reused
 //   by a recreated file while we compare: a new file always has a new identity.
 // - first open at startup: only a bounded window at the end of the file is read (from the
 //   first newline inside it); the sink may ask for more history, and the window doubles up
 //   to a cap, each time after sink.reset(). A file that appears after startup is new: read
-//   from 0.
+//   from 0; so is one that was missing at some poll (it was created after that poll).
 // - read errors (EACCES, ESTALE, EIO): counted, the handle is dropped, the next poll retries.
 // - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
@@ -62,8 +65,9 @@ export class FileTail {
   private offset = 0;
   private pending: Buffer | undefined;
   private discarding = false;
+  /** the last bytes read, up to TAIL_MARK_BYTES, ending at `offset` */
   private mark: Buffer | undefined;
-  /** file position just past the mark's last byte (a newline) */
+  /** file position just past the mark's last byte */
   private markEnd = 0;
   /** times of the last poll: a change with no growth may be a truncate-and-regrow to the same size */
   private mtimeMs = -1;
@@ -120,8 +124,10 @@ export class FileTail {
       st = await stat(this.path, { bigint: false });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      // Gone (rotated away or deleted): finish the old file, then wait for a new one.
+      // Gone (rotated away or deleted): finish the old file, then wait for a new one. Whatever
+      // appears at the path from now on was created after we started: it is read from 0.
       if (this.fh) await this.finishOldFile();
+      this.startAtEnd = false;
       if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError(`stat: ${(e as Error).message}`);
       return;
     }
@@ -137,7 +143,9 @@ export class FileTail {
         return;
       }
     }
-    const changed = st.mtimeMs !== this.mtimeMs || st.ctimeMs !== this.ctimeMs;
+    // Growth is checked too, not only changed times: on file systems with coarse timestamps
+    // (NFS, older kernels) a truncate-and-regrow within one tick leaves mtime and ctime as they were.
+    const changed = st.mtimeMs !== this.mtimeMs || st.ctimeMs !== this.ctimeMs || st.size > this.offset;
     if (st.size < this.offset || (changed && this.offset > 0 && !(await this.markStillThere()))) {
       this.truncated();
     }
@@ -169,6 +177,8 @@ export class FileTail {
   private async finishOldFile(): Promise<void> {
     try {
       const st = await this.fh!.stat();
+      // It may have been truncated (copytruncate) and regrown since our last poll, then rotated.
+      if (st.size < this.offset || (this.offset > 0 && !(await this.markStillThere()))) this.truncated();
       if (st.size > this.offset) await this.readTo(st.size);
     } catch {
       // ESTALE and friends: what was not read is not readable any more.
@@ -236,26 +246,33 @@ export class FileTail {
       }
       if (n === 0) return;
       this.offset += n;
+      this.remember(buf, n);
       this.sink.bytes(n);
       this.consume(buf, n);
     }
+  }
+
+  // Keeps the last TAIL_MARK_BYTES read, whatever they are (a partial line too): a file that
+  // holds other bytes there now was truncated and regrown.
+  private remember(chunk: Buffer, n: number): void {
+    const prev = this.mark && this.markEnd === this.offset - n ? this.mark : undefined;
+    const joined = prev && n < TAIL_MARK_BYTES ? Buffer.concat([prev, chunk.subarray(0, n)]) : chunk.subarray(0, n);
+    this.mark = Buffer.from(joined.subarray(Math.max(0, joined.length - TAIL_MARK_BYTES)));
+    this.markEnd = this.offset;
   }
 
   private consume(chunk: Buffer, n: number): void {
     let buf = chunk;
     let end = n;
     let pos = 0;
-    const bufStart = this.offset - n - (this.pending?.length ?? 0);
     if (this.pending) {
       buf = Buffer.concat([this.pending, chunk.subarray(0, n)]);
       end = buf.length;
       this.pending = undefined;
     }
-    let lastNl = -1;
     for (;;) {
       const nl = buf.indexOf(10, pos);
       if (nl === -1 || nl >= end) break;
-      lastNl = nl;
       if (this.discarding) {
         this.discarding = false;
       } else if (nl - pos > this.opts.maxLineBytes) {
@@ -264,11 +281,6 @@ export class FileTail {
         this.sink.line(buf, pos, nl);
       }
       pos = nl + 1;
-    }
-    if (lastNl >= 0) {
-      const from = Math.max(0, lastNl + 1 - TAIL_MARK_BYTES);
-      this.mark = Buffer.from(buf.subarray(from, lastNl + 1));
-      this.markEnd = bufStart + lastNl + 1;
     }
     if (pos < end) {
       const rest = end - pos;
