@@ -1,13 +1,13 @@
 // grafana/trainwatch-dashboard.json: dashboard-linter's rules applied by hand, then every panel
 // query run against a real Prometheus scraping a real trainwatch that watches simulated trainers.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { METRICS } from '../src/metrics/names.js';
-import { REPO, startSimTrainer, startTrainwatch, tmpDir, waitFor, type SimTrainer } from './helpers/proc.js';
+import { REPO, startSimTrainer, startTrainwatch, tmpDir, waitFor , teardown } from './helpers/proc.js';
 import { promQuery, startPrometheus } from './helpers/stack.js';
 
 interface Target {
@@ -45,27 +45,6 @@ interface Dashboard {
   templating: { list: Variable[] };
 }
 
-/** Teardown in reverse order of start-up, run even when the test fails; one failing step does not skip the rest. */
-function teardown(t: TestContext): (step: () => unknown) => void {
-  const steps: Array<() => unknown> = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) {
-      try {
-        await step();
-      } catch (e) {
-        t.diagnostic(`teardown: ${(e as Error).message}`);
-      }
-    }
-  });
-  return (step) => steps.push(step);
-}
-
-/** Stops a simulated trainer with SIGTERM, which it forwards to its forked ranks (SIGKILL would orphan hung ranks). */
-async function stopSim(sim: SimTrainer): Promise<void> {
-  sim.kill('SIGTERM');
-  const done = await Promise.race([sim.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5_000).unref())]);
-  if (!done) sim.kill('SIGKILL');
-}
 
 const DASHBOARD_PATH = join(REPO, 'grafana/trainwatch-dashboard.json');
 const RULES_PATH = join(REPO, 'alerts/trainwatch.rules.yml');
@@ -204,9 +183,9 @@ test('every panel query is valid PromQL and returns data from a real Prometheus 
   later(() => d.cleanup());
   // Two runs: runA healthy on 2 ranks, runB on 3 ranks whose loss turns NaN at step 20.
   const simA = startSimTrainer(['--dir', join(d.path, 'runA'), '--ranks', '2', '--step-s', '0.05', '--quiet']);
-  later(() => stopSim(simA));
+  later(() => simA.kill());
   const simB = startSimTrainer(['--dir', join(d.path, 'runB'), '--ranks', '3', '--step-s', '0.05', '--fault', 'nonfinite_loss', '--fault-at', '20', '--quiet']);
-  later(() => stopSim(simB));
+  later(() => simB.kill());
   const tw = await startTrainwatch(['--root', d.path]);
   later(() => tw.stop());
 

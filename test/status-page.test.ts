@@ -1,33 +1,12 @@
 // The built-in status page in a real browser (Debian's chromium driven by playwright-core):
 // a run goes from healthy to stalled while the page is open, and the page follows by itself.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { REPO, requireBinary, startSimTrainer, startTrainwatch, tmpDir, waitFor, type SimTrainer } from './helpers/proc.js';
+import { REPO, requireBinary, startSimTrainer, startTrainwatch, tmpDir, waitFor , teardown } from './helpers/proc.js';
 
-/** Teardown in reverse order of start-up, run even when the test fails; one failing step does not skip the rest. */
-function teardown(t: TestContext): (step: () => unknown) => void {
-  const steps: Array<() => unknown> = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) {
-      try {
-        await step();
-      } catch (e) {
-        t.diagnostic(`teardown: ${(e as Error).message}`);
-      }
-    }
-  });
-  return (step) => steps.push(step);
-}
-
-/** Stops a simulated trainer with SIGTERM, which it forwards to its forked ranks (SIGKILL would orphan hung ranks). */
-async function stopSim(sim: SimTrainer): Promise<void> {
-  sim.kill('SIGTERM');
-  const done = await Promise.race([sim.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5_000).unref())]);
-  if (!done) sim.kill('SIGKILL');
-}
 
 const ARTIFACTS = join(REPO, 'test-artifacts');
 
@@ -55,10 +34,10 @@ test('status page: a run that stalls turns from healthy to heartbeat_stall witho
   later(() => tw.stop());
   // A healthy neighbour, so the page has more than one run to tell apart.
   const ok = startSimTrainer(['--dir', join(d.path, 'steady'), '--ranks', '2', '--step-s', '0.05', '--quiet']);
-  later(() => stopSim(ok));
+  later(() => ok.kill());
   // Both ranks hang at step 100 (about 5 s in); nothing is written after that.
   const sim = startSimTrainer(['--dir', join(d.path, 'stalling'), '--ranks', '2', '--step-s', '0.05', '--fault', 'heartbeat_stall', '--fault-at', '100', '--quiet']);
-  later(() => stopSim(sim));
+  later(() => sim.kill());
 
   await waitFor(
     async () => {

@@ -96,6 +96,21 @@ export async function startTrainwatch(args: string[], env: Record<string, string
   };
 }
 
+/** Teardown in reverse order of start-up, run even when the test fails; one failing step does not skip the rest. */
+export function teardown(t: { after(fn: () => unknown): void; diagnostic(s: string): void }): (step: () => unknown) => void {
+  const steps: Array<() => unknown> = [];
+  t.after(async () => {
+    for (const step of steps.reverse()) {
+      try {
+        await step();
+      } catch (e) {
+        t.diagnostic(`teardown: ${(e as Error).message}`);
+      }
+    }
+  });
+  return (step) => steps.push(step);
+}
+
 /** Scrapes /metrics and returns series → value ("name{labels}" exactly as exposed). */
 export async function scrape(url: string, path = '/metrics'): Promise<Map<string, number>> {
   const text = await (await fetch(url + path)).text();
