@@ -23,7 +23,8 @@
 //   by a recreated file while we compare: a new file always has a new identity.
 // - first open at startup: only a bounded window at the end of the file is read (from the
 //   first newline inside it); the sink may ask for more history, and the window doubles up
-//   to a cap, each time after sink.reset(). A file that appears after startup is new: read
+//   to a cap, each time after sink.reset(). It doubles too while it holds no whole line (the
+//   newest line is longer than the window), up to maxLineBytes. A file that appears after startup is new: read
 //   from 0; so is one that was missing at some poll (it was created after that poll).
 // - read errors (EACCES, ESTALE, EIO): counted, the handle is dropped, the next poll retries.
 // - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
@@ -65,6 +66,8 @@ export class FileTail {
   private offset = 0;
   private pending: Buffer | undefined;
   private discarding = false;
+  /** complete lines seen so far (delivered or too long) */
+  private lines = 0;
   /** the last bytes read, up to TAIL_MARK_BYTES, ending at `offset` */
   private mark: Buffer | undefined;
   /** file position just past the mark's last byte */
@@ -226,8 +229,12 @@ export class FileTail {
       this.discarding = start > 0; // the first line in the window is probably cut: skip to a newline
       this.offset = start;
       this.mark = undefined;
+      const seen = this.lines;
       await this.readTo(size);
-      if (start === 0 || window >= this.opts.startupBytes * STARTUP_MAX_FACTOR || !this.sink.wantsMoreHistory()) return;
+      if (start === 0 || window >= this.opts.startupBytes * STARTUP_MAX_FACTOR) return;
+      // No whole line in the window: the newest line is longer than it (and not over the cap).
+      const noLine = this.lines === seen && window <= this.opts.maxLineBytes + 1;
+      if (!noLine && !this.sink.wantsMoreHistory()) return;
       window *= 2;
     }
   }
@@ -276,8 +283,10 @@ export class FileTail {
       if (this.discarding) {
         this.discarding = false;
       } else if (nl - pos > this.opts.maxLineBytes) {
+        this.lines++;
         this.sink.error('line_too_long', this.path);
       } else {
+        this.lines++;
         this.sink.line(buf, pos, nl);
       }
       pos = nl + 1;

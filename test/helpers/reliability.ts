@@ -1,0 +1,182 @@
+// Helpers for test/reliability: the real trainwatch process started through a wrapper command
+// (another user, a new user namespace), what the kernel says about it (/proc/<pid>/fd and
+// /proc/<pid>/stat), the trainer's way of writing, and a continuous writer in its own process.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { BIN, freePort, pyJson, requireBinary, scrape, waitFor } from './proc.js';
+
+/** A running trainwatch, with its pid (the node process itself, whatever wrapper started it). */
+export interface Tw {
+  proc: ChildProcess;
+  pid: number;
+  url: string;
+  logs(): string;
+  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`; resolves with the exit code. */
+  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<number | null>;
+  /** SIGKILL: no shutdown code runs. */
+  kill9(): Promise<void>;
+}
+
+/**
+ * Starts the real CLI on a free port, optionally through `wrap` (a command that ends by exec'ing
+ * its arguments, so the pid we get is node's: setpriv, unshare, `sh -c '…; exec "$@"'`), and
+ * registers its stop with `t.after` so it is killed on failure too.
+ */
+export async function startTw(t: { after(fn: () => unknown): void }, args: string[], opts: { wrap?: string[]; env?: Record<string, string> } = {}): Promise<Tw> {
+  const port = await freePort();
+  const argv = [process.execPath, BIN, '--web.listen-address', `127.0.0.1:${port}`, '--log.level', 'debug', ...args];
+  const full = [...(opts.wrap ?? []), ...argv];
+  const proc = spawn(full[0], full.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code, sig) => r(code ?? (sig ? -1 : null))));
+  const alive = () => proc.exitCode === null && proc.signalCode === null;
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM', graceMs = 6000) => {
+    if (alive()) proc.kill(signal);
+    const timer = setTimeout(() => alive() && proc.kill('SIGKILL'), graceMs);
+    const code = await exited;
+    clearTimeout(timer);
+    return code;
+  };
+  t.after(() => stop('SIGKILL'));
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(async () => {
+    if (!alive()) throw new Error(`trainwatch exited with ${proc.exitCode ?? proc.signalCode}`);
+    return (await fetch(`${url}/readyz`)).ok;
+  }, 'trainwatch to become ready').catch((e) => {
+    proc.kill('SIGKILL');
+    throw new Error(`${(e as Error).message}\n--- trainwatch output ---\n${out}`);
+  });
+  return {
+    proc,
+    pid: proc.pid!,
+    url,
+    logs: () => out,
+    stop,
+    kill9: async () => {
+      if (alive()) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** One heartbeat record, as the trainer writes it (Python json.dumps spelling). */
+export function record(rank: number, step: number, msg = 'progress', extra: Record<string, unknown> = {}): string {
+  const ts = Date.now() / 1000;
+  return pyJson({ ts, iso: new Date(ts * 1000).toISOString(), pid: 4242, rank, step, msg, toks_per_s: 1000, loss: 2.5, ...extra }) + '\n';
+}
+
+/** The trainer's way: open in append mode, write one record, close. */
+export function beat(dir: string, rank: number, step: number, msg = 'progress', extra: Record<string, unknown> = {}): void {
+  appendFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), record(rank, step, msg, extra));
+}
+
+/** trainwatch_records_total for one series (0 when the series is absent). */
+export function records(m: Map<string, number>, run: string, rank: number, msg = 'progress'): number {
+  return m.get(`trainwatch_records_total{run="${run}",rank="${rank}",msg="${msg}"}`) ?? 0;
+}
+
+/** trainwatch_step for one rank (undefined when absent). */
+export function step(m: Map<string, number>, run: string, rank: number): number | undefined {
+  return m.get(`trainwatch_step{run="${run}",rank="${rank}"}`);
+}
+
+/** trainwatch_parse_errors_total{reason}. */
+export function parseErrors(m: Map<string, number>, reason: string): number {
+  return m.get(`trainwatch_parse_errors_total{reason="${reason}"}`) ?? 0;
+}
+
+/** Every parse error counter that is not zero, as reason → count. */
+export function nonZeroParseErrors(m: Map<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of m) {
+    const r = /^trainwatch_parse_errors_total\{reason="([^"]+)"\}$/.exec(k);
+    if (r && v !== 0) out[r[1]] = v;
+  }
+  return out;
+}
+
+/** Scrapes until `pred` holds; returns that scrape. */
+export async function scrapeUntil(url: string, pred: (m: Map<string, number>) => boolean, what: string, timeoutMs = 15_000): Promise<Map<string, number>> {
+  return waitFor(async () => {
+    const m = await scrape(url);
+    return pred(m) ? m : undefined;
+  }, what, timeoutMs);
+}
+
+/** The process still serves: /healthz answers 200 and /metrics parses. */
+export async function assertServing(tw: Tw): Promise<void> {
+  const h = await fetch(`${tw.url}/healthz`);
+  if (h.status !== 200) throw new Error(`/healthz answered ${h.status}`);
+  const m = await scrape(tw.url);
+  if (!m.has('trainwatch_runs_watched')) throw new Error('/metrics lacks trainwatch_runs_watched');
+  if (/unexpected error|internal error/.test(tw.logs())) throw new Error(`trainwatch logged an unexpected error:\n${tw.logs()}`);
+}
+
+/** The targets of the process's open file descriptors (readlink of /proc/<pid>/fd/*). */
+export function fdTargets(pid: number): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.push(readlinkSync(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      // closed while we looked
+    }
+  }
+  return out;
+}
+
+/** User + system CPU time of a process so far, in seconds (/proc/<pid>/stat utime + stime). */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the ")" closing comm: state is field 3, utime 14, stime 15 (1-based).
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[14 - 3]) + Number(f[15 - 3])) / 100; // USER_HZ is 100 on Linux
+}
+
+/** A writer in its own process that appends records the trainer's way, one open-append-close each. */
+export interface Writer {
+  proc: ChildProcess;
+  /** resolves with the number of records written, once it exits */
+  done: Promise<number>;
+  kill(): void;
+}
+
+const WRITER_PY = String.raw`
+import json, sys, time
+path, rank, first, n, per_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+gap = 1.0 / per_s
+t0 = time.time()
+for i in range(n):
+    s = first + i
+    rec = {"ts": time.time(), "iso": "", "pid": 4242, "rank": rank, "step": s, "msg": "progress", "loss": 2.5, "toks_per_s": 1000.0, "pad": "x" * (s % 37)}
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    late = t0 + (i + 1) * gap - time.time()
+    if late > 0:
+        time.sleep(late)
+print(n, flush=True)
+`;
+
+/** Starts a Python writer: `n` records of `rank` with steps first.., at `perS` records per second. */
+export function startWriter(t: { after(fn: () => unknown): void }, path: string, rank: number, first: number, n: number, perS: number): Writer {
+  requireBinary('python3', 'python3');
+  const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const done = new Promise<number>((res, rej) =>
+    proc.on('exit', (code) => (code === 0 ? res(Number(out.trim())) : rej(new Error(`writer exited with ${code}: ${out}`)))),
+  );
+  done.catch(() => undefined);
+  const kill = () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+  };
+  t.after(kill);
+  return { proc, done, kill };
+}
+
+/** Sleeps. */
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
