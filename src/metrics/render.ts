@@ -5,6 +5,7 @@
 // label hashing on every scrape costs far more than the 100 ms scrape budget. We build the
 // text directly from METRICS (the one list), and prom-client serves only its process_* and
 // nodejs_* defaults, appended after ours.
+import type { Thresholds } from '../config/settings.js';
 import { effectiveStallS, stepLags } from '../detect/detect.js';
 import { MSG_CLASSES, type RankState } from '../state/rank.js';
 import type { Watcher } from '../watch/watcher.js';
@@ -73,6 +74,22 @@ const RANK_GAUGES: Array<[MetricKey, Getter]> = [
   ['gateCollapseFrac', (v) => v.s.gateCollapseFrac],
   ['gateCollapse', (v) => v.s.streaks.gateCollapse],
   ['trainerUp', (v) => (v.alive === undefined ? undefined : v.alive ? 1 : 0)],
+];
+
+/** The thresholds in force, as gauges the alert rules join on. */
+const THRESHOLD_GAUGES: Array<[MetricKey, keyof Omit<Thresholds, 'crashDetect'>]> = [
+  ['thStall', 'stallS'],
+  ['thGrace', 'startupGraceS'],
+  ['thFlatline', 'flatlineN'],
+  ['thLossFlatline', 'lossFlatlineN'],
+  ['thGradZero', 'gradZeroN'],
+  ['thNonfinite', 'nonfiniteN'],
+  ['thFetchRatio', 'fetchStallRatio'],
+  ['thGateCollapse', 'gateCollapseN'],
+  ['thGateEntropyMin', 'gateEntropyMin'],
+  ['thGateMax', 'gateMaxThreshold'],
+  ['thGateFrac', 'gateCollapseFrac'],
+  ['thStraggler', 'stragglerSteps'],
 ];
 
 const CHUNK = 1 << 20;
@@ -154,18 +171,7 @@ export function renderMetrics(w: Watcher, now: number, version: string): Buffer 
   for (const [key, field] of [['csvStep', 'step'], ['csvToks', 'toksPerS'], ['csvLoss', 'loss'], ['csvFlatline', 'throughputZero']] as const) {
     for (const run of live) if (run.csv) f.add(key, `{run="${esc(run.name)}"}`, run.csv[field]);
   }
-  f.add('thStall', '', t.stallS);
-  f.add('thGrace', '', t.startupGraceS);
-  f.add('thFlatline', '', t.flatlineN);
-  f.add('thLossFlatline', '', t.lossFlatlineN);
-  f.add('thGradZero', '', t.gradZeroN);
-  f.add('thNonfinite', '', t.nonfiniteN);
-  f.add('thFetchRatio', '', t.fetchStallRatio);
-  f.add('thGateCollapse', '', t.gateCollapseN);
-  f.add('thGateEntropyMin', '', t.gateEntropyMin);
-  f.add('thGateMax', '', t.gateMaxThreshold);
-  f.add('thGateFrac', '', t.gateCollapseFrac);
-  f.add('thStraggler', '', t.stragglerSteps);
+  for (const [key, field] of THRESHOLD_GAUGES) f.add(key, '', t[field]);
   f.add('haltEnabled', '', w.config.halt ? 1 : 0);
   f.add('embeddedActions', '', w.acting ? 1 : 0);
   f.add('buildInfo', `{version="${esc(version)}",nodejs_version="${esc(process.version)}",mode="${w.config.mode}"}`, 1);
