@@ -1,7 +1,12 @@
 // The watcher wires the pipeline: discovery → tails → sinks (parse + reduce) → detection →
 // actions. File events are only wake-up hints; a periodic stat sweep is the truth.
+// Hints come from one inotify watch per run directory (fs.watch: events name the file, so they
+// follow a path across rotation and re-creation, where a watch on the file would stay on the old
+// inode) and from chokidar on each --root (new and removed runs). With --poll, or once inotify
+// watches run out, chokidar polls everything instead.
 import { hostname } from 'node:os';
 import { join, sep } from 'node:path';
+import { statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { watch as chokidarWatch, type FSWatcher } from 'chokidar';
 import type { Config, Thresholds } from '../config/settings.js';
@@ -30,6 +35,9 @@ export class Run implements RankTable, RunRef {
   timer: NodeJS.Timeout | undefined;
   /** pid → alive, refreshed each sweep when crash detection is on */
   alive = new Map<number, boolean>();
+  /** the inotify watch on the directory, and the directory inode it is on */
+  dirWatch: DirWatcher | undefined;
+  dirIno = -1;
 
   constructor(
     readonly name: string,
@@ -71,6 +79,8 @@ export class Watcher {
   readonly now: () => number;
   private readonly params: ReduceParams;
   private fsw: FSWatcher | undefined;
+  /** file events come from chokidar polling (--poll, or inotify exhausted) */
+  private polling = false;
   private sweepTimer: NodeJS.Timeout | undefined;
   private evalTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
@@ -128,6 +138,7 @@ export class Watcher {
     await this.sweeping?.catch(() => undefined);
     for (const run of this.runs.values()) {
       clearTimeout(run.timer);
+      this.unwatchDir(run);
       for (const t of run.tails.values()) await t.close();
     }
   }
@@ -156,7 +167,7 @@ export class Watcher {
         this.runs.set(loc.real, run);
         this.byDir.set(run.dir, run);
         if (this.started) this.log.info({ run: run.name, dir: run.dir }, 'new run');
-        this.fsw?.add(run.dir);
+        if (this.polling) this.fsw?.add(run.dir);
       }
     }
     for (const [real, run] of this.runs) {
@@ -172,6 +183,11 @@ export class Watcher {
       return [] as string[];
     });
     if (names === undefined) return; // gone; the next discovery drops it
+    if (this.started && !this.polling) {
+      // A directory deleted and re-created under the same name: the watch is on the old inode.
+      const ino = await stat(run.dir).then((s) => s.ino, () => -1);
+      if (ino !== -1 && (ino !== run.dirIno || !run.dirWatch)) this.watchDir(run);
+    }
     for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
     run.halted = await exists(join(run.dir, CONTROL_FILES.halt));
     await Promise.all([...run.tails.values()].map((t) => t.poll()));
@@ -201,6 +217,7 @@ export class Watcher {
     this.actions.forget(run.real);
     this.stats.runsExpired++;
     this.fsw?.unwatch(run.dir);
+    this.unwatchDir(run);
     for (const t of run.tails.values()) await t.close();
     this.log.info({ run: run.name, why }, 'run dropped');
   }
@@ -281,12 +298,15 @@ export class Watcher {
   }
 
   private startFileEvents(usePolling: boolean): void {
+    this.polling = usePolling;
+    if (!usePolling) for (const run of this.runs.values()) this.watchDir(run);
     // Created even with nothing to watch yet: runs that appear later are added to it.
-    const paths = [...this.config.root, ...[...this.runs.values()].map((r) => r.dir)];
+    const paths = usePolling ? [...this.config.root, ...[...this.runs.values()].map((r) => r.dir)] : [...this.config.root];
     const fsw = chokidarWatch(paths, {
       ignoreInitial: true,
       persistent: false,
-      depth: 1,
+      // Without polling, chokidar only reports runs appearing and going under each root.
+      depth: usePolling ? 1 : 0,
       usePolling,
       interval: Math.max(100, this.config['tail.sweep-interval-s'] * 500),
       ignored: (p: string, st?: { isFile(): boolean }) => {
@@ -303,15 +323,54 @@ export class Watcher {
     fsw.on('error', (err) => {
       const e = err as NodeJS.ErrnoException;
       if (!usePolling && (e.code === 'ENOSPC' || e.code === 'EMFILE')) {
-        // Out of inotify watches: keep working by polling, and say how to fix it.
-        this.stats.pollingFallback = true;
-        this.log.warn({ err: e.message }, 'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)');
-        void fsw.close().then(() => this.startFileEvents(true));
+        this.fallBackToPolling(e);
         return;
       }
       this.log.warn({ err: e.message }, 'file watcher error; the stat sweep keeps reading');
     });
     this.fsw = fsw;
+  }
+
+  /** Out of inotify watches: keep working by polling, and say how to fix it. */
+  private fallBackToPolling(e: Error): void {
+    if (this.polling || this.stopped) return;
+    this.polling = true;
+    this.stats.pollingFallback = true;
+    this.log.warn({ err: e.message }, 'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)');
+    for (const run of this.runs.values()) this.unwatchDir(run);
+    const old = this.fsw;
+    this.fsw = undefined;
+    void (old ? old.close().catch(() => undefined) : Promise.resolve()).then(() => {
+      if (!this.stopped) this.startFileEvents(true);
+    });
+  }
+
+  /** One inotify watch on a run directory; its events name the file that changed. */
+  private watchDir(run: Run): void {
+    this.unwatchDir(run);
+    if (this.polling || this.stopped) return;
+    try {
+      run.dirIno = statSync(run.dir).ino;
+      const w = fsWatch(run.dir, { persistent: false }, (_type, name) => {
+        if (name) this.onFileEvent(join(run.dir, name.toString()));
+        else void this.sweep();
+      });
+      // The directory went away, or the kernel dropped the watch: the sweep re-arms it.
+      w.on('error', () => {
+        w.close();
+        if (run.dirWatch === w) run.dirWatch = undefined;
+      });
+      run.dirWatch = w;
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'ENOSPC' || err.code === 'EMFILE') this.fallBackToPolling(err);
+      // ENOENT, EACCES: the sweep drops the run or retries the watch.
+    }
+  }
+
+  private unwatchDir(run: Run): void {
+    run.dirWatch?.close();
+    run.dirWatch = undefined;
   }
 
   /** The run a name refers to (the `run` label). */

@@ -141,26 +141,34 @@ export interface Writer {
   proc: ChildProcess;
   /** resolves with the number of records written, once it exits */
   done: Promise<number>;
+  /** asks it to stop after the record it is writing; resolves with the number written */
+  stop(): Promise<number>;
   kill(): void;
 }
 
 const WRITER_PY = String.raw`
-import json, sys, time
+import json, signal, sys, time
 path, rank, first, n, per_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 gap = 1.0 / per_s
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 t0 = time.time()
+written = 0
 for i in range(n):
+    if stop:
+        break
     s = first + i
     rec = {"ts": time.time(), "iso": "", "pid": 4242, "rank": rank, "step": s, "msg": "progress", "loss": 2.5, "toks_per_s": 1000.0, "pad": "x" * (s % 37)}
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
+    written += 1
     late = t0 + (i + 1) * gap - time.time()
     if late > 0:
         time.sleep(late)
-print(n, flush=True)
+print(written, flush=True)
 `;
 
-/** Starts a Python writer: `n` records of `rank` with steps first.., at `perS` records per second. */
+/** Starts a Python writer: up to `n` records of `rank` with steps first.., at `perS` records per second. */
 export function startWriter(t: { after(fn: () => unknown): void }, path: string, rank: number, first: number, n: number, perS: number): Writer {
   requireBinary('python3', 'python3');
   const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS)], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -175,7 +183,11 @@ export function startWriter(t: { after(fn: () => unknown): void }, path: string,
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
   };
   t.after(kill);
-  return { proc, done, kill };
+  const stop = () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    return done;
+  };
+  return { proc, done, stop, kill };
 }
 
 /** Sleeps. */

@@ -1,0 +1,210 @@
+// Reliability of the real trainwatch process across rotations, while a writer in another
+// process keeps appending the trainer's way (open, append one record, close).
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { scrape, tmpDir, waitFor } from '../helpers/proc.js';
+import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, startWriter, step } from '../helpers/reliability.js';
+
+const FAST = ['--tail.sweep-interval-s', '0.1'];
+
+/** Records in every file of `dir` whose name starts with `prefix` (.gz decompressed). */
+function linesIn(dir: string, prefix: string): number {
+  let n = 0;
+  for (const f of readdirSync(dir)) {
+    if (!f.startsWith(prefix)) continue;
+    const buf = readFileSync(join(dir, f));
+    const text = (f.endsWith('.gz') ? gunzipSync(buf) : buf).toString('utf8');
+    n += text.split('\n').length - 1;
+  }
+  return n;
+}
+
+/** Records that landed in a rotated file after the next file had started (written late). */
+function lateWrites(dir: string): string[] {
+  const gens: { name: string; steps: number[] }[] = [];
+  for (const f of readdirSync(dir)) {
+    const k = /^heartbeat_rank0\.jsonl(?:\.(\d+))?(\.gz)?$/.exec(f);
+    if (!k) continue;
+    const buf = readFileSync(join(dir, f));
+    const text = (k[2] ? gunzipSync(buf) : buf).toString('utf8');
+    gens.push({ name: f, steps: [...text.matchAll(/"step": (\d+)/g)].map((m) => Number(m[1])) });
+  }
+  const order = (n: string) => Number(/\.jsonl\.(\d+)/.exec(n)?.[1] ?? 1e9);
+  gens.sort((a, b) => order(a.name) - order(b.name));
+  const out: string[] = [];
+  for (let i = 0; i + 1 < gens.length; i++) {
+    const next = Math.min(...gens[i + 1].steps);
+    for (const s of gens[i].steps) if (s > next) out.push(`${s} in ${gens[i].name}`);
+  }
+  return out;
+}
+
+/** The state letter of /proc/<pid>/stat (T: stopped). */
+function procState(pid: number): string {
+  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
+}
+
+describe('rotation', { concurrency: 4 }, () => {
+  test('rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    const run = join(d.path, 'rot');
+    mkdirSync(run);
+    const f = join(run, 'heartbeat_rank0.jsonl');
+    beat(run, 0, 0, 'boot');
+    // Rotations come several times per sweep: only file events can keep up with them, and
+    // events on a file stay with its old inode after a rename (what broke here before).
+    const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '1']);
+    const writer = startWriter(t, f, 0, 1, 100_000, 500);
+    // Rotate only once the writer runs: a file generation that its writer creates just before
+    // it is rotated away is lost to any tailer that never got to open it.
+    await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= 10, 'the writer to be running');
+    let rotations = 0;
+    while (rotations < 25) {
+      await sleep(150 + (rotations % 4) * 50);
+      if (!existsSync(f)) continue;
+      // logrotate's `create` style: rename away; the trainer's next append creates a fresh file.
+      // Every other rotated file is compressed, one rotation later (logrotate's delaycompress):
+      // a record the writer had opened the file for just before the rename lands there late.
+      renameSync(f, `${f}.${++rotations}`);
+      if (rotations % 2 === 0) spawnSync('gzip', [`${f}.${rotations - 1}`]);
+    }
+    await sleep(200);
+    const N = await writer.stop();
+    assert.equal(N + 1, linesIn(run, 'heartbeat_rank0.jsonl'), 'the files hold every record once');
+    let m = await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) === N, `${N} progress records`).catch(async (e) => {
+      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'rot', 0)} after ${rotations} rotations; late writes into rotated files: ${JSON.stringify(lateWrites(run))}`);
+    });
+    assert.equal(N, step(m, 'rot', 0));
+    await sleep(400);
+    m = await scrape(tw.url);
+    assert.equal(N, records(m, 'rot', 0), 'no record read twice');
+    assert.equal(1, records(m, 'rot', 0, 'boot'));
+    assert.deepEqual({}, nonZeroParseErrors(m));
+    await assertServing(tw);
+  });
+
+  test('copytruncate_under_continuous_writing: truncations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    const run = join(d.path, 'ct');
+    mkdirSync(run);
+    const f = join(run, 'heartbeat_rank0.jsonl');
+    const tw = await startTw(t, ['--dir', run, ...FAST]);
+    const writer = startWriter(t, f, 0, 1, 100_000, 400);
+    let copied = 0;
+    let truncations = 0;
+    while (truncations < 15) {
+      await sleep(150);
+      if (!existsSync(f)) continue;
+      // copytruncate copies the file, then truncates it in place. Lines written between the copy
+      // and the truncate exist only in the copy: losing them is inherent to copytruncate (any
+      // tailer of the live file loses them), and so are lines the tailer had not read yet when
+      // the truncate came. So the writer pauses (SIGSTOP) around copy + truncate, and trainwatch
+      // is given the moment it needs to catch up first, as its sweep has in reality long before
+      // a rotation. A record the writer had opened but not written when stopped lands in the
+      // truncated file (O_APPEND), so nothing is lost by the pause itself.
+      writer.proc.kill('SIGSTOP');
+      await waitFor(() => procState(writer.proc.pid!) === 'T', 'the writer to stop');
+      const inFile = readFileSync(f, 'utf8').split('\n').length - 1;
+      await scrapeUntil(tw.url, (m) => records(m, 'ct', 0) === copied + inFile, 'trainwatch to catch up before the truncate');
+      copyFileSync(f, `${f}.${++truncations}`);
+      truncateSync(f, 0);
+      copied += inFile;
+      writer.proc.kill('SIGCONT');
+    }
+    await sleep(200);
+    const N = await writer.stop();
+    assert.equal(N, linesIn(run, 'heartbeat_rank0.jsonl'));
+    let m = await scrapeUntil(tw.url, (m) => records(m, 'ct', 0) === N, `${N} progress records`);
+    assert.equal(N, step(m, 'ct', 0));
+    await sleep(400);
+    m = await scrape(tw.url);
+    assert.equal(N, records(m, 'ct', 0), 'no record read twice');
+    assert.deepEqual({}, nonZeroParseErrors(m));
+    await assertServing(tw);
+  });
+
+  test('gz_rotated_file_beside_live_one: never opened, never counted', { timeout: 60_000 }, async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    const run = join(d.path, 'gz');
+    mkdirSync(run);
+    const many = (rank: number, from: number, n: number) => Array.from({ length: n }, (_, i) => record(rank, from + i)).join('');
+    writeFileSync(join(run, 'heartbeat_rank0.jsonl.2.gz'), gzipSync(many(0, 1, 100)));
+    writeFileSync(join(run, 'heartbeat_rank0.jsonl.1'), many(0, 101, 100));
+    writeFileSync(join(run, 'heartbeat_rank1.jsonl.gz'), gzipSync(many(1, 1, 100))); // rank 1 has no live file
+    writeFileSync(join(run, 'heartbeat_rank0.jsonl'), many(0, 301, 10));
+    // Not even a gzip file: a .gz name with plain JSON lines in it.
+    writeFileSync(join(run, 'heartbeat_rank2.jsonl.gz'), many(2, 1, 10));
+    const tw = await startTw(t, ['--dir', run, ...FAST]);
+    let m = await scrapeUntil(tw.url, (m) => records(m, 'gz', 0) === 10, '10 records of the live file');
+    // A rotation while running: the live file is compressed in place, then the trainer goes on.
+    for (let i = 311; i <= 315; i++) beat(run, 0, i);
+    await scrapeUntil(tw.url, (m) => records(m, 'gz', 0) === 15, '15 records');
+    const liveBytes = statSync(join(run, 'heartbeat_rank0.jsonl')).size;
+    assert.equal(0, spawnSync('gzip', [join(run, 'heartbeat_rank0.jsonl')]).status);
+    for (let i = 316; i <= 320; i++) beat(run, 0, i);
+    const newBytes = statSync(join(run, 'heartbeat_rank0.jsonl')).size;
+    m = await scrapeUntil(tw.url, (m) => records(m, 'gz', 0) === 20, '20 records');
+    for (let i = 0; i < 5; i++) {
+      const gzOpen = fdTargets(tw.pid).filter((p) => p.includes('.gz') || p.endsWith('.jsonl.1'));
+      assert.deepEqual([], gzOpen, 'trainwatch never opens a rotated file');
+      await sleep(50);
+    }
+    await sleep(300);
+    m = await scrape(tw.url);
+    assert.equal(20, records(m, 'gz', 0));
+    assert.equal(320, step(m, 'gz', 0));
+    assert.equal(undefined, step(m, 'gz', 1));
+    assert.equal(undefined, step(m, 'gz', 2));
+    assert.equal(liveBytes + newBytes, m.get('trainwatch_read_bytes_total'), 'only the live files were read');
+    assert.deepEqual({}, nonZeroParseErrors(m));
+    await assertServing(tw);
+  });
+
+  test('delete_and_recreate_with_reused_inode: a new file with the old inode number is read from its start', { timeout: 60_000 }, async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    const run = join(d.path, 'ino');
+    mkdirSync(run);
+    const f = join(run, 'heartbeat_rank0.jsonl');
+    for (let i = 1; i <= 10; i++) beat(run, 0, i);
+    const tw = await startTw(t, ['--dir', run, ...FAST]);
+    await scrapeUntil(tw.url, (m) => records(m, 'ino', 0) === 10, '10 records');
+    const oldIno = statSync(f).ino;
+    const oldSize = statSync(f).size;
+    rmSync(f);
+    // Only once trainwatch has closed its descriptor can the inode be freed and reused.
+    await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 5000);
+    // ext4 hands a freed inode out again at once; create scratch files until one gets it.
+    let reused = false;
+    for (let i = 0; i < 2000 && !reused; i++) {
+      const scratch = join(run, `scratch_${i}.tmp`);
+      writeFileSync(scratch, '');
+      if (statSync(scratch).ino === oldIno) {
+        renameSync(scratch, f); // the same inode, now at the heartbeat path, empty
+        reused = true;
+      }
+    }
+    if (!reused) writeFileSync(f, '');
+    t.diagnostic(reused ? `inode ${oldIno} reused for the new file` : `inode ${oldIno} was not reused on this file system; checked a plain re-creation`);
+    // Grow the new file past the old size, so that a tail that kept the old offset would skip data.
+    for (let i = 101; i <= 125; i++) beat(run, 0, i);
+    assert.equal(true, statSync(f).size > oldSize);
+    if (reused) assert.equal(oldIno, statSync(f).ino);
+    let m = await scrapeUntil(tw.url, (m) => records(m, 'ino', 0) === 35, '35 records');
+    assert.equal(125, step(m, 'ino', 0));
+    await sleep(300);
+    m = await scrape(tw.url);
+    assert.equal(35, records(m, 'ino', 0));
+    assert.deepEqual({}, nonZeroParseErrors(m));
+    for (const s of readdirSync(run)) if (s.startsWith('scratch_')) rmSync(join(run, s));
+    await assertServing(tw);
+  });
+});
