@@ -1,6 +1,6 @@
 // Which files of a run directory trainwatch reads, and which directories are runs.
 import { readdir, realpath, stat } from 'node:fs/promises';
-import { basename, join, relative, resolve } from 'node:path';
+import { basename, join, relative, resolve, sep } from 'node:path';
 
 /** `heartbeat_rank<N>.jsonl`, or the older single `heartbeat.jsonl` (rank from the records). */
 export const HEARTBEAT_FILE = /^heartbeat(?:_rank(\d+))?\.jsonl$/;
@@ -40,12 +40,13 @@ export async function listRunFiles(dir: string): Promise<string[] | undefined> {
 /**
  * The runs to watch: each --dir (named by its base name) and each immediate sub-directory of
  * each --root (named by its path relative to the root). Symlinked directories are followed
- * once; realpath de-duplication means a symlink loop cannot make a run appear twice.
+ * once; realpath de-duplication means a symlink loop cannot make a run appear twice, and an
+ * entry that resolves to its root or to a parent of it (root/a -> root) is a loop, not a run.
  */
 export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void): Promise<RunLocation[]> {
   const out: RunLocation[] = [];
   const seen = new Set<string>();
-  const add = async (name: string, dir: string) => {
+  const add = async (name: string, dir: string, rootReal?: string) => {
     let real: string;
     try {
       real = await realpath(dir);
@@ -55,6 +56,10 @@ export async function discoverRuns(dirs: readonly string[], roots: readonly stri
       if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
       return;
     }
+    if (rootReal !== undefined && (rootReal === real || rootReal.startsWith(real.endsWith(sep) ? real : real + sep))) {
+      onError(dir, new Error(`symlink loop: it leads to ${real}, which holds the root itself; not a run`));
+      return;
+    }
     if (seen.has(real)) return;
     seen.add(real);
     out.push({ name, dir: resolve(dir), real });
@@ -62,7 +67,9 @@ export async function discoverRuns(dirs: readonly string[], roots: readonly stri
   for (const d of dirs) await add(basename(resolve(d)), d);
   for (const root of roots) {
     let entries;
+    let rootReal: string;
     try {
+      rootReal = await realpath(root);
       entries = await readdir(root, { withFileTypes: true });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
@@ -73,7 +80,7 @@ export async function discoverRuns(dirs: readonly string[], roots: readonly stri
       if (!ent.isDirectory() && !ent.isSymbolicLink()) continue;
       if (ent.name.startsWith('.')) continue;
       const dir = join(root, ent.name);
-      await add(relative(resolve(root), resolve(dir)), dir);
+      await add(relative(resolve(root), resolve(dir)), dir, rootReal);
     }
   }
   return out;

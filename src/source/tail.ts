@@ -94,6 +94,11 @@ export class FileTail {
     return this.fh !== undefined;
   }
 
+  /** No file open and no poll running: dropping this tail loses nothing (a new one reads from 0). */
+  get idle(): boolean {
+    return this.fh === undefined && this.running === undefined;
+  }
+
   /** Reads whatever is new. Concurrent calls coalesce into one more pass. */
   poll(): Promise<void> {
     if (this.running) {

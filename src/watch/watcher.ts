@@ -90,6 +90,9 @@ export class Watcher {
   private evalScheduled = false;
   /** true once the first sweep has read every file that existed at startup */
   ready = false;
+  /** warnings already logged (key → error), so that a lasting problem is logged once, not every sweep */
+  private readonly warned = new Map<string, string>();
+  private warnedNow = new Set<string>();
 
   constructor(
     readonly config: Config,
@@ -155,8 +158,9 @@ export class Watcher {
   }
 
   private async doSweep(): Promise<void> {
+    this.warnedNow = new Set();
     const locs = await discoverRuns(this.config.dir, this.config.root, (path, err) =>
-      this.log.warn({ path, err: err.message }, 'cannot read directory; check its permissions'),
+      this.warnOnce(`dir:${path}`, err.message, { path }, /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions'),
     );
     const seen = new Set<string>();
     for (const loc of locs) {
@@ -174,12 +178,23 @@ export class Watcher {
       if (!seen.has(real)) await this.dropRun(run, 'directory gone');
     }
     await Promise.all([...this.runs.values()].map((run) => this.sweepRun(run)));
+    // A problem not seen in this sweep is over: if it comes back, it is logged again.
+    for (const k of this.warned.keys()) if (!this.warnedNow.has(k)) this.warned.delete(k);
     await this.evaluateAll();
   }
 
+  private warnOnce(key: string, err: string, fields: Record<string, unknown>, msg: string): void {
+    this.warnedNow.add(key);
+    if (this.warned.get(key) === err) return;
+    this.warned.set(key, err);
+    this.log.warn({ ...fields, err }, msg);
+  }
+
   private async sweepRun(run: Run): Promise<void> {
+    let listed = true;
     const names = await listRunFiles(run.dir).catch((e: Error) => {
-      this.log.warn({ run: run.name, err: e.message }, 'cannot list run directory; check its permissions');
+      this.warnOnce(`list:${run.dir}`, e.message, { run: run.name }, 'cannot list run directory; check its permissions');
+      listed = false;
       return [] as string[];
     });
     if (names === undefined) return; // gone; the next discovery drops it
@@ -191,6 +206,16 @@ export class Watcher {
     for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
     run.halted = await exists(join(run.dir, CONTROL_FILES.halt));
     await Promise.all([...run.tails.values()].map((t) => t.poll()));
+    if (listed) {
+      // Files that are gone (rotated away, deleted) and were released: forget their tails, so
+      // that churn cannot grow the table. A file that comes back later is new: read from 0.
+      const present = new Set(names);
+      for (const [name, tail] of run.tails) {
+        if (present.has(name) || !tail.idle) continue;
+        run.tails.delete(name);
+        void tail.close();
+      }
+    }
     if (this.thresholds.crashDetect) {
       run.alive.clear();
       for (const s of run.ranks.values()) if (s.pid !== undefined) run.alive.set(s.pid, pidAlive(s.pid));
@@ -326,7 +351,9 @@ export class Watcher {
         this.fallBackToPolling(e);
         return;
       }
-      this.log.warn({ err: e.message }, 'file watcher error; the stat sweep keeps reading');
+      // A symlink loop under a root is reported once by discovery.
+      if (e.code === 'ELOOP') this.log.debug({ err: e.message }, 'file watcher: symlink loop');
+      else this.log.warn({ err: e.message }, 'file watcher error; the stat sweep keeps reading');
     });
     this.fsw = fsw;
   }

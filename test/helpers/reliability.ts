@@ -2,9 +2,39 @@
 // (another user, a new user namespace), what the kernel says about it (/proc/<pid>/fd and
 // /proc/<pid>/stat), the trainer's way of writing, and a continuous writer in its own process.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BIN, freePort, pyJson, requireBinary, scrape, waitFor } from './proc.js';
+
+type T = { after(fn: () => unknown): void; diagnostic(s: string): void };
+
+/** Per test: how to kill what it started (so that its temp dir is removed only after that). */
+const killers = new WeakMap<object, Array<() => unknown>>();
+function onKill(t: T, kill: () => unknown): void {
+  if (!killers.has(t)) killers.set(t, []);
+  killers.get(t)!.push(kill);
+  t.after(kill);
+}
+
+/**
+ * A temp directory (mode 0755, so that an unprivileged trainwatch can read it). Removed after
+ * the test, once every process the test started through these helpers is dead; never throws,
+ * so that no other teardown is skipped.
+ */
+export function scratch(t: T, prefix = 'tw-rel-'): string {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  chmodSync(path, 0o755);
+  t.after(async () => {
+    for (const kill of killers.get(t) ?? []) await kill();
+    try {
+      rmSync(path, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    } catch (e) {
+      t.diagnostic(`cleanup of ${path}: ${(e as Error).message}`);
+    }
+  });
+  return path;
+}
 
 /** A running trainwatch, with its pid (the node process itself, whatever wrapper started it). */
 export interface Tw {
@@ -23,7 +53,7 @@ export interface Tw {
  * its arguments, so the pid we get is node's: setpriv, unshare, `sh -c '…; exec "$@"'`), and
  * registers its stop with `t.after` so it is killed on failure too.
  */
-export async function startTw(t: { after(fn: () => unknown): void }, args: string[], opts: { wrap?: string[]; env?: Record<string, string> } = {}): Promise<Tw> {
+export async function startTw(t: T, args: string[], opts: { wrap?: string[]; env?: Record<string, string> } = {}): Promise<Tw> {
   const port = await freePort();
   const argv = [process.execPath, BIN, '--web.listen-address', `127.0.0.1:${port}`, '--log.level', 'debug', ...args];
   const full = [...(opts.wrap ?? []), ...argv];
@@ -40,7 +70,7 @@ export async function startTw(t: { after(fn: () => unknown): void }, args: strin
     clearTimeout(timer);
     return code;
   };
-  t.after(() => stop('SIGKILL'));
+  onKill(t, () => stop('SIGKILL'));
   const url = `http://127.0.0.1:${port}`;
   await waitFor(async () => {
     if (!alive()) throw new Error(`trainwatch exited with ${proc.exitCode ?? proc.signalCode}`);
@@ -143,7 +173,7 @@ export interface Writer {
   done: Promise<number>;
   /** asks it to stop after the record it is writing; resolves with the number written */
   stop(): Promise<number>;
-  kill(): void;
+  kill(): Promise<unknown>;
 }
 
 const WRITER_PY = String.raw`
@@ -169,7 +199,7 @@ print(written, flush=True)
 `;
 
 /** Starts a Python writer: up to `n` records of `rank` with steps first.., at `perS` records per second. */
-export function startWriter(t: { after(fn: () => unknown): void }, path: string, rank: number, first: number, n: number, perS: number): Writer {
+export function startWriter(t: T, path: string, rank: number, first: number, n: number, perS: number): Writer {
   requireBinary('python3', 'python3');
   const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -181,13 +211,21 @@ export function startWriter(t: { after(fn: () => unknown): void }, path: string,
   done.catch(() => undefined);
   const kill = () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    return done.catch(() => undefined);
   };
-  t.after(kill);
+  onKill(t, kill);
   const stop = () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
     return done;
   };
   return { proc, done, stop, kill };
+}
+
+/** Registers a child process of the test to be killed at its end (before its temp dir goes). */
+export function killAtEnd(t: T, proc: ChildProcess): void {
+  onKill(t, () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+  });
 }
 
 /** Sleeps. */

@@ -5,16 +5,15 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { scrape, tmpDir } from '../helpers/proc.js';
-import { assertServing, beat, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, step } from '../helpers/reliability.js';
+import { scrape } from '../helpers/proc.js';
+import { assertServing, beat, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, step, scratch } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];
 
 describe('partial lines and restarts', { concurrency: 4 }, () => {
   test('partial_line_held_across_many_writes: a slow writer writing each record in small pieces over time', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'slow');
+    const base = scratch(t);
+    const run = join(base, 'slow');
     mkdirSync(run);
     const tw = await startTw(t, ['--dir', run, ...FAST]);
     const f = join(run, 'heartbeat_rank0.jsonl');
@@ -47,9 +46,8 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
   });
 
   test('kill9_with_partial_line_then_restart: the completed line is counted once', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'k9');
+    const base = scratch(t);
+    const run = join(base, 'k9');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     for (let i = 1; i <= 20; i++) beat(run, 0, i);
@@ -89,9 +87,8 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
   });
 
   test('truncate_and_regrow_while_down: a restart reads what the file holds now', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'tr');
+    const base = scratch(t);
+    const run = join(base, 'tr');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     for (let i = 1; i <= 40; i++) beat(run, 0, i);
@@ -120,10 +117,9 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
   });
 
   test('tiny_files: a one-line file, an empty file and a file with no trailing newline, at startup and created later', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
+    const base = scratch(t);
     const make = (name: string) => {
-      const run = join(d.path, name);
+      const run = join(base, name);
       mkdirSync(run);
       writeFileSync(join(run, 'heartbeat_rank0.jsonl'), record(0, 7)); // one line
       writeFileSync(join(run, 'heartbeat_rank1.jsonl'), ''); // empty
@@ -133,7 +129,7 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
       return run;
     };
     const pre = make('pre');
-    const tw = await startTw(t, ['--root', d.path, '--tail.startup-bytes', '4096', ...FAST]);
+    const tw = await startTw(t, ['--root', base, '--tail.startup-bytes', '4096', ...FAST]);
     const post = make('post');
     for (const run of ['pre', 'post']) {
       const m = await scrapeUntil(tw.url, (m) => records(m, run, 0) === 1 && records(m, run, 3) === 1, `${run}: the one-line files`);
@@ -162,9 +158,8 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
   });
 
   test('identical_first_lines: two rank files that start with the same bytes are two series', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'twins');
+    const base = scratch(t);
+    const run = join(base, 'twins');
     mkdirSync(run);
     // A tailer that recognises files by a checksum of their first line (or first bytes) would
     // take these two files for one file. The first line is the same launcher line in both (not a
@@ -173,7 +168,7 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     const ts = (Date.now() / 1000).toFixed(3);
     const rec = (rank: number, s: number) => `{"ts": ${ts}, "iso": "", "pid": 4242, "pad": "${'y'.repeat(300)}", "step": ${s}, "msg": "progress", "rank": ${rank}}\n`;
     for (const r of [0, 1]) writeFileSync(join(run, `heartbeat_rank${r}.jsonl`), head + rec(r, 1));
-    const tw = await startTw(t, ['--root', d.path, ...FAST]);
+    const tw = await startTw(t, ['--root', base, ...FAST]);
     let m = await scrapeUntil(tw.url, (m) => records(m, 'twins', 0) === 1 && records(m, 'twins', 1) === 1, 'both ranks');
     for (let s = 2; s <= 10; s++) for (const r of [0, 1]) appendFileSync(join(run, `heartbeat_rank${r}.jsonl`), rec(r, s + r * 100));
     // A third file created later with the same first bytes.

@@ -6,8 +6,8 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { scrape, tmpDir, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, startWriter, step } from '../helpers/reliability.js';
+import { scrape, waitFor } from '../helpers/proc.js';
+import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, startWriter, step, scratch } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];
 
@@ -51,9 +51,8 @@ function procState(pid: number): string {
 
 describe('rotation', { concurrency: 4 }, () => {
   test('rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'rot');
+    const base = scratch(t);
+    const run = join(base, 'rot');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     beat(run, 0, 0, 'boot');
@@ -90,9 +89,8 @@ describe('rotation', { concurrency: 4 }, () => {
   });
 
   test('copytruncate_under_continuous_writing: truncations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'ct');
+    const base = scratch(t);
+    const run = join(base, 'ct');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     const tw = await startTw(t, ['--dir', run, ...FAST]);
@@ -131,9 +129,8 @@ describe('rotation', { concurrency: 4 }, () => {
   });
 
   test('gz_rotated_file_beside_live_one: never opened, never counted', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'gz');
+    const base = scratch(t);
+    const run = join(base, 'gz');
     mkdirSync(run);
     const many = (rank: number, from: number, n: number) => Array.from({ length: n }, (_, i) => record(rank, from + i)).join('');
     writeFileSync(join(run, 'heartbeat_rank0.jsonl.2.gz'), gzipSync(many(0, 1, 100)));
@@ -169,9 +166,8 @@ describe('rotation', { concurrency: 4 }, () => {
   });
 
   test('delete_and_recreate_with_reused_inode: a new file with the old inode number is read from its start', { timeout: 60_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const run = join(d.path, 'ino');
+    const base = scratch(t);
+    const run = join(base, 'ino');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     for (let i = 1; i <= 10; i++) beat(run, 0, i);
