@@ -27,6 +27,8 @@ export class HeartbeatSink implements TailSink {
     private readonly table: RankTable,
     private readonly params: ReduceParams,
     private readonly stats: Stats,
+    /** told about each distinct read failure (the tail reports one per failure, not one per poll) */
+    private readonly onReadError?: (detail: string) => void,
   ) {}
 
   reset(): void {
@@ -71,8 +73,9 @@ export class HeartbeatSink implements TailSink {
     reduce(s, r, this.params);
   }
 
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error'): void {
+  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
     this.stats.parseErrors[reason]++;
+    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
   }
 
   bytes(n: number): void {
@@ -109,6 +112,7 @@ export class CsvSink implements TailSink {
   constructor(
     private readonly table: RankTable,
     private readonly stats: Stats,
+    private readonly onReadError?: (detail: string) => void,
   ) {}
 
   reset(): void {
@@ -127,8 +131,9 @@ export class CsvSink implements TailSink {
     }
   }
 
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error'): void {
+  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
     this.stats.parseErrors[reason]++;
+    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
   }
 
   bytes(n: number): void {

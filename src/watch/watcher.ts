@@ -224,8 +224,10 @@ export class Watcher {
 
   private addTail(run: Run, name: string): FileTail {
     const role = roleOf(name);
-    const sink = role === 'csv' ? new CsvSink(run, this.stats) : new HeartbeatSink(run, this.params, this.stats);
-    const tail = new FileTail(join(run.dir, name), sink, {
+    const file = join(run.dir, name);
+    const onReadError = (err: string) => this.log.warn({ run: run.name, file, err }, `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`);
+    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError);
+    const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
       // Files present before we started hold history: read a bounded tail. Later files are new.
