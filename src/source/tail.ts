@@ -17,16 +17,22 @@
 // - rename rotation (gzip, logrotate create) or delete/recreate (path gone, or a different
 //   inode): the old handle is drained to EOF first (the writer may have appended just before
 //   rotating; the truncation check above comes first, as it may have been copytruncated and
-//   regrown before the rename), then closed, which also releases a deleted-but-open file; the
-//   new file, if any, is read from offset 0. A partial line left at the old file's end can
-//   never complete, so it is dropped and counted. Because the old fd is held until then, its inode cannot be reused
-//   by a recreated file while we compare: a new file always has a new identity.
+//   regrown before the rename). With rotateGraceMs it is then kept for that long and read
+//   again at each poll, before the path (a writer that opened it just before the rename writes
+//   a moment later; only the newest rotated file is kept), and closed at the first poll after;
+//   otherwise it is closed at once. Closing also releases a deleted-but-open file. The new file,
+//   if any, is read from offset 0. A partial line left at the old file's end can never
+//   complete, so it is dropped and counted when the old file is closed. Because the old fd is
+//   held until then, its inode cannot be reused by a recreated file while we compare: a new
+//   file always has a new identity.
 // - first open at startup: only a bounded window at the end of the file is read (from the
 //   first newline inside it); the sink may ask for more history, and the window doubles up
 //   to a cap, each time after sink.reset(). It doubles too while it holds no whole line (the
-//   newest line is longer than the window), up to maxLineBytes. A file that appears after startup is new: read
-//   from 0; so is one that was missing at some poll (it was created after that poll).
-// - read errors (EACCES, ESTALE, EIO): counted, the handle is dropped, the next poll retries.
+//   newest line is longer than the window), up to maxLineBytes. A file that appears after
+//   startup is new: read from 0; so is one that was missing at some poll (created after it).
+// - read errors (EACCES, ESTALE, EIO): counted (once per distinct error), the handle is dropped,
+//   the next poll retries; if it reopens the same file (dev+ino) it continues at the offset
+//   where the error struck (with the usual truncation checks), so nothing is read twice.
 // - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
 import { open, stat, type FileHandle } from 'node:fs/promises';
@@ -52,6 +58,21 @@ export interface TailOptions {
   startupBytes: number;
   /** true for a file that existed before trainwatch started: start near the end */
   startAtEnd: boolean;
+  /**
+   * After a rotation, keep reading the old file for this long (at each poll) before closing it:
+   * a writer that opened it just before the rename writes its record there a moment later.
+   * 0 (the default) closes it as soon as it has been drained.
+   */
+  rotateGraceMs?: number;
+}
+
+/** A rotated-away file still read for a moment (see rotateGraceMs). */
+interface Retired {
+  fh: FileHandle;
+  offset: number;
+  pending: Buffer | undefined;
+  discarding: boolean;
+  until: number;
 }
 
 const READ_CHUNK = 1 << 20;
@@ -76,6 +97,9 @@ export class FileTail {
   private mtimeMs = -1;
   private ctimeMs = -1;
   private startAtEnd: boolean;
+  private retired: Retired | undefined;
+  /** where a read error left the file: reopening the same file continues there */
+  private resume: { dev: number; ino: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   private closed = false;
@@ -89,14 +113,14 @@ export class FileTail {
     this.startAtEnd = opts.startAtEnd;
   }
 
-  /** True while a file is open. */
+  /** True while the file at the path is open (a rotated-away file in its grace period is not counted). */
   get isOpen(): boolean {
     return this.fh !== undefined;
   }
 
   /** No file open and no poll running: dropping this tail loses nothing (a new one reads from 0). */
   get idle(): boolean {
-    return this.fh === undefined && this.running === undefined;
+    return this.fh === undefined && this.retired === undefined && this.running === undefined;
   }
 
   /** Reads whatever is new. Concurrent calls coalesce into one more pass. */
@@ -123,10 +147,12 @@ export class FileTail {
     this.closed = true;
     await this.running?.catch(() => undefined);
     await this.dropHandle();
+    await this.endRetired();
   }
 
   private async pollOnce(): Promise<void> {
     if (this.closed) return;
+    if (this.retired) await this.readRetired();
     let st;
     try {
       st = await stat(this.path, { bigint: false });
@@ -154,9 +180,16 @@ export class FileTail {
     // Growth is checked too, not only changed times: on file systems with coarse timestamps
     // (NFS, older kernels) a truncate-and-regrow within one tick leaves mtime and ctime as they were.
     const changed = st.mtimeMs !== this.mtimeMs || st.ctimeMs !== this.ctimeMs || st.size > this.offset;
-    if (st.size < this.offset || (changed && this.offset > 0 && !(await this.markStillThere()))) {
-      this.truncated();
+    let truncated = st.size < this.offset;
+    if (!truncated && changed && this.offset > 0) {
+      try {
+        truncated = !(await this.markStillThere());
+      } catch (e) {
+        await this.readFailed(e as Error);
+        return;
+      }
     }
+    if (truncated) this.truncated();
     if (st.size > this.offset) await this.readTo(st.size);
     this.mtimeMs = st.mtimeMs;
     this.ctimeMs = st.ctimeMs;
@@ -174,8 +207,20 @@ export class FileTail {
       this.discarding = false;
       this.mark = undefined;
       this.lastError = undefined;
+      const r = this.resume;
+      this.resume = undefined;
+      if (r && r.dev === st.dev && r.ino === st.ino) {
+        // The same file after a read error: continue where we were (the truncation check runs as usual).
+        this.offset = this.markEnd = r.offset;
+        this.mark = r.mark;
+        this.pending = r.pending;
+        this.discarding = r.discarding;
+      } else if (r?.pending && r.pending.length > 0) {
+        this.sink.error('partial_line_dropped', this.path);
+      }
       return true;
     } catch (e) {
+      await this.fh?.close().catch(() => undefined);
       this.fh = undefined;
       this.reportError(`open: ${(e as Error).message}`);
       return false;
@@ -191,9 +236,52 @@ export class FileTail {
     } catch {
       // ESTALE and friends: what was not read is not readable any more.
     }
+    const grace = this.opts.rotateGraceMs ?? 0;
+    if (grace > 0 && this.fh) {
+      await this.endRetired();
+      this.retired = { fh: this.fh, offset: this.offset, pending: this.pending, discarding: this.discarding, until: Date.now() + grace };
+      this.fh = undefined;
+      this.pending = undefined;
+      await this.dropHandle();
+      return;
+    }
     if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
     this.pending = undefined;
     await this.dropHandle();
+  }
+
+  // Reads what a late writer appended to the rotated-away file; closes it once its grace is over.
+  private async readRetired(final = false): Promise<void> {
+    const r = this.retired!;
+    try {
+      const st = await r.fh.stat();
+      while (r.offset < st.size) {
+        const len = Math.min(READ_CHUNK, st.size - r.offset);
+        const buf = Buffer.allocUnsafe(len);
+        const n = (await r.fh.read(buf, 0, len, r.offset)).bytesRead;
+        if (n === 0) break;
+        r.offset += n;
+        this.sink.bytes(n);
+        // The line splitter works on the tail's own state: lend it the old file's.
+        const [pending, discarding] = [this.pending, this.discarding];
+        [this.pending, this.discarding] = [r.pending, r.discarding];
+        this.consume(buf, n);
+        [r.pending, r.discarding] = [this.pending, this.discarding];
+        [this.pending, this.discarding] = [pending, discarding];
+      }
+    } catch {
+      r.until = 0; // unreadable now: give up on it
+    }
+    if (final || Date.now() >= r.until) await this.endRetired(false);
+  }
+
+  private async endRetired(readFirst = true): Promise<void> {
+    if (readFirst && this.retired) return this.readRetired(true);
+    const r = this.retired;
+    if (!r) return;
+    this.retired = undefined;
+    if (r.pending && r.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+    await r.fh.close().catch(() => undefined);
   }
 
   private async dropHandle(): Promise<void> {
@@ -217,12 +305,8 @@ export class FileTail {
     if (!this.mark) return true;
     const at = this.markEnd - this.mark.length;
     const buf = Buffer.allocUnsafe(this.mark.length);
-    try {
-      const { bytesRead } = await this.fh!.read(buf, 0, buf.length, at);
-      return bytesRead === buf.length && buf.equals(this.mark);
-    } catch {
-      return false;
-    }
+    const { bytesRead } = await this.fh!.read(buf, 0, buf.length, at); // a read error is not a truncation: it throws
+    return bytesRead === buf.length && buf.equals(this.mark);
   }
 
   private async readStartupWindow(size: number): Promise<void> {
@@ -252,8 +336,7 @@ export class FileTail {
       try {
         n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
       } catch (e) {
-        this.reportError(`read: ${(e as Error).message}`);
-        await this.dropHandle();
+        await this.readFailed(e as Error);
         return;
       }
       if (n === 0) return;
@@ -262,6 +345,15 @@ export class FileTail {
       this.sink.bytes(n);
       this.consume(buf, n);
     }
+  }
+
+  // Counts the error and drops the handle; the next poll reopens and, if it is the same file,
+  // continues here.
+  private async readFailed(e: Error): Promise<void> {
+    this.reportError(`read: ${e.message}`);
+    this.resume = { dev: this.dev, ino: this.ino, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.pending = undefined;
+    await this.dropHandle();
   }
 
   // Keeps the last TAIL_MARK_BYTES read, whatever they are (a partial line too): a file that

@@ -23,6 +23,13 @@ import type { CsvState } from '../state/run.js';
 import { CsvSink, HeartbeatSink, type RankTable } from './sinks.js';
 import { Stats } from './stats.js';
 
+/**
+ * How long a rotated-away heartbeat file is still read: the trainer opens, writes, closes, and
+ * a rename between its open and its write (GIL switches make that milliseconds) puts the
+ * record in the old file after our drain. The descriptor is released at the next poll after.
+ */
+const ROTATE_GRACE_MS = 1000;
+
 /** One watched run: its files, its ranks and what detection sees now. */
 export class Run implements RankTable, RunRef {
   ranks = new Map<number, RankState>();
@@ -232,6 +239,7 @@ export class Watcher {
       startupBytes: this.config['tail.startup-bytes'],
       // Files present before we started hold history: read a bounded tail. Later files are new.
       startAtEnd: !this.started,
+      rotateGraceMs: ROTATE_GRACE_MS,
     });
     run.tails.set(name, tail);
     return tail;
