@@ -173,40 +173,54 @@ export interface Writer {
   done: Promise<number>;
   /** asks it to stop after the record it is writing; resolves with the number written */
   stop(): Promise<number>;
+  /** after it exited: how many records went into a file that was no longer at the path */
+  late(): number;
   kill(): Promise<unknown>;
 }
 
 const WRITER_PY = String.raw`
-import json, signal, sys, time
-path, rank, first, n, per_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+import json, os, signal, sys, time
+path, rank, first, n, per_s, gap_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 gap = 1.0 / per_s
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 t0 = time.time()
 written = 0
+late_writes = 0
 for i in range(n):
     if stop:
         break
     s = first + i
     rec = {"ts": time.time(), "iso": "", "pid": 4242, "rank": rank, "step": s, "msg": "progress", "loss": 2.5, "toks_per_s": 1000.0, "pad": "x" * (s % 37)}
     with open(path, "a") as f:
+        if gap_s > 0:
+            time.sleep(gap_s)  # another thread holds the GIL between open and write
         f.write(json.dumps(rec) + "\n")
+        f.flush()
+        try:
+            if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+                late_writes += 1  # written into a file that had been rotated away meanwhile
+        except FileNotFoundError:
+            late_writes += 1
     written += 1
     late = t0 + (i + 1) * gap - time.time()
     if late > 0:
         time.sleep(late)
-print(written, flush=True)
+print(written, late_writes, flush=True)
 `;
 
-/** Starts a Python writer: up to `n` records of `rank` with steps first.., at `perS` records per second. */
-export function startWriter(t: T, path: string, rank: number, first: number, n: number, perS: number): Writer {
+/**
+ * Starts a Python writer: up to `n` records of `rank` with steps first.., at `perS` records per
+ * second; `gapMs` between its open and its write (as when another thread takes the GIL there).
+ */
+export function startWriter(t: T, path: string, rank: number, first: number, n: number, perS: number, gapMs = 0): Writer {
   requireBinary('python3', 'python3');
-  const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS), String(gapMs / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
   const done = new Promise<number>((res, rej) =>
-    proc.on('exit', (code) => (code === 0 ? res(Number(out.trim())) : rej(new Error(`writer exited with ${code}: ${out}`)))),
+    proc.on('exit', (code) => (code === 0 ? res(Number(out.trim().split(' ')[0])) : rej(new Error(`writer exited with ${code}: ${out}`)))),
   );
   done.catch(() => undefined);
   const kill = () => {
@@ -218,7 +232,7 @@ export function startWriter(t: T, path: string, rank: number, first: number, n: 
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
     return done;
   };
-  return { proc, done, stop, kill };
+  return { proc, done, stop, kill, late: () => Number(out.trim().split(' ')[1]) };
 }
 
 /** Registers a child process of the test to be killed at its end (before its temp dir goes). */
