@@ -43,7 +43,9 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  // A 100 ms event-loop sampling period instead of prom-client's 10 ms: idle wake-ups are a
+  // measurable share of an idle exporter's CPU, and 100 ms still resolves the stalls that matter.
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   // These three prom-client gauges end in _total, which promtool's linter rejects.
   for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
 
