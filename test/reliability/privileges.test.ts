@@ -4,7 +4,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { requireBinary, scrape } from '../helpers/proc.js';
@@ -26,7 +26,7 @@ describe('privileges and kernel limits', { concurrency: 2 }, () => {
     mkdirSync(locked, { mode: 0o700 });
     writeFileSync(join(locked, 'heartbeat_rank0.jsonl'), five(0));
     const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.2'], { wrap: [setpriv, ...NOBODY] });
-    assert.equal(65534, Number(spawnSync('stat', ['-c', '%u', `/proc/${tw.pid}`], { encoding: 'utf8' }).stdout.trim()), 'trainwatch runs as nobody');
+    assert.equal(65534, statSync(`/proc/${tw.pid}`).uid, 'trainwatch runs as nobody');
     let m = await scrapeUntil(tw.url, (m) => records(m, 'perm', 0) === 5 && records(m, 'perm', 2) === 5, 'the readable ranks');
     assert.equal(undefined, step(m, 'perm', 1));
     assert.equal(1, parseErrors(m, 'read_error'));
@@ -66,7 +66,7 @@ describe('privileges and kernel limits', { concurrency: 2 }, () => {
     }
     // First make sure the kernel really refuses the third watch in such a namespace.
     const probe = inNs(`exec "$@"`, process.execPath, '-e', `const fs = require('fs'); try { for (const d of process.argv.slice(1)) fs.watch(d); console.log('ok'); } catch (e) { console.log(e.code); } process.exit(0);`, ...['a', 'b', 'c'].map((r) => join(base, r)));
-    const res = spawnSync(probe[0], probe.slice(1), { encoding: 'utf8' });
+    const res = spawnSync(probe[0], probe.slice(1), { encoding: 'utf8', timeout: 20_000 });
     assert.equal('ENOSPC', res.stdout.trim(), `kernel ${release()}: a user namespace with max_inotify_watches=${LIMIT} should refuse a third watch (per-namespace inotify limits); got ${res.stdout}${res.stderr}`);
     const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '1'], { wrap: inNs('exec "$@"') });
     const m0 = await scrapeUntil(tw.url, (m) => m.get('trainwatch_watch_polling_fallback') === 1, 'the polling fallback');

@@ -327,7 +327,7 @@ test('model: random appends, partial lines, rotations, copytruncate, truncate-re
   );
 });
 
-test('model sanity: a startup window over a long file skips only what is before the window', async () => {
+test('model sanity: a startup window over a long file skips only what is before the window', { timeout: 30_000 }, async () => {
   // Guards the model itself: a file of 100 short lines read with startAtEnd delivers a suffix.
   const d = tmpDir('tw-model-');
   const path = join(d.path, 'heartbeat_rank0.jsonl');
@@ -341,7 +341,7 @@ test('model sanity: a startup window over a long file skips only what is before 
   assert.equal(true, sink.lines.length > 50 && sink.lines.length < 400);
 });
 
-test('read_error_mid_file: a transient read error (EIO, ESTALE) is counted, and the retry neither loses nor repeats lines', async () => {
+test('read_error_mid_file: a transient read error (EIO, ESTALE) is counted, and the retry neither loses nor repeats lines', { timeout: 30_000 }, async () => {
   // The kernel's EIO cannot be provoked on a healthy local disk: the one read that fails is
   // injected into FileHandle.read, everything else is real.
   const d = tmpDir('tw-model-');
