@@ -14,7 +14,17 @@ export const SIM = join(REPO, 'scripts/sim_trainer.py');
 /** A fresh temp directory, removed by the returned cleanup. */
 export function tmpDir(prefix = 'tw-test-'): { path: string; cleanup(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
-  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+  // Never throws: a teardown that fails here must not keep later teardown steps (and processes) alive.
+  return {
+    path,
+    cleanup: () => {
+      try {
+        rmSync(path, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+      } catch {
+        // a process still writing into it; the OS temp dir is cleaned eventually
+      }
+    },
+  };
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
