@@ -60,6 +60,7 @@ export const SETTINGS = [
   // Tailing
   { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },
   { key: 'tail.sweep-interval-s', env: 'TRAINWATCH_SWEEP_INTERVAL_S', type: 'number', default: 2, min: 0.05, max: 3600, group: 'Tailing', help: 'Every this many seconds every file is stat()ed and runs are re-discovered; file events only make it sooner.' },
+  { key: 'tail.event-coalesce-ms', env: 'TRAINWATCH_EVENT_COALESCE_MS', type: 'int', default: 250, min: 0, max: 10000, group: 'Tailing', help: 'A file that changed within this many ms of its last read waits for one read at the end of the window: a busy file costs a few reads a second, not one per record. Adds at most this much to detection.' },
   { key: 'tail.startup-bytes', type: 'int', default: 262144, min: 4096, max: 1073741824, group: 'Tailing', help: 'On startup, read this many bytes from the end of each existing file, doubling (up to 64x) while a streak reaches back past the window.' },
   { key: 'tail.max-line-bytes', type: 'int', default: 1048576, min: 1024, max: 268435456, group: 'Tailing', help: 'Longer lines are skipped and counted as line_too_long.' },
   // Logging
@@ -104,6 +105,7 @@ export interface Config {
   'webhook.max-body-bytes': number;
   poll: boolean;
   'tail.sweep-interval-s': number;
+  'tail.event-coalesce-ms': number;
   'tail.startup-bytes': number;
   'tail.max-line-bytes': number;
   'log.level': 'debug' | 'info' | 'warn' | 'error';

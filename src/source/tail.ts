@@ -35,7 +35,44 @@
 //   where the error struck (with the usual truncation checks), so nothing is read twice.
 // - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+
+/** An open file, as a tail uses it: FileHandle's shape, with sync or async results. */
+export interface TailFile {
+  stat(): Stats | Promise<Stats>;
+  read(buf: Buffer, offset: number, length: number, position: number): { bytesRead: number } | Promise<{ bytesRead: number }>;
+  close(): void | Promise<void>;
+}
+
+/** How a tail reaches the file system. */
+export interface TailIO {
+  stat(path: string): Stats | Promise<Stats>;
+  open(path: string): TailFile | Promise<TailFile>;
+}
+
+/** Thread-pool I/O: a hung NFS server blocks a pool thread, never the event loop (--poll). */
+export const ASYNC_IO: TailIO = { stat: (p) => stat(p), open: (p) => open(p, 'r') };
+
+/**
+ * Direct system calls: on a local disk a stat or a small read takes microseconds, far less than
+ * a round trip through libuv's thread pool, which dominated CPU at 64 busy ranks.
+ */
+export const SYNC_IO: TailIO = {
+  stat: (p) => statSync(p),
+  open: (p) => {
+    const fd = openSync(p, 'r');
+    return { stat: () => fstatSync(fd), read: (b, o, l, pos) => ({ bytesRead: readSync(fd, b, o, l, pos) }), close: () => closeSync(fd) };
+  },
+};
+
+async function closeQuietly(f: TailFile | undefined): Promise<void> {
+  try {
+    await f?.close();
+  } catch {
+    // already closed, or the file system went away
+  }
+}
 
 /** Receives what a tail reads. */
 export interface TailSink {
@@ -64,11 +101,13 @@ export interface TailOptions {
    * 0 (the default) closes it as soon as it has been drained.
    */
   rotateGraceMs?: number;
+  /** system calls (SYNC_IO) or the thread pool (ASYNC_IO, the default) */
+  io?: TailIO;
 }
 
 /** A rotated-away file still read for a moment (see rotateGraceMs). */
 interface Retired {
-  fh: FileHandle;
+  fh: TailFile;
   offset: number;
   pending: Buffer | undefined;
   discarding: boolean;
@@ -81,7 +120,8 @@ const STARTUP_MAX_FACTOR = 64;
 
 /** Follows one path across appends, truncation and rotation. */
 export class FileTail {
-  private fh: FileHandle | undefined;
+  private fh: TailFile | undefined;
+  private readonly io: TailIO;
   private dev = -1;
   private ino = -1;
   private offset = 0;
@@ -111,6 +151,7 @@ export class FileTail {
     private readonly opts: TailOptions,
   ) {
     this.startAtEnd = opts.startAtEnd;
+    this.io = opts.io ?? ASYNC_IO;
   }
 
   /** True while the file at the path is open (a rotated-away file in its grace period is not counted). */
@@ -155,7 +196,7 @@ export class FileTail {
     if (this.retired) await this.readRetired();
     let st;
     try {
-      st = await stat(this.path, { bigint: false });
+      st = await this.io.stat(this.path);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       // Gone (rotated away or deleted): finish the old file, then wait for a new one. Whatever
@@ -197,7 +238,7 @@ export class FileTail {
 
   private async openFile(): Promise<boolean> {
     try {
-      this.fh = await open(this.path, 'r');
+      this.fh = await this.io.open(this.path);
       // The path may have been swapped between stat and open; trust the handle's identity.
       const st = await this.fh.stat();
       this.dev = st.dev;
@@ -220,7 +261,7 @@ export class FileTail {
       }
       return true;
     } catch (e) {
-      await this.fh?.close().catch(() => undefined);
+      await closeQuietly(this.fh);
       this.fh = undefined;
       this.reportError(`open: ${(e as Error).message}`);
       return false;
@@ -281,7 +322,7 @@ export class FileTail {
     if (!r) return;
     this.retired = undefined;
     if (r.pending && r.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
-    await r.fh.close().catch(() => undefined);
+    await closeQuietly(r.fh);
   }
 
   private async dropHandle(): Promise<void> {
@@ -289,7 +330,7 @@ export class FileTail {
     this.fh = undefined;
     this.dev = -1;
     this.ino = -1;
-    await fh?.close().catch(() => undefined);
+    await closeQuietly(fh);
   }
 
   private truncated(): void {

@@ -17,7 +17,7 @@ import { Actions, type RunRef, type TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
 import { pidAlive } from '../actions/signals.js';
 import { discoverRuns, listRunFiles, roleOf } from '../source/discover.js';
-import { FileTail } from '../source/tail.js';
+import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
 import type { RankState, ReduceParams } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
 import { CsvSink, HeartbeatSink, type RankTable } from './sinks.js';
@@ -94,6 +94,10 @@ export class Watcher {
   private started = false;
   private stopped = false;
   private readonly dirtyRuns = new Set<Run>();
+  private readonly coalesceMs: number;
+  private readonly coalesced = new Set<FileTail>();
+  private readonly lastEventPoll = new WeakMap<FileTail, number>();
+  private pumpTimer: NodeJS.Timeout | undefined;
   private evalScheduled = false;
   /** true once the first sweep has read every file that existed at startup */
   ready = false;
@@ -108,6 +112,7 @@ export class Watcher {
   ) {
     this.now = opts.now ?? (() => Date.now() / 1000);
     this.thresholds = thresholdsOf(config);
+    this.coalesceMs = config['tail.event-coalesce-ms'];
     const t = this.thresholds;
     this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
     this.actions = new Actions({
@@ -144,6 +149,7 @@ export class Watcher {
     this.stopped = true;
     clearInterval(this.sweepTimer);
     clearInterval(this.evalTimer);
+    clearTimeout(this.pumpTimer);
     await this.fsw?.close().catch(() => undefined);
     await this.sweeping?.catch(() => undefined);
     for (const run of this.runs.values()) {
@@ -240,6 +246,8 @@ export class Watcher {
       // Files present before we started hold history: read a bounded tail. Later files are new.
       startAtEnd: !this.started,
       rotateGraceMs: ROTATE_GRACE_MS,
+      // --poll means NFS or Lustre, where a stat can hang: keep it off the event loop there.
+      io: this.config.poll ? ASYNC_IO : SYNC_IO,
     });
     run.tails.set(name, tail);
     return tail;
@@ -324,8 +332,33 @@ export class Watcher {
       return;
     }
     if (roleOf(name) === undefined) return;
-    const tail = run.tails.get(name) ?? this.addTail(run, name);
-    void tail.poll();
+    this.pollSoon(run.tails.get(name) ?? this.addTail(run, name));
+  }
+
+  /**
+   * A busy file changes 10+ times a second; reading it on every event costs more than the reading.
+   * A tail quiet for `tail.event-coalesce-ms` is polled at once (the first record after a pause
+   * is seen immediately); events inside that window share one trailing poll at its end.
+   */
+  private pollSoon(tail: FileTail): void {
+    if (this.coalesced.has(tail)) return; // a poll is already due
+    const now = Date.now();
+    if (now - (this.lastEventPoll.get(tail) ?? 0) >= this.coalesceMs) {
+      this.lastEventPoll.set(tail, now);
+      void tail.poll();
+      return;
+    }
+    this.coalesced.add(tail);
+    this.pumpTimer ??= setTimeout(() => {
+      this.pumpTimer = undefined;
+      const due = [...this.coalesced];
+      this.coalesced.clear();
+      const at = Date.now();
+      for (const t of due) {
+        this.lastEventPoll.set(t, at);
+        void t.poll();
+      }
+    }, this.coalesceMs);
   }
 
   private runOfPath(path: string): Run | undefined {
@@ -389,7 +422,10 @@ export class Watcher {
     try {
       run.dirIno = statSync(run.dir).ino;
       const w = fsWatch(run.dir, { persistent: false }, (_type, name) => {
-        if (name) this.onFileEvent(join(run.dir, name.toString()));
+        // The hot path (an append to a file already tailed) skips the path arithmetic.
+        const tail = name ? run.tails.get(name.toString()) : undefined;
+        if (tail) this.pollSoon(tail);
+        else if (name) this.onFileEvent(join(run.dir, name.toString()));
         else void this.sweep();
       });
       // The directory went away, or the kernel dropped the watch: the sweep re-arms it.
