@@ -332,7 +332,7 @@ export class Watcher {
       return;
     }
     if (roleOf(name) === undefined) return;
-    this.pollSoon(run.tails.get(name) ?? this.addTail(run, name));
+    void (run.tails.get(name) ?? this.addTail(run, name)).poll();
   }
 
   /**
@@ -421,9 +421,11 @@ export class Watcher {
     if (this.polling || this.stopped) return;
     try {
       run.dirIno = statSync(run.dir).ino;
-      const w = fsWatch(run.dir, { persistent: false }, (_type, name) => {
-        // The hot path (an append to a file already tailed) skips the path arithmetic.
-        const tail = name ? run.tails.get(name.toString()) : undefined;
+      const w = fsWatch(run.dir, { persistent: false }, (type, name) => {
+        // The hot path (an append to a file already tailed) skips the path arithmetic. Only
+        // appends are coalesced: a rename or a new file is followed at once, or a quick second
+        // rotation could take a whole file away before we opened it.
+        const tail = name && type === 'change' ? run.tails.get(name.toString()) : undefined;
         if (tail) this.pollSoon(tail);
         else if (name) this.onFileEvent(join(run.dir, name.toString()));
         else void this.sweep();
