@@ -385,6 +385,8 @@ export class FileTail {
       this.remember(buf, n);
       this.sink.bytes(n);
       this.consume(buf, n);
+      // Between chunks of a big backlog, let scrapes and timers in: a sync read never yields.
+      if (this.offset < size) await new Promise<void>((r) => setImmediate(r));
     }
   }
 

@@ -15,8 +15,30 @@ export interface RankTable {
   touched(): void;
 }
 
+/** What every sink does with the tail's errors and byte counts. */
+abstract class CountingSink implements TailSink {
+  constructor(
+    protected readonly stats: Stats,
+    /** told about each distinct read failure (the tail reports one per failure, not one per poll) */
+    private readonly onReadError?: (detail: string) => void,
+  ) {}
+
+  abstract reset(): void;
+  abstract line(buf: Buffer, start: number, end: number): void;
+  abstract wantsMoreHistory(): boolean;
+
+  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
+    this.stats.parseErrors[reason]++;
+    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
+  }
+
+  bytes(n: number): void {
+    this.stats.bytesRead += n;
+  }
+}
+
 /** Feeds one heartbeat file into the run's rank table. */
-export class HeartbeatSink implements TailSink {
+export class HeartbeatSink extends CountingSink {
   /** ranks this file has contributed (a legacy heartbeat.jsonl holds several) */
   private readonly mine = new Set<number>();
   /** progress records per rank since the last reset, to tell an unbroken streak */
@@ -26,10 +48,11 @@ export class HeartbeatSink implements TailSink {
   constructor(
     private readonly table: RankTable,
     private readonly params: ReduceParams,
-    private readonly stats: Stats,
-    /** told about each distinct read failure (the tail reports one per failure, not one per poll) */
-    private readonly onReadError?: (detail: string) => void,
-  ) {}
+    stats: Stats,
+    onReadError?: (detail: string) => void,
+  ) {
+    super(stats, onReadError);
+  }
 
   reset(): void {
     for (const r of this.mine) this.table.ranks.delete(r);
@@ -73,14 +96,6 @@ export class HeartbeatSink implements TailSink {
     reduce(s, r, this.params);
   }
 
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
-    this.stats.parseErrors[reason]++;
-    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
-  }
-
-  bytes(n: number): void {
-    this.stats.bytesRead += n;
-  }
 
   wantsMoreHistory(): boolean {
     // Only watchdog_dumps in the window: the newest liveness record is further back.
@@ -106,14 +121,16 @@ function salvage(text: string, failed: ParseResult): HeartbeatRecord | undefined
 }
 
 /** Feeds training.csv into the run's CSV state. */
-export class CsvSink implements TailSink {
+export class CsvSink extends CountingSink {
   private layout: CsvLayout = DEFAULT_CSV_LAYOUT;
 
   constructor(
     private readonly table: RankTable,
-    private readonly stats: Stats,
-    private readonly onReadError?: (detail: string) => void,
-  ) {}
+    stats: Stats,
+    onReadError?: (detail: string) => void,
+  ) {
+    super(stats, onReadError);
+  }
 
   reset(): void {
     this.table.csv = newCsvState();
@@ -131,14 +148,6 @@ export class CsvSink implements TailSink {
     }
   }
 
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
-    this.stats.parseErrors[reason]++;
-    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
-  }
-
-  bytes(n: number): void {
-    this.stats.bytesRead += n;
-  }
 
   wantsMoreHistory(): boolean {
     const c = this.table.csv;

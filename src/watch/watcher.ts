@@ -3,7 +3,9 @@
 // Hints come from one inotify watch per run directory (fs.watch: events name the file, so they
 // follow a path across rotation and re-creation, where a watch on the file would stay on the old
 // inode) and from chokidar on each --root (new and removed runs). With --poll, or once inotify
-// watches run out, chokidar polls everything instead.
+// watches run out, chokidar polls everything instead. Appends to a busy file are coalesced
+// (tail.event-coalesce-ms); renames and new files are followed at once. On local disks tails
+// use direct system calls; with --poll (NFS, Lustre) they go through the thread pool.
 import { hostname } from 'node:os';
 import { join, sep } from 'node:path';
 import { statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
