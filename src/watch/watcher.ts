@@ -25,6 +25,9 @@ import type { CsvState } from '../state/run.js';
 import { CsvSink, HeartbeatSink, type RankTable } from './sinks.js';
 import { Stats } from './stats.js';
 
+/** Runs swept together between two yields to the event loop. */
+const SWEEP_BATCH = 16;
+
 /**
  * How long a rotated-away heartbeat file is still read: the trainer opens, writes, closes, and
  * a rename between its open and its write (GIL switches make that milliseconds) puts the
@@ -192,7 +195,13 @@ export class Watcher {
     for (const [real, run] of this.runs) {
       if (!seen.has(real)) await this.dropRun(run, 'directory gone');
     }
-    await Promise.all([...this.runs.values()].map((run) => this.sweepRun(run)));
+    // In batches, yielding in between: with direct system calls a sweep of 10,000 files would
+    // otherwise run as one long task and hold up scrapes and timers.
+    const runs = [...this.runs.values()];
+    for (let i = 0; i < runs.length; i += SWEEP_BATCH) {
+      await Promise.all(runs.slice(i, i + SWEEP_BATCH).map((run) => this.sweepRun(run)));
+      if (i + SWEEP_BATCH < runs.length) await new Promise<void>((r) => setImmediate(r));
+    }
     // A problem not seen in this sweep is over: if it comes back, it is logged again.
     for (const k of this.warned.keys()) if (!this.warnedNow.has(k)) this.warned.delete(k);
     await this.evaluateAll();
