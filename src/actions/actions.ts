@@ -106,9 +106,9 @@ export class Actions {
     });
   }
 
-  /** Mode alertmanager: only the escalation of a hung trainer after our own .HALT. */
-  escalateOnly(run: RunRef, now: number, halted: boolean, procs: TrainerProc[]): Promise<void> {
-    return this.serial(run, (mem) => (halted ? this.escalate(run, mem, procs, now) : Promise.resolve()));
+  /** Mode alertmanager, .HALT present: only the escalation of a hung trainer after our own .HALT. */
+  escalateOnly(run: RunRef, now: number, procs: TrainerProc[]): Promise<void> {
+    return this.serial(run, (mem) => this.escalate(run, mem, procs, now));
   }
 
   /**

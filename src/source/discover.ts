@@ -23,6 +23,8 @@ export interface RunLocation {
   dir: string;
   /** realpath of dir; several names for one directory are watched once */
   real: string;
+  /** the directory's inode when discovered: a re-created directory has a new one */
+  ino: number;
 }
 
 /** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone. */
@@ -48,9 +50,12 @@ export async function discoverRuns(dirs: readonly string[], roots: readonly stri
   const seen = new Set<string>();
   const add = async (name: string, dir: string, rootReal?: string) => {
     let real: string;
+    let ino: number;
     try {
       real = await realpath(dir);
-      if (!(await stat(real)).isDirectory()) return;
+      const st = await stat(real);
+      if (!st.isDirectory()) return;
+      ino = st.ino;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
@@ -62,7 +67,7 @@ export async function discoverRuns(dirs: readonly string[], roots: readonly stri
     }
     if (seen.has(real)) return;
     seen.add(real);
-    out.push({ name, dir: resolve(dir), real });
+    out.push({ name, dir: resolve(dir), real, ino });
   };
   for (const d of dirs) await add(basename(resolve(d)), d);
   for (const root of roots) {

@@ -50,6 +50,8 @@ export class Run implements RankTable, RunRef {
   /** the inotify watch on the directory, and the directory inode it is on */
   dirWatch: DirWatcher | undefined;
   dirIno = -1;
+  /** the directory inode the latest discovery saw */
+  seenIno = -1;
 
   constructor(
     readonly name: string,
@@ -184,8 +186,10 @@ export class Watcher {
     for (const loc of locs) {
       seen.add(loc.real);
       let run = this.runs.get(loc.real);
+      if (run) run.seenIno = loc.ino;
       if (!run) {
         run = new Run(loc.name, loc.dir, loc.real, (r) => this.markDirty(r));
+        run.seenIno = loc.ino;
         this.runs.set(loc.real, run);
         this.byDir.set(run.dir, run);
         if (this.started) this.log.info({ run: run.name, dir: run.dir }, 'new run');
@@ -224,8 +228,8 @@ export class Watcher {
     if (names === undefined) return; // gone; the next discovery drops it
     if (this.started && !this.polling) {
       // A directory deleted and re-created under the same name: the watch is on the old inode.
-      const ino = await stat(run.dir).then((s) => s.ino, () => -1);
-      if (ino !== -1 && (ino !== run.dirIno || !run.dirWatch)) this.watchDir(run);
+      // (Discovery has just stat()ed every run directory; its inode is reused, not fetched again.)
+      if (run.seenIno !== run.dirIno || !run.dirWatch) this.watchDir(run);
     }
     for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
     run.halted = await exists(join(run.dir, CONTROL_FILES.halt));
@@ -321,7 +325,7 @@ export class Watcher {
     for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, pidSinceTs: s.pidSinceTs });
     try {
       if (this.acting) await this.actions.reconcile(run, run.anomalies, now, run.halted, procs);
-      else if (run.halted && this.config['watch.escalate-s'] > 0) await this.actions.escalateOnly(run, now, true, procs);
+      else if (run.halted && this.config['watch.escalate-s'] > 0) await this.actions.escalateOnly(run, now, procs);
     } catch {
       // Already logged and counted with its fix; the next evaluation retries.
     }
