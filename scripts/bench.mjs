@@ -5,8 +5,11 @@
 // (exit 0); only a benchmark that could not run at all (verdict ERROR) gives exit 1.
 // Each benchmark prints human text and, as its last stdout line, one JSON row
 // {name, figure, target, verdict, data}; see bench/lib.ts.
+// Regressions: each run is compared with the recorded run in bench/recorded.json (the one
+// docs/benchmarks.md's table comes from) on a few key figures per benchmark, and changes
+// beyond the run-to-run noise are marked. `npm run bench -- --record` replaces the record.
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,6 +23,21 @@ const TIMEOUT_S = 180;
 const SNAP = '.tmp/bench-build';
 
 const say = (s) => process.stdout.write(`[bench] ${s}\n`);
+
+const args = process.argv.slice(2);
+const record = args.includes('--record');
+const filter = args.find((a) => !a.startsWith('--'));
+const unknown = args.filter((a) => a.startsWith('--') && a !== '--record');
+if (unknown.length) {
+  say(`unknown option ${unknown[0]}. Usage: npm run bench [-- [<name substring>] [--record]]`);
+  process.exit(2);
+}
+
+const chosen = filter ? BENCHES.filter((b) => b.includes(filter)) : BENCHES;
+if (chosen.length === 0) {
+  say(`no benchmark matches '${filter}' (have: ${BENCHES.join(', ')})`);
+  process.exit(1);
+}
 
 if (!existsSync('node_modules/typescript/bin/tsc')) {
   say('node_modules is missing. Fix: run `npm ci` first');
@@ -35,12 +53,6 @@ const git = (args) => spawnSync('git', args, { encoding: 'utf8' }).stdout.trim()
 const dirty = git(['status', '--porcelain', '--', 'src']).split('\n').filter(Boolean).length;
 const revision = `commit ${git(['rev-parse', '--short', 'HEAD'])}${dirty ? ` + ${dirty} uncommitted file(s) in src/` : ''}`;
 
-const filter = process.argv[2];
-const chosen = filter ? BENCHES.filter((b) => b.includes(filter)) : BENCHES;
-if (chosen.length === 0) {
-  say(`no benchmark matches '${filter}' (have: ${BENCHES.join(', ')})`);
-  process.exit(1);
-}
 
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, ${new Date().toISOString()}, ${revision}`;
 say(machine);
@@ -89,6 +101,61 @@ function runOne(name) {
   });
 }
 
+const RECORD = 'bench/recorded.json';
+/** Worse by more than this fraction is marked; the benchmarks vary by ±30 % on a shared 2-core VM. */
+const NOISE = 0.3;
+/** The key figures compared with the record: [label, value from the row's data, unit, better]. */
+const KEYS = {
+  ingest: [['pipeline/raw', (d) => d.ratio * 100, '%', 'higher']],
+  mtail: [['× mtail', (d) => d.ratio, '×', 'higher']],
+  'first-scrape': [['work', (d) => d.workS * 1000, 'ms', 'lower']],
+  'scrape-10k': [
+    ['p99', (d) => d.p99Ms, 'ms', 'lower'],
+    ['RSS', (d) => d.rssBytes / 1e6, 'MB', 'lower'],
+  ],
+  'cpu-64': [['CPU', (d) => d.cpuFraction * 100, '%', 'lower']],
+  detection: [
+    ['stall worst', (d) => d.worstStallS * 1000, 'ms', 'lower'],
+    ['flatline worst', (d) => d.worstFlatlineS * 1000, 'ms', 'lower'],
+  ],
+  'webhook-load': [
+    ['alerts/s', (d) => d.closedLoop.alertsPerS, '/s', 'higher'],
+    ['p99', (d) => d.closedLoop.p99Ms, 'ms', 'lower'],
+  ],
+  eventloop: [['max block', (d) => Math.max(...d.phases.slice(1).map((p) => p.maxMs)), 'ms', 'lower']],
+};
+
+function readRecord() {
+  if (!existsSync(RECORD)) return undefined;
+  try {
+    return JSON.parse(readFileSync(RECORD, 'utf8'));
+  } catch (e) {
+    say(`${RECORD} is not valid JSON (${e.message}); comparing with nothing. Fix: restore it from git or re-record with --record`);
+    return undefined;
+  }
+}
+
+/** "p99 178 → 95 ms (−47 %)" per key figure; REGRESSED when worse beyond the noise. */
+function compare(bench, row, old) {
+  if (row.verdict === 'ERROR') return '–';
+  if (!old || old.verdict === 'ERROR') return 'no record';
+  const out = [];
+  for (const [label, get, unit, better] of KEYS[bench] ?? []) {
+    let a, b;
+    try {
+      [a, b] = [get(old.data), get(row.data)];
+    } catch {
+      continue; // a figure the recorded run did not have
+    }
+    if (!Number.isFinite(a) || !Number.isFinite(b) || a === 0) continue;
+    const rel = (b - a) / Math.abs(a);
+    const worse = better === 'higher' ? -rel : rel;
+    const n = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(2));
+    out.push(`${label} ${n(a)} → ${n(b)} ${unit} (${rel >= 0 ? '+' : '−'}${Math.abs(rel * 100).toFixed(0)} %)${worse > NOISE ? ' **REGRESSED**' : ''}`);
+  }
+  return out.length ? out.join('; ') : 'not comparable';
+}
+
 const rows = [];
 const start = Date.now();
 for (const [i, name] of chosen.entries()) {
@@ -97,11 +164,20 @@ for (const [i, name] of chosen.entries()) {
 }
 
 const cell = (s) => String(s).replace(/\|/g, '\\|');
+const recorded = readRecord();
+const changes = rows.map((r, i) => compare(chosen[i], r, recorded?.rows[chosen[i]]));
 const table = [
-  '| benchmark | figure | target | verdict |',
-  '|---|---|---|---|',
-  ...rows.map((r) => `| ${cell(r.name)} | ${cell(r.figure)} | ${cell(r.target)} | ${r.verdict === 'met' ? 'met' : `**${r.verdict}**`} |`),
+  '| benchmark | figure | target | verdict | vs recorded |',
+  '|---|---|---|---|---|',
+  ...rows.map((r, i) => `| ${cell(r.name)} | ${cell(r.figure)} | ${cell(r.target)} | ${r.verdict === 'met' ? 'met' : `**${r.verdict}**`} | ${cell(changes[i])} |`),
 ].join('\n');
 process.stdout.write(`\n${machine}; total ${((Date.now() - start) / 1000).toFixed(0)} s\n\n${table}\n`);
+if (recorded) process.stdout.write(`\nvs recorded: ${RECORD} (${recorded.machine}); a change is marked REGRESSED when it is worse by more than the run-to-run noise (${NOISE * 100} %): re-run that benchmark before believing it.\n`);
+if (record) {
+  const next = { machine, rows: { ...(recorded?.rows ?? {}) } };
+  for (const [i, r] of rows.entries()) if (r.verdict !== 'ERROR') next.rows[chosen[i]] = r;
+  writeFileSync(RECORD, JSON.stringify(next, null, 1) + '\n');
+  say(`recorded ${rows.length} result(s) in ${RECORD}`);
+}
 rmSync(SNAP, { recursive: true, force: true });
 process.exit(rows.some((r) => r.verdict === 'ERROR') ? 1 : 0);
