@@ -3,18 +3,19 @@
 // into a real watcher Run, exactly as the watcher wires them for a newly appeared file.
 import { defaultConfig, thresholdsOf } from '../src/config/settings.js';
 import { FileTail } from '../src/source/tail.js';
+import { ParsePool } from '../src/watch/parse-pool.js';
 import { HeartbeatSink } from '../src/watch/sinks.js';
 import { Stats } from '../src/watch/stats.js';
 import { Run } from '../src/watch/watcher.js';
 
-/** One pass of the real pipeline over `path`; returns lines and seconds. */
-export async function pipelinePass(path: string): Promise<{ lines: number; s: number; parseErrors: number; progress: number; lastStep: number | undefined }> {
+/** One pass of the real pipeline over `path`; returns lines and seconds. With `pool`, big reads are also parsed on its thread, as the watcher does by default (tail.parse-thread-bytes). */
+export async function pipelinePass(path: string, pool?: ParsePool): Promise<{ lines: number; s: number; parseErrors: number; progress: number; lastStep: number | undefined }> {
   const config = defaultConfig();
   const t = thresholdsOf(config);
   const params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
   const run = new Run('bench', '/nonexistent', '/nonexistent', () => undefined);
   const stats = new Stats();
-  const sink = new HeartbeatSink(run, params, stats);
+  const sink = new HeartbeatSink(run, params, stats, undefined, pool && { pool, minBytes: config['tail.parse-thread-bytes'] });
   // A file that appears while trainwatch runs is read from offset 0: the whole file.
   const tail = new FileTail(path, sink, { maxLineBytes: config['tail.max-line-bytes'], startupBytes: config['tail.startup-bytes'], startAtEnd: false });
   const t0 = performance.now();

@@ -63,6 +63,7 @@ export const SETTINGS = [
   { key: 'tail.event-coalesce-ms', env: 'TRAINWATCH_EVENT_COALESCE_MS', type: 'int', default: 250, min: 0, max: 10000, group: 'Tailing', help: 'A file that changed within this many ms of its last read waits for one read at the end of the window: a busy file costs a few reads a second, not one per record. Adds at most this much to detection.' },
   { key: 'tail.startup-bytes', type: 'int', default: 262144, min: 4096, max: 1073741824, group: 'Tailing', help: 'On startup, read this many bytes from the end of each existing file, doubling (up to 64x) while a streak reaches back past the window.' },
   { key: 'tail.max-line-bytes', type: 'int', default: 1048576, min: 1024, max: 268435456, group: 'Tailing', help: 'Longer lines are skipped and counted as line_too_long.' },
+  { key: 'tail.parse-thread-bytes', type: 'int', default: 4194304, min: 0, max: 1073741824, group: 'Tailing', help: 'A read of at least this many bytes (a backlog) is parsed on a second thread as well as the main one, for a faster catch-up; lines are still applied in file order. 0 keeps all parsing on the main thread.' },
   // Logging
   { key: 'log.level', env: 'TRAINWATCH_LOG_LEVEL', type: 'enum', choices: ['debug', 'info', 'warn', 'error'], default: 'info', group: 'Logging', help: 'Only log messages with the given severity or above.' },
   { key: 'log.format', env: 'TRAINWATCH_LOG_FORMAT', type: 'enum', choices: ['logfmt', 'json'], default: 'logfmt', group: 'Logging', help: 'Output format of log messages.' },
@@ -108,6 +109,7 @@ export interface Config {
   'tail.event-coalesce-ms': number;
   'tail.startup-bytes': number;
   'tail.max-line-bytes': number;
+  'tail.parse-thread-bytes': number;
   'log.level': 'debug' | 'info' | 'warn' | 'error';
   'log.format': 'logfmt' | 'json';
   config: string | undefined;

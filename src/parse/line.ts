@@ -5,6 +5,7 @@
 // important ones (a diverged run). We try JSON.parse first (the fast path for >99.9% of
 // lines) and only on failure rewrite bare tokens *outside string literals* to sentinel
 // strings, which a reviver turns back into numbers. A quoted "NaN" stays a string.
+import { isUtf8 } from 'node:buffer';
 
 /** Why a line could not become a record; the `reason` label of trainwatch_parse_errors_total. */
 export const PARSE_ERROR_REASONS = [
@@ -41,6 +42,29 @@ export interface HeartbeatRecord {
 }
 
 export type ParseResult = { ok: true; record: HeartbeatRecord } | { ok: false; reason: ParseErrorReason };
+
+/** What one line of a heartbeat file yields: a record, an error, or an error plus the record salvaged from it. */
+export type LineOutcome = HeartbeatRecord | ParseErrorReason | readonly [ParseErrorReason, HeartbeatRecord];
+
+/** Bytes [start, end) of buf (one line without its newline) → its outcome. */
+export function parseHeartbeatLine(buf: Buffer, start: number, end: number): LineOutcome {
+  if (end === start || (end === start + 1 && buf[start] === 13)) return 'blank_line';
+  const text = buf.toString('utf8', start, end);
+  if (text.includes('\uFFFD') && !isUtf8(buf.subarray(start, end))) return 'invalid_utf8';
+  const res = parseLine(text);
+  if (res.ok) return res.record;
+  // A writer killed mid-line leaves a fragment that the next record is glued onto.
+  const salvaged = salvage(text, res.reason);
+  return salvaged ? [res.reason, salvaged] : res.reason;
+}
+
+function salvage(text: string, reason: ParseErrorReason): HeartbeatRecord | undefined {
+  if (reason !== 'invalid_json') return undefined;
+  const at = text.lastIndexOf('{"');
+  if (at <= 0) return undefined;
+  const res = parseLine(text.slice(at));
+  return res.ok ? res.record : undefined;
+}
 
 /** A number field, or undefined when absent or of another type. */
 const num = (v: unknown): number | undefined => (typeof v === 'number' ? v : undefined);

@@ -34,6 +34,9 @@
 //   the next poll retries; if it reopens the same file (dev+ino) it continues at the offset
 //   where the error struck (with the usual truncation checks), so nothing is read twice.
 // - a line longer than maxLineBytes: skipped up to its newline and counted, never buffered whole.
+// - a big read: the sink is told its size first (willRead) and may parse its lines in batches,
+//   some on another thread; the tail awaits sink.settle() after each chunk and at the end of
+//   the read, so a read is over only when every line of it has been applied, in file order.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
 import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
@@ -86,6 +89,14 @@ export interface TailSink {
   wantsMoreHistory(): boolean;
   /** Bytes read from the file (for self-metrics). */
   bytes(n: number): void;
+  /** Optional: a read of this many bytes starts (a big one may be parsed in batches, off-thread). */
+  willRead?(bytes: number): void;
+  /**
+   * Optional: awaited after each chunk of a read (final: false; the sink may hold back the
+   * tail while it catches up) and at the end of the read (final: true; every line delivered
+   * must be applied when it resolves, before the tail checks history or reports the read done).
+   */
+  settle?(final: boolean): Promise<void>;
 }
 
 /** Tail options. */
@@ -370,23 +381,29 @@ export class FileTail {
   }
 
   private async readTo(size: number): Promise<void> {
-    while (this.offset < size && this.fh) {
-      const len = Math.min(READ_CHUNK, size - this.offset);
-      const buf = Buffer.allocUnsafe(len);
-      let n: number;
-      try {
-        n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
-      } catch (e) {
-        await this.readFailed(e as Error);
-        return;
+    this.sink.willRead?.(size - this.offset);
+    try {
+      while (this.offset < size && this.fh) {
+        const len = Math.min(READ_CHUNK, size - this.offset);
+        const buf = Buffer.allocUnsafe(len);
+        let n: number;
+        try {
+          n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
+        } catch (e) {
+          await this.readFailed(e as Error);
+          return;
+        }
+        if (n === 0) return;
+        this.offset += n;
+        this.remember(buf, n);
+        this.sink.bytes(n);
+        this.consume(buf, n);
+        await this.sink.settle?.(false);
+        // Between chunks of a big backlog, let scrapes and timers in: a sync read never yields.
+        if (this.offset < size) await new Promise<void>((r) => setImmediate(r));
       }
-      if (n === 0) return;
-      this.offset += n;
-      this.remember(buf, n);
-      this.sink.bytes(n);
-      this.consume(buf, n);
-      // Between chunks of a big backlog, let scrapes and timers in: a sync read never yields.
-      if (this.offset < size) await new Promise<void>((r) => setImmediate(r));
+    } finally {
+      await this.sink.settle?.(true);
     }
   }
 

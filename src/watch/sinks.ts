@@ -1,10 +1,11 @@
 // Sinks: complete lines from a FileTail → parsed records → run state.
-import { isUtf8 } from 'node:buffer';
+import { outcomeAt, parseColumns, type LineColumns } from '../parse/columns.js';
 import { DEFAULT_CSV_LAYOUT, parseCsvLine, type CsvLayout } from '../parse/csv.js';
-import { parseLine, type HeartbeatRecord, type ParseResult } from '../parse/line.js';
+import { parseHeartbeatLine, type HeartbeatRecord, type LineOutcome, type ParseErrorReason } from '../parse/line.js';
 import { newRankState, reduce, type RankState, type ReduceParams } from '../state/rank.js';
 import { newCsvState, reduceCsv, type CsvState } from '../state/run.js';
 import type { TailSink } from '../source/tail.js';
+import type { ParsePool } from './parse-pool.js';
 import type { Stats } from './stats.js';
 
 /** What a sink writes into: the ranks of one run. */
@@ -37,6 +38,22 @@ abstract class CountingSink implements TailSink {
   }
 }
 
+/** Parsing big reads on a second thread (see parse-pool.ts). */
+export interface ParallelParse {
+  pool: ParsePool;
+  /** reads of at least this many bytes use the thread */
+  minBytes: number;
+}
+
+/** Lines of a batched read, in file order: parsed here, or bytes on their way to the parse thread. */
+type ThreadBatch = { columns?: LineColumns; pending: boolean };
+type Batch = { outcomes: LineOutcome[] } | ThreadBatch;
+
+/** Bytes of lines per batch; batches alternate between this thread and the parse thread. */
+const BATCH_BYTES = 256 << 10;
+/** Batches the parse thread may hold before the tail waits for it (bounds memory). */
+const MAX_IN_FLIGHT = 2;
+
 /** Feeds one heartbeat file into the run's rank table. */
 export class HeartbeatSink extends CountingSink {
   /** ranks this file has contributed (a legacy heartbeat.jsonl holds several) */
@@ -44,44 +61,143 @@ export class HeartbeatSink extends CountingSink {
   /** progress records per rank since the last reset, to tell an unbroken streak */
   private readonly progressSeen = new Map<number, number>();
   private livenessSeen = false;
+  // Batching of a big read: lines are parsed in batches, every other one on the parse thread,
+  // and applied strictly in file order as each batch at the head of the queue is ready.
+  private batching = false;
+  private readonly queue: Batch[] = [];
+  private inFlight = 0;
+  /** the batch being filled: parsed here (outcomes) or regions of bytes for the thread */
+  private here: LineOutcome[] | undefined;
+  private regions: Array<[Buffer, number, number]> = [];
+  private regionBytes = 0;
+  private filled = 0;
+  private toThread = false;
+  private wake: (() => void) | undefined;
 
   constructor(
     private readonly table: RankTable,
     private readonly params: ReduceParams,
     stats: Stats,
     onReadError?: (detail: string) => void,
+    private readonly parallel?: ParallelParse,
   ) {
     super(stats, onReadError);
   }
 
   reset(): void {
+    // Queued lines belong to the window being forgotten (the tail settles before a reset).
+    this.queue.length = 0;
+    this.here = undefined;
+    this.regions = [];
     for (const r of this.mine) this.table.ranks.delete(r);
     this.mine.clear();
     this.progressSeen.clear();
     this.livenessSeen = false;
   }
 
+  willRead(bytes: number): void {
+    const p = this.parallel;
+    this.batching = p !== undefined && p.minBytes > 0 && bytes >= p.minBytes && p.pool.usable;
+  }
+
   line(buf: Buffer, start: number, end: number): void {
     this.stats.linesRead++;
-    if (end === start || (end === start + 1 && buf[start] === 13)) {
-      this.stats.parseErrors.blank_line++;
+    if (!this.batching) {
+      this.applyOutcome(parseHeartbeatLine(buf, start, end));
+      this.table.touched();
       return;
     }
-    const text = buf.toString('utf8', start, end);
-    if (text.includes('\uFFFD') && !isUtf8(buf.subarray(start, end))) {
-      this.stats.parseErrors.invalid_utf8++;
+    if (this.toThread) {
+      // Consecutive lines of one read buffer are one region: one copy per region, not per line.
+      const last = this.regions[this.regions.length - 1];
+      if (last && last[0] === buf && last[2] + 1 === start) last[2] = end;
+      else this.regions.push([buf, start, end]);
+      this.regionBytes += end - start + 1;
+    } else {
+      (this.here ??= []).push(parseHeartbeatLine(buf, start, end));
+    }
+    this.filled += end - start + 1;
+    if (this.filled >= BATCH_BYTES) this.endBatch();
+  }
+
+  /** Called by the tail after each chunk (final: false) and at the end of a read (final: true). */
+  async settle(final: boolean): Promise<void> {
+    if (!this.batching) return;
+    if (final) {
+      this.endBatch();
+      this.batching = false;
+      while (this.queue.length > 0) await this.next();
       return;
     }
-    const res = parseLine(text);
-    if (!res.ok) {
-      this.stats.parseErrors[res.reason]++;
-      // A writer killed mid-line leaves a fragment that the next record is glued onto.
-      const salvaged = salvage(text, res);
-      if (salvaged) this.apply(salvaged);
-      return;
+    while (this.inFlight > MAX_IN_FLIGHT) await this.next();
+  }
+
+  private endBatch(): void {
+    if (this.toThread && this.regions.length > 0) {
+      const bytes = Buffer.allocUnsafe(this.regionBytes);
+      let at = 0;
+      for (const [b, s, e] of this.regions) {
+        at += b.copy(bytes, at, s, e);
+        bytes[at++] = 10;
+      }
+      const batch: ThreadBatch = { pending: true };
+      this.inFlight++;
+      this.queue.push(batch);
+      // A copy stays for the fallback: the pool transfers (detaches) what it sends.
+      const fallback = Buffer.from(bytes);
+      this.parallel!.pool.parse(bytes).then(
+        (columns) => this.done(batch, columns),
+        () => this.done(batch, parseColumns(fallback)), // the thread failed: parse the same bytes here
+      );
+    } else if (!this.toThread && this.here) {
+      this.queue.push({ outcomes: this.here });
     }
-    this.apply(res.record);
-    this.table.touched();
+    this.here = undefined;
+    this.regions = [];
+    this.regionBytes = 0;
+    this.filled = 0;
+    this.toThread = !this.toThread;
+    this.drain();
+  }
+
+  private done(batch: ThreadBatch, columns: LineColumns): void {
+    batch.columns = columns;
+    batch.pending = false;
+    this.inFlight--;
+    this.drain();
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Applies every ready batch at the head of the queue. */
+  private drain(): void {
+    while (this.queue.length > 0) {
+      const b = this.queue[0]!;
+      if ('pending' in b && b.pending) return;
+      this.queue.shift();
+      if ('outcomes' in b) for (const o of b.outcomes) this.applyOutcome(o);
+      else for (let i = 0; i < b.columns!.n; i++) this.applyOutcome(outcomeAt(b.columns!, i));
+      this.table.touched();
+    }
+  }
+
+  /** Waits for the parse thread's next answer. */
+  private next(): Promise<void> {
+    if (this.queue.length === 0) return Promise.resolve();
+    return new Promise<void>((r) => (this.wake = r));
+  }
+
+  private applyOutcome(o: LineOutcome): void {
+    if (typeof o === 'string') {
+      this.stats.parseErrors[o]++;
+    } else if (Array.isArray(o)) {
+      const [reason, salvaged] = o as readonly [ParseErrorReason, HeartbeatRecord];
+      this.stats.parseErrors[reason]++;
+      this.apply(salvaged);
+    } else {
+      this.apply(o as HeartbeatRecord);
+    }
   }
 
   private apply(r: HeartbeatRecord): void {
@@ -96,7 +212,6 @@ export class HeartbeatSink extends CountingSink {
     reduce(s, r, this.params);
   }
 
-
   wantsMoreHistory(): boolean {
     // Only watchdog_dumps in the window: the newest liveness record is further back.
     if (this.mine.size > 0 && !this.livenessSeen) return true;
@@ -110,14 +225,6 @@ export class HeartbeatSink extends CountingSink {
     }
     return false;
   }
-}
-
-function salvage(text: string, failed: ParseResult): HeartbeatRecord | undefined {
-  if (failed.ok || failed.reason !== 'invalid_json') return undefined;
-  const at = text.lastIndexOf('{"');
-  if (at <= 0) return undefined;
-  const res = parseLine(text.slice(at));
-  return res.ok ? res.record : undefined;
 }
 
 /** Feeds training.csv into the run's CSV state. */

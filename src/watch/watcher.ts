@@ -22,7 +22,8 @@ import { discoverRuns, listRunFiles, roleOf } from '../source/discover.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
 import type { RankState, ReduceParams } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
-import { CsvSink, HeartbeatSink, type RankTable } from './sinks.js';
+import { ParsePool } from './parse-pool.js';
+import { CsvSink, HeartbeatSink, type ParallelParse, type RankTable } from './sinks.js';
 import { Stats } from './stats.js';
 
 /** Runs swept together between two yields to the event loop. */
@@ -92,6 +93,8 @@ export class Watcher {
   readonly actions: Actions;
   readonly now: () => number;
   private readonly params: ReduceParams;
+  /** big reads are also parsed on this thread (tail.parse-thread-bytes > 0) */
+  private readonly parallel: ParallelParse | undefined;
   private fsw: FSWatcher | undefined;
   /** file events come from chokidar polling (--poll, or inotify exhausted) */
   private polling = false;
@@ -122,6 +125,10 @@ export class Watcher {
     this.coalesceMs = config['tail.event-coalesce-ms'];
     const t = this.thresholds;
     this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+    const minBytes = config['tail.parse-thread-bytes'];
+    // The thread failing costs speed only: its batches are parsed here from the same bytes.
+    const pool = minBytes > 0 ? new ParsePool((detail) => this.log.warn({ detail }, 'the parse thread failed; parsing on the main thread from now on')) : undefined;
+    this.parallel = pool && { pool, minBytes };
     this.actions = new Actions({
       halt: config.halt,
       by: `trainwatch@${hostname()}:${process.pid}`,
@@ -164,6 +171,7 @@ export class Watcher {
       this.unwatchDir(run);
       for (const t of run.tails.values()) await t.close();
     }
+    await this.parallel?.pool.close();
   }
 
   /** One stat sweep: discover runs and files, poll every tail, evaluate changed runs. */
@@ -254,7 +262,7 @@ export class Watcher {
     const role = roleOf(name);
     const file = join(run.dir, name);
     const onReadError = (err: string) => this.log.warn({ run: run.name, file, err }, `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`);
-    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError);
+    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
