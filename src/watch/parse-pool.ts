@@ -27,7 +27,14 @@ export class ParsePool {
   /** Parses `bytes` (whole lines, each ending with \n) on the thread; `bytes` is handed over. */
   parse(bytes: Buffer): Promise<LineColumns> {
     if (!this.usable) return Promise.reject(new Error(this.failure ?? 'parse thread stopped'));
-    const w = this.start();
+    let w: Worker;
+    try {
+      w = this.start();
+    } catch (e) {
+      // e.g. a missing parse-worker.js in a broken install: never an exception out of a read
+      this.fail(`parse thread could not start: ${(e as Error).message}`);
+      return Promise.reject(e as Error);
+    }
     clearTimeout(this.idleTimer);
     const id = this.nextId++;
     return new Promise<LineColumns>((resolve, reject) => {
