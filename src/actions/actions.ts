@@ -3,8 +3,14 @@
 //
 // An episode starts when an anomaly kind becomes active on a run (embedded) or when a new
 // alert (fingerprint@startsAt) fires (webhook). Starting one appends an `anomaly` audit entry
-// first (the intent), then performs the required actions, each recorded as an `action` entry:
-// .anomaly_type, .anomaly.json and, when halting is enabled and the kind may halt, .HALT.
+// first (the intent), then performs the required actions: .anomaly_type and .anomaly.json
+// together, then (when halting is enabled and the kind may halt) .HALT, so that a trainer that
+// sees .HALT finds the reason next to it. Their results are recorded as `action` entries in one
+// append. A crash before that append leaves the actions unrecorded: the restarted trainwatch
+// continues the episode from its `anomaly` entry and performs them again. Rewriting the two
+// files is harmless (same content); .HALT is never overwritten, and one that holds this
+// episode's line and is not older than the episode is recognised as the predecessor's own, so
+// it counts as written (and escalation follows) instead of as found.
 // An action that failed stays pending and is retried on the next evaluation or delivery. While
 // the episode lasts nothing is rewritten, so an operator who deletes .anomaly_type is not
 // fought with; the next episode writes it again. On restart the audit log is read back, so
@@ -16,7 +22,7 @@ import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
 import { readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
-import { appendLine, CONTROL_FILES, ConfinementError, createExclusive, writeAtomic } from './files.js';
+import { AppendLog, CONTROL_FILES, ConfinementError, createExclusive, holdsSince, writeAtomic } from './files.js';
 import { processStartTime, sendSignal } from './signals.js';
 
 /** A watched run directory, as discovery resolved it. */
@@ -59,6 +65,9 @@ export interface TrainerProc {
   pidSinceTs?: number;
 }
 
+/** How much older than its episode a predecessor's .HALT may look (file-system clock granularity). */
+const HALT_MTIME_SLACK_MS = 1000;
+
 interface RunActions {
   chain: Promise<unknown>;
   mem?: AuditMemory;
@@ -67,6 +76,7 @@ interface RunActions {
 /** Acts on anomalies and alerts; see the header comment for the episode rules. */
 export class Actions {
   private readonly runs = new Map<string, RunActions>();
+  private readonly auditLog = new AppendLog();
 
   constructor(private readonly o: ActionOptions) {}
 
@@ -156,9 +166,15 @@ export class Actions {
     });
   }
 
-  /** Forgets a run that is no longer watched. */
+  /** Forgets a run that is no longer watched, and closes its audit log. */
   forget(real: string): void {
     this.runs.delete(real);
+    void this.auditLog.closeDir(real);
+  }
+
+  /** Closes every audit log (on stop). */
+  close(): Promise<void> {
+    return this.auditLog.close();
   }
 
   /** Open episodes of a run (for the status page). */
@@ -186,38 +202,63 @@ export class Actions {
     return next;
   }
 
-  // Performs whichever required actions of an episode are not done yet. Throws if any failed
-  // with an error a retry could fix, so that the webhook can answer 5xx.
+  // Performs whichever required actions of an episode are not done yet, and records their
+  // results in one audit append. Throws if any failed with an error a retry could fix, so that
+  // the webhook can answer 5xx.
   private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number): Promise<void> {
     const kind = ep.kind;
-    const steps: Array<[string, () => Promise<string>]> = [
-      ['anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')],
-      ['details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n'), 'ok')],
-    ];
-    if (this.o.halt && kindHalts) {
-      steps.push(['halt', async () => ((await createExclusive(run.dir, run.real, CONTROL_FILES.halt, `halt: ${kind}\n`)) ? 'ok' : 'exists')]);
-    }
     let failure: Error | undefined;
-    for (const [action, run1] of steps) {
-      if (ep.done.has(action)) continue;
+    const step = async (action: string, fn: () => Promise<string>): Promise<AuditEntry | undefined> => {
+      if (ep.done.has(action)) return undefined;
       try {
-        const result = await run1();
+        const got = await fn();
+        const result = got === 'recovered' ? 'ok' : got;
         ep.done.set(action, now);
         this.o.stats.action(action, result);
-        await this.audit(run, { ts: now, event: 'action', episode: id, kind, action, result });
         if (action === 'halt' && result === 'ok') {
           mem.halt = { episode: id, at: now, done: new Map() };
-          this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
+          if (got === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
         }
+        return { ts: now, event: 'action', episode: id, kind, action, result, ...(got === 'recovered' ? { recovered: true } : {}) };
       } catch (e) {
         this.o.stats.action(action, 'failed');
         const err = e as NodeJS.ErrnoException;
         this.o.log.error({ run: run.name, action, err: err.message }, `cannot write into ${run.dir}: ${fixFor(err)}`);
-        await this.audit(run, { ts: now, event: 'action', episode: id, kind, action, result: 'failed', error: err.message }).catch(() => undefined);
+        if (!(e instanceof ConfinementError)) failure ??= err;
+        return { ts: now, event: 'action', episode: id, kind, action, result: 'failed', error: err.message };
+      }
+    };
+    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
+    const entries = await Promise.all([
+      step('anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')),
+      step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),
+    ]);
+    // After both: the trainer reads the reason when it sees .HALT.
+    if (this.o.halt && kindHalts) entries.push(await step('halt', () => this.createHalt(run, ep, kind)));
+    const record = entries.filter((e): e is AuditEntry => e !== undefined);
+    if (record.length > 0) {
+      try {
+        await this.audit(run, ...record);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        this.o.log.error({ run: run.name, err: err.message }, `cannot append to the audit log in ${run.dir}: ${fixFor(err)}`);
         if (!(e instanceof ConfinementError)) failure ??= err;
       }
     }
     if (failure) throw failure;
+  }
+
+  // 'ok' if this creates .HALT, 'recovered' if the episode was read back from the audit log and
+  // .HALT is the one its predecessor created before being killed (see the header), else 'exists'.
+  private async createHalt(run: RunRef, ep: OpenEpisode, kind: string): Promise<string> {
+    const line = `halt: ${kind}\n`;
+    if (await createExclusive(run.dir, run.real, CONTROL_FILES.halt, line)) return 'ok';
+    // The slack covers coarse file-system timestamps, which can trail the clock a little.
+    if (ep.restored && (await holdsSince(run.real, CONTROL_FILES.halt, line, ep.ts * 1000 - HALT_MTIME_SLACK_MS))) {
+      this.o.log.warn({ run: run.name, anomaly: kind }, '.HALT was created for this episode before a restart; counting it as written');
+      return 'recovered';
+    }
+    return 'exists';
   }
 
   // A hung training loop never polls .HALT: some time after we wrote it, ask a trainer that has
@@ -248,11 +289,12 @@ export class Actions {
     this.o.log.warn({ run: run.name, pid: p.pid, signal: sig, result }, 'escalation for a hung trainer');
   }
 
-  private async audit(run: RunRef, e: AuditEntry): Promise<void> {
-    const entry = { ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by };
-    await appendLine(run.dir, run.real, CONTROL_FILES.audit, JSON.stringify(entry));
+  // Appends entries to the run's audit log in one write (one fdatasync), then remembers them.
+  private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
+    const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
+    await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
     const mem = this.runs.get(run.real)?.mem;
-    if (mem) remember(mem, entry);
+    if (mem) for (const e of entries) remember(mem, e);
   }
 }
 

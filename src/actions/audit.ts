@@ -26,6 +26,8 @@ export interface AuditEntry {
   by?: string;
   pid?: number;
   signal?: string;
+  /** on a `halt` action: the .HALT found was created by a predecessor killed before recording it */
+  recovered?: boolean;
 }
 
 /** An episode the audit log shows as not yet resolved; `done` maps each completed action to its time. */
@@ -37,6 +39,8 @@ export interface OpenEpisode {
   rank?: number;
   ts: number;
   done: Map<string, number>;
+  /** read back from the audit log: an earlier process opened it */
+  restored?: boolean;
 }
 
 /** What the audit log says is still going on. */
@@ -100,7 +104,7 @@ export async function readAudit(real: string): Promise<AuditMemory> {
     }
     remember(mem, e);
     if (e.event === 'anomaly') {
-      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map() });
+      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map(), restored: true });
       if (e.key) mem.keys.add(e.key);
     } else if (e.event === 'joined' && e.key) {
       mem.open.get(e.episode)?.keys.add(e.key);

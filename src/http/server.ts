@@ -1,6 +1,6 @@
 // The HTTP server: /metrics, the status page, its JSON API, health endpoints and the
 // Alertmanager webhook, behind the exporter-toolkit auth and TLS settings.
-import { createServer as createHttp, type Server } from 'node:http';
+import { createServer as createHttp, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttps } from 'node:https';
 import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
@@ -11,11 +11,10 @@ import { renderMetrics } from '../metrics/render.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
-import { handleWebhook } from './webhook.js';
-import { BasicAuth, bearerMatches, loadWebConfig } from './webconfig.js';
+import { bodyError, handleWebhook, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
+import { BasicAuth, loadWebConfig } from './webconfig.js';
 
-/** The webhook path Alertmanager posts to. */
-export const WEBHOOK_PATH = '/webhook/alertmanager';
+export { WEBHOOK_PATH };
 
 /** A started server and how to stop it. */
 export interface Started {
@@ -38,8 +37,8 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     }
     if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
   }
-  const webhookEnabled = token !== undefined || basic.enabled || c['webhook.allow-unauthenticated'];
-  if (!webhookEnabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
+  const webhook = new WebhookHttp({ w, log, token, basic, allowUnauthenticated: c['webhook.allow-unauthenticated'], maxBodyBytes: c['webhook.max-body-bytes'], instance: c['webhook.instance'], headers: webConfig.headers });
+  if (!webhook.enabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
   const registry = new Registry();
@@ -86,14 +85,10 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.post(
     WEBHOOK_PATH,
     (req: Request, res: Response, next: NextFunction) => {
-      if (!webhookEnabled) return reply(res, 403, { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' });
-      const authz = req.headers.authorization;
-      const authed = (token !== undefined && bearerMatches(authz, token)) || (basic.enabled && basic.check(authz)) || (token === undefined && !basic.enabled);
-      if (!authed) {
-        res.setHeader('WWW-Authenticate', token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"');
-        return reply(res, 401, { status: 'error', error: 'unauthorized' });
-      }
-      next();
+      const no = webhook.refusal(req.headers.authorization);
+      if (!no) return next();
+      if (no.challenge) res.setHeader('WWW-Authenticate', no.challenge);
+      reply(res, no.status, no.body);
     },
     express.json({ limit: c['webhook.max-body-bytes'], type: () => true, strict: false }),
     async (req: Request, res: Response) => {
@@ -108,7 +103,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   // Body parser errors (too large, malformed JSON, aborted) become 4xx, never a stack trace.
   app.use((err: Error & { status?: number; type?: string }, req: Request, res: Response, _next: NextFunction) => {
     const status = err.status && err.status >= 400 && err.status < 600 ? err.status : 500;
-    const error = err.type === 'entity.too.large' ? `body larger than --webhook.max-body-bytes (${c['webhook.max-body-bytes']})` : err.type === 'entity.parse.failed' ? 'body is not valid JSON' : status === 500 ? 'internal error' : err.message;
+    const error = err.type === 'entity.too.large' ? bodyError('too_large', c['webhook.max-body-bytes']) : err.type === 'entity.parse.failed' ? bodyError('bad_json', c['webhook.max-body-bytes']) : status === 500 ? 'internal error' : err.message;
     if (status === 500) log.error({ err: err.message, path: req.path }, 'request failed');
     if (req.path === WEBHOOK_PATH) reply(res, status, { status: 'error', error });
     else res.status(status).type('text/plain').send(error + '\n');
@@ -117,7 +112,11 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   // Slow or stalled bodies must not hold a connection forever; check often enough to notice.
   const timeoutMs = c['web.request-timeout-s'] * 1000;
   const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: 65_000 };
-  const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, app) : createHttp(serverOpts, app);
+  // The webhook's plain requests skip express (see WebhookHttp); everything else is the app's.
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    if (!webhook.serve(req, res)) app(req, res);
+  };
+  const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, listener) : createHttp(serverOpts, listener);
   const addr = c['web.listen-address'];
   const cut = addr.lastIndexOf(':');
   const host = addr.slice(0, cut).replace(/^\[|\]$/g, '') || undefined;

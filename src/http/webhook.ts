@@ -4,9 +4,23 @@
 // trainwatch watches. Labels with separators, `..`, NUL or percent-encoding are rejected
 // outright. Answers fit Alertmanager's retries: 2xx handled, 4xx never valid (not retried),
 // 5xx a write failed (retried, and the de-duplication makes the retry safe).
+//
+// Serving: WebhookHttp answers a plain POST of JSON to exactly WEBHOOK_PATH straight from the
+// node:http listener, without express (whose routing, body parser and res.json were half of
+// the main thread at saturation). It keeps the express route's behaviour: enabled check,
+// bearer or basic auth with WWW-Authenticate, the web config headers, 413 and 400 with the same
+// messages, the request counter. Anything less plain (a content or charset encoding, another
+// media-type parameter, a path variant express also matches) is left to the express route,
+// which does the same through the same checks.
 import { createHash } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { kindOf } from '../detect/kinds.js';
+import type { Logger } from '../log.js';
 import type { Watcher } from '../watch/watcher.js';
+import { bearerMatches, type BasicAuth } from './webconfig.js';
+
+/** The webhook path Alertmanager posts to. */
+export const WEBHOOK_PATH = '/webhook/alertmanager';
 
 /** Outcome of one alert of a payload. */
 export interface AlertResult {
@@ -81,4 +95,148 @@ function labelHash(labels: Record<string, unknown>): string {
 
 function bad(error: string): WebhookResponse {
   return { status: 400, body: { status: 'error', error } };
+}
+
+/** What the webhook's HTTP side needs from the server's settings. */
+export interface WebhookHttpOptions {
+  w: Watcher;
+  log: Logger;
+  /** the bearer token (--webhook.token-file) */
+  token?: string;
+  basic: BasicAuth;
+  allowUnauthenticated: boolean;
+  maxBodyBytes: number;
+  instance?: string;
+  /** http_server_config.headers of the web config, on every answer */
+  headers: Record<string, string>;
+}
+
+/** A request the webhook turns away before reading its body. */
+export interface Refusal {
+  status: number;
+  body: WebhookResponse['body'];
+  /** the WWW-Authenticate challenge of a 401 */
+  challenge?: string;
+}
+
+/** The error of a body that could not be read or parsed, as both serving paths report it. */
+export function bodyError(kind: 'too_large' | 'bad_json', maxBodyBytes: number): string {
+  return kind === 'too_large' ? `body larger than --webhook.max-body-bytes (${maxBodyBytes})` : 'body is not valid JSON';
+}
+
+/** A media type with no parameter but an optional UTF-8 charset: what the fast path parses itself. */
+const PLAIN_JSON_TYPE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+\/[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(;\s*charset\s*=\s*("?)utf-8\2\s*)?$/i;
+
+/** The webhook's HTTP side: who may post, and the fast path. */
+export class WebhookHttp {
+  readonly enabled: boolean;
+  /** false if the web config sets a header the fast path writes itself: express then serves */
+  private readonly fast: boolean;
+
+  constructor(private readonly o: WebhookHttpOptions) {
+    this.enabled = o.token !== undefined || o.basic.enabled || o.allowUnauthenticated;
+    this.fast = !Object.keys(o.headers).some((k) => /^content-(type|length)$/i.test(k));
+  }
+
+  /** Why a request with this Authorization header may not post, or undefined if it may. */
+  refusal(authorization: string | undefined): Refusal | undefined {
+    const { token, basic } = this.o;
+    if (!this.enabled) return { status: 403, body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' } };
+    const authed = (token !== undefined && bearerMatches(authorization, token)) || (basic.enabled && basic.check(authorization)) || (token === undefined && !basic.enabled);
+    if (authed) return undefined;
+    return { status: 401, body: { status: 'error', error: 'unauthorized' }, challenge: token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' };
+  }
+
+  /**
+   * Serves `req` if it is a POST to exactly WEBHOOK_PATH (any query string) whose body is plain
+   * JSON; returns false, having touched nothing, for every other request.
+   */
+  serve(req: IncomingMessage, res: ServerResponse): boolean {
+    if (!this.fast || req.method !== 'POST') return false;
+    const url = req.url ?? '';
+    const q = url.indexOf('?');
+    if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !plainBody(req.headers)) return false;
+    const no = this.refusal(req.headers.authorization);
+    if (no) {
+      this.send(res, no.status, no.body, no.challenge);
+      return true;
+    }
+    void this.readAndHandle(req, res);
+    return true;
+  }
+
+  /** Answers with JSON, the web config headers and the request counted. */
+  private send(res: ServerResponse, status: number, body: unknown, challenge?: string): void {
+    this.o.w.stats.webhookRequest(status);
+    const json = JSON.stringify(body);
+    const headers: Record<string, string | number> = { ...this.o.headers };
+    if (challenge) headers['WWW-Authenticate'] = challenge;
+    headers['Content-Type'] = 'application/json; charset=utf-8';
+    headers['Content-Length'] = Buffer.byteLength(json);
+    res.writeHead(status, headers);
+    res.end(json);
+  }
+
+  private async readAndHandle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const { w, log, maxBodyBytes } = this.o;
+    let body: unknown;
+    // Like express.json: no body at all is `undefined`, an empty one `{}`.
+    if (req.headers['transfer-encoding'] !== undefined || !Number.isNaN(Number(req.headers['content-length']))) {
+      const read = await readBody(req, maxBodyBytes);
+      if ('error' in read) return this.send(res, read.error === 'too_large' ? 413 : 400, { status: 'error', error: read.error === 'too_large' ? bodyError('too_large', maxBodyBytes) : 'request aborted' });
+      const text = read.text.charCodeAt(0) === 0xfeff ? read.text.slice(1) : read.text;
+      try {
+        body = text.length === 0 ? {} : JSON.parse(text);
+      } catch {
+        return this.send(res, 400, { status: 'error', error: bodyError('bad_json', maxBodyBytes) });
+      }
+    }
+    try {
+      const out = await handleWebhook(w, body, { instance: this.o.instance });
+      if (out.status >= 400) log.warn({ status: out.status, error: out.body.error }, 'webhook request not handled');
+      this.send(res, out.status, out.body);
+    } catch (e) {
+      log.error({ err: (e as Error).message, path: WEBHOOK_PATH }, 'request failed');
+      this.send(res, 500, { status: 'error', error: 'internal error' });
+    }
+  }
+}
+
+// Whether the fast path can read this body as express.json would without its decoders.
+function plainBody(h: IncomingHttpHeaders): boolean {
+  const enc = h['content-encoding'];
+  if (enc !== undefined && enc.toLowerCase() !== 'identity') return false;
+  const type = h['content-type'];
+  return type === undefined || PLAIN_JSON_TYPE.test(type);
+}
+
+/**
+ * Reads a request body of at most `limit` bytes. Like express's body parser, a body over the
+ * limit (declared or counted) is read off to its end before the answer, so the connection stays
+ * usable; the server's request timeout still cuts off a body that comes too slowly.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<{ text: string } | { error: 'too_large' | 'aborted' }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = Number(req.headers['content-length']) > limit;
+    let ended = false;
+    req.on('data', (c: Buffer) => {
+      if (tooLarge) return;
+      size += c.length;
+      if (size > limit) {
+        tooLarge = true;
+        chunks.length = 0;
+      } else chunks.push(c);
+    });
+    req.on('end', () => {
+      ended = true;
+      resolve(tooLarge ? { error: 'too_large' } : { text: Buffer.concat(chunks, size).toString('utf8') });
+    });
+    // Cut off (client gone, request timeout): answered like express's 'request aborted'.
+    req.on('error', () => undefined);
+    req.on('close', () => {
+      if (!ended) resolve({ error: 'aborted' });
+    });
+  });
 }

@@ -172,6 +172,7 @@ export class Watcher {
       for (const t of run.tails.values()) await t.close();
     }
     await this.parallel?.pool.close();
+    await this.actions.close();
   }
 
   /** One stat sweep: discover runs and files, poll every tail, evaluate changed runs. */

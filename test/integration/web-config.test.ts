@@ -17,19 +17,19 @@ function selfSigned(dir: string): { cert: string; key: string } {
   return { cert, key };
 }
 
-function httpsGet(port: number, path: string, ca: Buffer): Promise<{ status: number; body: string }> {
+function httpsGet(port: number, path: string, ca: Buffer, post?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, ca, servername: 'localhost' }, (res) => {
+    const req = request({ host: '127.0.0.1', port, path, ca, servername: 'localhost', method: post === undefined ? 'GET' : 'POST' }, (res) => {
       let body = '';
       res.on('data', (d) => (body += d));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     });
     req.on('error', reject);
-    req.end();
+    req.end(post);
   });
 }
 
-test('tls_server_config serves /metrics over HTTPS with the given certificate', { timeout: 60_000 }, async (t) => {
+test('tls_server_config serves /metrics and the webhook over HTTPS with the given certificate', { timeout: 60_000 }, async (t) => {
   const d = tmpDir();
   t.after(() => d.cleanup());
   const { cert, key } = selfSigned(d.path);
@@ -37,7 +37,7 @@ test('tls_server_config serves /metrics over HTTPS with the given certificate', 
   writeFileSync(wc, `tls_server_config:\n  cert_file: ${cert}\n  key_file: ${key}\n  min_version: TLS12\n`);
   // startTrainwatch probes over plain HTTP, so start it directly and probe over HTTPS.
   const port = await freePort();
-  const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', `127.0.0.1:${port}`], { stdio: 'ignore' });
+  const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', `127.0.0.1:${port}`, '--webhook.allow-unauthenticated'], { stdio: 'ignore' });
   t.after(() => proc.kill('SIGKILL'));
   const ca = readFileSync(cert);
   let res: { status: number; body: string } | undefined;
@@ -47,6 +47,8 @@ test('tls_server_config serves /metrics over HTTPS with the given certificate', 
   }
   assert.equal(200, res?.status);
   assert.match(res!.body, /trainwatch_build_info\{/);
+  const hook = await httpsGet(port, '/webhook/alertmanager', ca, JSON.stringify({ version: '4', alerts: [{ labels: { run: 'elsewhere' } }] }));
+  assert.deepEqual({ status: 200, body: '{"status":"ok","alerts":[{"run":"elsewhere","result":"not_ours"}]}' }, hook);
 });
 
 const badConfigs: Array<[string, string, RegExp]> = [

@@ -1,7 +1,8 @@
 // The Alertmanager webhook on the real process: auth, HTTP semantics, safety, idempotency.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { pyJson, scrape, startTrainwatch, tmpDir, type TrainwatchProc } from '../helpers/proc.js';
@@ -187,4 +188,40 @@ test('basic auth from --web.config.file guards every endpoint and is accepted by
   assert.equal(200, (await fetch(`${tw.url}/metrics`, { headers: { authorization: basic } })).status);
   assert.equal(401, (await post(tw, payload([alert('exp1')]), 'Basic ' + Buffer.from('alertmanager:nope').toString('base64'))).status);
   assert.equal(200, (await post(tw, payload([alert('exp1')]), basic)).status);
+});
+
+test('the audit log deleted while trainwatch runs is re-created by the next delivery', async (t) => {
+  const { tw, run } = await setup(t);
+  assert.equal('acted', (await post(tw, payload([alert('exp1')]))).body.alerts![0]!.result);
+  rmSync(join(run, '.trainwatch-audit.jsonl'));
+  assert.equal('resolved', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0]!.result);
+  assert.deepEqual(['resolved'], auditOf(run).map((e) => e.event));
+});
+
+test('served outside express, the webhook answers as before: query string, WWW-Authenticate, web config headers, 400 and 413 messages, chunked and compressed bodies', async (t) => {
+  const cfg = tmpDir();
+  t.after(() => cfg.cleanup());
+  writeFileSync(join(cfg.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n');
+  const { tw } = await setup(t, ['--webhook.max-body-bytes', '2048', '--web.config.file', join(cfg.path, 'web.yml')]);
+  const send = async (body: BodyInit, headers: Record<string, string> = {}, path = '/webhook/alertmanager?source=am&x') => {
+    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, ...headers }, body, duplex: 'half' } as RequestInit);
+    return { status: res.status, headers: res.headers, body: (await res.json()) as { error?: string; alerts?: Array<{ result: string }> } };
+  };
+  const unauth = await send(JSON.stringify(payload([alert('exp1')])), { authorization: 'Bearer nope' });
+  assert.deepEqual([401, 'Bearer', 'deny', 'unauthorized'], [unauth.status, unauth.headers.get('www-authenticate'), unauth.headers.get('x-frame-options'), unauth.body.error]);
+  const ok = await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json' });
+  assert.deepEqual([200, 'acted', 'deny', 'application/json; charset=utf-8'], [ok.status, ok.body.alerts![0]!.result, ok.headers.get('x-frame-options'), ok.headers.get('content-type')]);
+  const bad = await send('{"version": "4", "alerts": [');
+  assert.deepEqual([400, 'body is not valid JSON', 'deny'], [bad.status, bad.body.error, bad.headers.get('x-frame-options')]);
+  const big = JSON.stringify(payload([alert('exp1')], { commonAnnotations: { x: 'y'.repeat(5000) } }));
+  const tooBig = await send(big);
+  assert.deepEqual([413, 'body larger than --webhook.max-body-bytes (2048)'], [tooBig.status, tooBig.body.error]);
+  // No Content-Length: the limit is counted while reading.
+  const chunked = await send(new ReadableStream({ start: (c) => (c.enqueue(new TextEncoder().encode(big)), c.close()) }));
+  assert.deepEqual([413, 'body larger than --webhook.max-body-bytes (2048)'], [chunked.status, chunked.body.error]);
+  // Encodings the fast path leaves to express's body parser still work as they did.
+  assert.equal('duplicate', (await send(gzipSync(JSON.stringify(payload([alert('exp1')]))), { 'content-encoding': 'gzip' })).body.alerts![0]!.result);
+  assert.equal(415, (await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json; charset=latin1' })).status);
+  const m = await scrape(tw.url);
+  assert.deepEqual([1, 2, 1, 2, 1], ['401', '200', '400', '413', '415'].map((c) => m.get(`trainwatch_webhook_requests_total{code="${c}"}`)));
 });

@@ -31,6 +31,7 @@ test('kill9_while_actions_in_flight: after a restart every run has its files, on
   const second = await startTrainwatch(['--root', d.path, '--halt', '1']);
   t.after(() => second.stop());
   await waitFor(() => dirs.every((dir) => existsSync(join(dir, '.HALT'))), 'every run halted after the restart');
+  let recovered = 0;
   for (const dir of dirs) {
     const audit = readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>);
     assert.equal(1, audit.filter((e) => e.event === 'anomaly').length, `${dir}: one episode`);
@@ -38,9 +39,15 @@ test('kill9_while_actions_in_flight: after a restart every run has its files, on
       const done = audit.filter((e) => e.event === 'action' && e.action === action && e.result !== 'failed');
       assert.equal(1, done.length, `${dir}: ${action} recorded once: ${JSON.stringify(done)}`);
     }
+    // Only trainwatch wrote .HALT here: a kill between creating it and recording it must not
+    // turn it into one found there ('exists'), which would lose the escalation that follows it.
+    const halt = audit.find((e) => e.action === 'halt')!;
+    assert.equal('ok', halt.result, `${dir}: .HALT recorded as written: ${JSON.stringify(halt)}`);
+    if (halt.recovered) recovered++;
     assert.equal('nonfinite_loss\n', readFileSync(join(dir, '.anomaly_type'), 'utf8'));
     assert.equal('halt: nonfinite_loss\n', readFileSync(join(dir, '.HALT'), 'utf8'));
     assert.equal('nonfinite_loss', (JSON.parse(readFileSync(join(dir, '.anomaly.json'), 'utf8')) as { kind: string }).kind);
   }
+  t.diagnostic(`${recovered} .HALT created before the kill and recorded after the restart`);
   assert.equal(true, doneBefore < RUNS, 'the kill landed while actions were still in flight');
 });

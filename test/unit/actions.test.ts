@@ -1,13 +1,14 @@
 // The actions module in-process: episodes, re-arming, retries, confinement, restart memory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, rmdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Actions, type RunRef } from '../../src/actions/actions.js';
+import { AppendLog, ConfinementError } from '../../src/actions/files.js';
 import type { Anomaly } from '../../src/detect/detect.js';
 import { makeLogger } from '../../src/log.js';
 import { Stats } from '../../src/watch/stats.js';
-import { tmpDir } from '../helpers/proc.js';
+import { tmpDir, waitFor } from '../helpers/proc.js';
 
 const quiet = makeLogger('error', 'json', { write: () => true } as unknown as NodeJS.WritableStream);
 const stall: Anomaly = { kind: 'heartbeat_stall', rank: 0, value: 200, threshold: 180, message: 'no heartbeat' };
@@ -108,4 +109,107 @@ test('a run directory swapped for a symlink elsewhere is refused: nothing is wri
   assert.equal(false, existsSync(join(elsewhere, '.HALT')));
   assert.equal(false, existsSync(join(elsewhere, '.anomaly_type')));
   d.cleanup();
+});
+
+test('an audit log deleted while trainwatch runs is re-created by the next entry, and the open episode is remembered', async (t) => {
+  const { d, run, actions, audit, dir } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  await actions.reconcile(run, [stall], 1000, false);
+  rmSync(join(dir, '.trainwatch-audit.jsonl'));
+  await actions.reconcile(run, [], 1010, false);
+  assert.deepEqual(['resolved'], audit().map((e) => e.event));
+});
+
+test('a rotated audit log (renamed away) gets no more entries: they go to a new file under the name', async (t) => {
+  const { d, run, actions, audit, dir } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  await actions.reconcile(run, [stall], 1000, false);
+  renameSync(join(dir, '.trainwatch-audit.jsonl'), join(dir, '.trainwatch-audit.jsonl.1'));
+  const rotated = readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8');
+  await actions.reconcile(run, [], 1010, false);
+  assert.equal(rotated, readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8'));
+  assert.deepEqual(['resolved'], audit().map((e) => e.event));
+});
+
+test('a run directory swapped for a symlink after its audit log was opened: the next entry is refused, nothing is written outside', async (t) => {
+  const { d, run, actions, dir } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  await actions.reconcile(run, [stall], 1000, false);
+  const elsewhere = join(d.path, 'elsewhere');
+  mkdirSync(elsewhere);
+  renameSync(dir, join(d.path, 'moved'));
+  symlinkSync(elsewhere, dir);
+  await assert.rejects(actions.reconcile(run, [], 1010, false), ConfinementError);
+  assert.deepEqual([], readdirSync(elsewhere));
+});
+
+test('killed between the control-file writes and their audit entries: the restart records each action once, .HALT as written, and escalation follows', async (t) => {
+  const { d, run, stats, dir, audit } = setup();
+  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, log: quiet, stats });
+  const first = mk();
+  t.after(() => first.close().then(() => d.cleanup()));
+  await first.reconcile(run, [stall], 1000, false);
+  // What a kill -9 before the one append of the action entries leaves: the intent only.
+  const log = join(dir, '.trainwatch-audit.jsonl');
+  writeFileSync(log, readFileSync(log, 'utf8').split('\n')[0] + '\n');
+  const again = mk();
+  t.after(() => again.close());
+  const procs = [{ pid: 2 ** 22 + 17 }]; // above pid_max: no such process
+  await again.reconcile(run, [stall], 1010, true, procs);
+  const actions = audit().filter((e) => e.event === 'action');
+  assert.deepEqual(['anomaly_type', 'details', 'halt'], actions.map((e) => e.action));
+  assert.deepEqual({ result: 'ok', recovered: true }, { result: actions[2]!.result, recovered: actions[2]!.recovered });
+  assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
+  await again.reconcile(run, [stall], 1010 + 60, true, procs);
+  assert.equal('not_running', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+});
+
+test('a .HALT older than the restored episode, or with another reason, is not taken for its own: it counts as found', async (t) => {
+  for (const [content, ageS] of [['halt: heartbeat_stall\n', 3600], ['halt: by hand\n', 0]] as const) {
+    const { d, run, stats, dir, audit } = setup();
+    const mk = () => new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, log: quiet, stats });
+    const now = Date.now() / 1000;
+    const first = mk();
+    await first.reconcile(run, [stall], now, false);
+    await first.close();
+    const log = join(dir, '.trainwatch-audit.jsonl');
+    writeFileSync(log, readFileSync(log, 'utf8').split('\n')[0] + '\n');
+    writeFileSync(join(dir, '.HALT'), content);
+    utimesSync(join(dir, '.HALT'), now - ageS, now - ageS);
+    const again = mk();
+    t.after(() => again.close().then(() => d.cleanup()));
+    await again.reconcile(run, [stall], now + 10, false);
+    const halt = audit().find((e) => e.action === 'halt')!;
+    assert.deepEqual({ result: 'exists', recovered: undefined }, { result: halt.result, recovered: halt.recovered }, JSON.stringify(content));
+    assert.equal(content, readFileSync(join(dir, '.HALT'), 'utf8'));
+  }
+});
+
+test('audit log handles: one per log, closed when the run is forgotten, and after being idle', async (t) => {
+  const d = tmpDir('tw-act-');
+  t.after(() => d.cleanup());
+  const a = join(d.path, 'a');
+  const b = join(d.path, 'b');
+  mkdirSync(a);
+  mkdirSync(b);
+  const logs = new AppendLog(200);
+  t.after(() => logs.close());
+  for (let i = 0; i < 3; i++) for (const dir of [a, b]) await logs.append(dir, realpathSync(dir), 'x.jsonl', `{"i":${i}}`);
+  assert.equal(2, logs.openHandles);
+  assert.equal('{"i":0}\n{"i":1}\n{"i":2}\n', readFileSync(join(a, 'x.jsonl'), 'utf8'));
+  await logs.closeDir(realpathSync(a));
+  assert.equal(1, logs.openHandles);
+  await logs.append(a, realpathSync(a), 'x.jsonl', '{"i":3}\n');
+  assert.equal('{"i":0}\n{"i":1}\n{"i":2}\n{"i":3}\n', readFileSync(join(a, 'x.jsonl'), 'utf8'));
+  await waitFor(() => logs.openHandles === 0, 'idle handles closed', 5000);
+});
+
+test('a symlink planted at the audit log is never followed: the entry is refused and its target untouched', async (t) => {
+  const { d, run, actions, dir } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  const victim = join(d.path, 'victim');
+  writeFileSync(victim, 'keep\n');
+  symlinkSync(victim, join(dir, '.trainwatch-audit.jsonl'));
+  await assert.rejects(actions.reconcile(run, [stall], 1000, false), /ELOOP/);
+  assert.equal('keep\n', readFileSync(victim, 'utf8'));
 });
