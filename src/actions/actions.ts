@@ -22,7 +22,7 @@ import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
 import { readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
-import { AppendLog, CONTROL_FILES, ConfinementError, createExclusive, holdsSince, writeAtomic } from './files.js';
+import { AppendLog, CONTROL_FILES, ConfinementError, holdsSince, stage, writeAtomic, type Staged } from './files.js';
 import { processStartTime, sendSignal } from './signals.js';
 
 /** A watched run directory, as discovery resolved it. */
@@ -228,13 +228,17 @@ export class Actions {
         return { ts: now, event: 'action', episode: id, kind, action, result: 'failed', error: err.message };
       }
     };
+    const halting = this.o.halt && kindHalts && !ep.done.has('halt');
+    // .HALT's content is staged while the other two are written; only linking it waits for them.
+    const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind)) : undefined;
+    haltStaged?.catch(() => undefined); // its failure is reported by the halt step
     const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
     const entries = await Promise.all([
       step('anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')),
       step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),
     ]);
     // After both: the trainer reads the reason when it sees .HALT.
-    if (this.o.halt && kindHalts) entries.push(await step('halt', () => this.createHalt(run, ep, kind)));
+    if (haltStaged) entries.push(await step('halt', async () => this.createHalt(run, ep, kind, await haltStaged)));
     const record = entries.filter((e): e is AuditEntry => e !== undefined);
     if (record.length > 0) {
       try {
@@ -250,9 +254,9 @@ export class Actions {
 
   // 'ok' if this creates .HALT, 'recovered' if the episode was read back from the audit log and
   // .HALT is the one its predecessor created before being killed (see the header), else 'exists'.
-  private async createHalt(run: RunRef, ep: OpenEpisode, kind: string): Promise<string> {
-    const line = `halt: ${kind}\n`;
-    if (await createExclusive(run.dir, run.real, CONTROL_FILES.halt, line)) return 'ok';
+  private async createHalt(run: RunRef, ep: OpenEpisode, kind: string, staged: Staged): Promise<string> {
+    const line = haltLine(kind);
+    if (await staged.createExclusive()) return 'ok';
     // The slack covers coarse file-system timestamps, which can trail the clock a little.
     if (ep.restored && (await holdsSince(run.real, CONTROL_FILES.halt, line, ep.ts * 1000 - HALT_MTIME_SLACK_MS))) {
       this.o.log.warn({ run: run.name, anomaly: kind }, '.HALT was created for this episode before a restart; counting it as written');
@@ -297,6 +301,9 @@ export class Actions {
     if (mem) for (const e of entries) remember(mem, e);
   }
 }
+
+/** What .HALT holds: the trainer reads the kind from it. */
+const haltLine = (kind: string) => `halt: ${kind}\n`;
 
 function fixFor(e: NodeJS.ErrnoException): string {
   switch (e.code) {

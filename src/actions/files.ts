@@ -36,9 +36,13 @@ async function writeTemp(dir: string, name: string, content: string): Promise<st
   try {
     await fh.writeFile(content);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw e;
   }
+  // The content is durable: putting it in place need not wait for the close.
+  void fh.close().catch(() => undefined);
   return tmp;
 }
 
@@ -48,38 +52,53 @@ async function syncDir(dir: string): Promise<void> {
     await fh.sync();
   } catch {
     // Some filesystems refuse fsync on directories; the rename is still atomic.
-  } finally {
-    await fh.close();
   }
+  void fh.close().catch(() => undefined);
+}
+
+/** A control file's content, durable in a temp file beside it, not yet in place. */
+export class Staged {
+  constructor(
+    private readonly real: string,
+    private readonly name: string,
+    private readonly tmp: string,
+  ) {}
+
+  /** Atomically replaces the file with the staged content. */
+  async replace(): Promise<void> {
+    try {
+      await rename(this.tmp, join(this.real, this.name));
+    } catch (e) {
+      await unlink(this.tmp).catch(() => undefined);
+      throw e;
+    }
+    await syncDir(this.real);
+  }
+
+  /** Puts the staged content in place unless something is there already; false if it was. */
+  async createExclusive(): Promise<boolean> {
+    try {
+      await link(this.tmp, join(this.real, this.name));
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw e;
+    } finally {
+      // Only the link has to be durable; the temp name's removal may be lost in a crash.
+      await Promise.all([unlink(this.tmp).catch(() => undefined), syncDir(this.real).catch(() => undefined)]);
+    }
+  }
+}
+
+/** Stages `content` for `dir/name` (confined like every write), to be put in place later. */
+export async function stage(dir: string, real: string, name: string, content: string): Promise<Staged> {
+  await confirmDir(dir, real);
+  return new Staged(real, name, await writeTemp(real, name, content));
 }
 
 /** Atomically replaces `dir/name` with `content`. */
 export async function writeAtomic(dir: string, real: string, name: string, content: string): Promise<void> {
-  await confirmDir(dir, real);
-  const tmp = await writeTemp(real, name, content);
-  try {
-    await rename(tmp, join(real, name));
-  } catch (e) {
-    await unlink(tmp).catch(() => undefined);
-    throw e;
-  }
-  await syncDir(real);
-}
-
-/** Atomically creates `dir/name` unless something is there already. Returns false if it existed. */
-export async function createExclusive(dir: string, real: string, name: string, content: string): Promise<boolean> {
-  await confirmDir(dir, real);
-  const tmp = await writeTemp(real, name, content);
-  try {
-    await link(tmp, join(real, name));
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
-    throw e;
-  } finally {
-    await unlink(tmp).catch(() => undefined);
-    await syncDir(real).catch(() => undefined);
-  }
+  await (await stage(dir, real, name, content)).replace();
 }
 
 /**
