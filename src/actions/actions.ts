@@ -2,20 +2,23 @@
 // directories. Both the embedded detector and the Alertmanager webhook go through it.
 //
 // An episode starts when an anomaly kind becomes active on a run (embedded) or when a new
-// alert (fingerprint@startsAt) fires (webhook). Starting one appends an `anomaly` audit entry
-// first (the intent), then performs the required actions: .anomaly_type and .anomaly.json
-// together, then (when halting is enabled and the kind may halt) .HALT, so that a trainer that
-// sees .HALT finds the reason next to it. Their results are recorded as `action` entries in one
-// append. A crash before that append leaves the actions unrecorded: the restarted trainwatch
-// continues the episode from its `anomaly` entry and performs them again. Rewriting the two
-// files is harmless (same content); .HALT is never overwritten, and one that holds this
-// episode's line and is not older than the episode is recognised as the predecessor's own, so
-// it counts as written (and escalation follows) instead of as found.
+// alert (fingerprint@startsAt) fires (webhook). Starting one records an `anomaly` audit entry
+// (the intent), then performs the required actions: .anomaly_type and .anomaly.json together,
+// then (when halting is enabled and the kind may halt) .HALT, so that a trainer that sees .HALT
+// finds the reason next to it; each result is recorded as an `action` entry.
+// Per run, work is serialised on one promise chain: concurrent duplicate deliveries act exactly
+// once. The audit entries of one step (one evaluation, or the alerts of one delivery for a run)
+// are appended together: before any control file is written, so the intent is durable first,
+// and at the end of the step, before the webhook answers.
+// A crash after the writes and before their entries leaves the actions unrecorded: the restarted
+// trainwatch continues the episode from its `anomaly` entry and performs them again. Rewriting
+// the two files is harmless (same content); .HALT is never overwritten, and one that holds this
+// episode's line and is not older than the episode is recognised as the predecessor's own, so it
+// counts as written (and escalation follows) instead of as found.
 // An action that failed stays pending and is retried on the next evaluation or delivery. While
 // the episode lasts nothing is rewritten, so an operator who deletes .anomaly_type is not
 // fought with; the next episode writes it again. On restart the audit log is read back, so
-// open episodes continue and no completed action is repeated. Per run, work is serialised
-// on one promise chain: concurrent duplicate deliveries act exactly once.
+// open episodes continue and no completed action is repeated.
 import { randomUUID } from 'node:crypto';
 import type { Anomaly } from '../detect/detect.js';
 import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
@@ -86,32 +89,39 @@ export class Actions {
    */
   reconcile(run: RunRef, anomalies: Anomaly[], now: number, halted: boolean, procs: TrainerProc[] = []): Promise<void> {
     return this.serial(run, async (mem) => {
-      const active = new Map<string, Anomaly>();
-      for (const a of anomalies) if (!active.has(a.kind)) active.set(a.kind, a);
-      const open = new Map<string, [string, OpenEpisode]>();
-      for (const [id, ep] of mem.open) if (ep.source === 'embedded') open.set(ep.kind, [id, ep]);
-      for (const [kind, [id, ep]] of open) {
-        if (active.has(kind) || (halted && kindOf(kind)?.quietWhileHalted)) continue;
-        await this.audit(run, { ts: now, event: 'resolved', episode: id, kind, source: 'embedded', rank: ep.rank });
-        mem.open.delete(id);
-      }
-      // Lowest priority first, so the most important kind is the one left in .anomaly_type.
-      const order = [...ANOMALY_KINDS].reverse();
-      for (const k of order) {
-        const a = active.get(k.name);
-        if (!a) continue;
-        let ep = open.get(k.name);
-        if (!ep) {
-          const id = randomUUID();
-          const entry: AuditEntry = { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message };
-          await this.audit(run, entry);
-          const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map() };
-          mem.open.set(id, opened);
-          ep = [id, opened];
-          this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
+      const batch = new Batch();
+      let err: unknown;
+      try {
+        const active = new Map<string, Anomaly>();
+        for (const a of anomalies) if (!active.has(a.kind)) active.set(a.kind, a);
+        const open = new Map<string, [string, OpenEpisode]>();
+        for (const [id, ep] of mem.open) if (ep.source === 'embedded') open.set(ep.kind, [id, ep]);
+        for (const [kind, [id, ep]] of open) {
+          if (active.has(kind) || (halted && kindOf(kind)?.quietWhileHalted)) continue;
+          batch.push({ ts: now, event: 'resolved', episode: id, kind, source: 'embedded', rank: ep.rank });
+          mem.open.delete(id);
         }
-        await this.ensureActions(run, mem, ep[0], ep[1], k.halts, a.message, now);
+        // Lowest priority first, so the most important kind is the one left in .anomaly_type.
+        const order = [...ANOMALY_KINDS].reverse();
+        for (const k of order) {
+          const a = active.get(k.name);
+          if (!a) continue;
+          let ep = open.get(k.name);
+          if (!ep) {
+            const id = randomUUID();
+            batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message });
+            const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map() };
+            mem.open.set(id, opened);
+            ep = [id, opened];
+            this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
+          }
+          await this.ensureActions(run, mem, ep[0], ep[1], k.halts, a.message, now, batch);
+        }
+      } catch (e) {
+        err = e;
       }
+      await this.flush(run, batch).catch((e: unknown) => (err ??= e));
+      if (err) throw err;
       if (halted) await this.escalate(run, mem, procs, now);
     });
   }
@@ -122,48 +132,63 @@ export class Actions {
   }
 
   /**
-   * Webhook: act on one alert for `run`, at most once per key (fingerprint@startsAt). Like the
-   * embedded detector, an episode is one anomaly kind on one run: the alerts of several ranks
-   * join the open episode of their kind, and it ends when the last of them resolves.
+   * Webhook: act on the alerts of one delivery for `run`, in order, each at most once per key
+   * (fingerprint@startsAt). Like the embedded detector, an episode is one anomaly kind on one
+   * run: the alerts of several ranks join the open episode of their kind, and it ends when the
+   * last of them resolves. Their audit entries go out together (one append; the intent of a new
+   * episode before its files), so the 8 alerts of a delivery cost one fdatasync, not 8. Returns
+   * per alert its outcome, or the error that failed it (then Alertmanager should retry).
    */
-  alert(run: RunRef, a: AlertInput, now: number): Promise<AlertOutcome> {
-    return this.serial(run, async (mem): Promise<AlertOutcome> => {
-      const mine = [...mem.open].find(([, ep]) => ep.keys.has(a.key));
-      if (a.status === 'resolved') {
-        if (!mine) return 'resolved_duplicate';
-        const [id, ep] = mine;
-        ep.keys.delete(a.key);
-        // Recorded, never undone: .HALT stays until a person removes it.
-        if (ep.keys.size > 0) {
-          await this.audit(run, { ts: now, event: 'alert_resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
-          return 'resolved';
-        }
-        await this.audit(run, { ts: now, event: 'resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
-        mem.open.delete(id);
+  alerts(run: RunRef, inputs: AlertInput[], now: number): Promise<Array<AlertOutcome | Error>> {
+    return this.serial(run, async (mem) => {
+      const batch = new Batch();
+      const out: Array<AlertOutcome | Error> = [];
+      for (const [i, a] of inputs.entries()) {
+        batch.owner = i;
+        out.push(await this.alert(run, mem, a, now, batch).catch((e: Error) => e));
+      }
+      await this.flush(run, batch).catch(() => undefined);
+      for (const [i, e] of batch.failed) if (!(out[i] instanceof Error)) out[i] = e;
+      return out;
+    });
+  }
+
+  private async alert(run: RunRef, mem: AuditMemory, a: AlertInput, now: number, batch: Batch): Promise<AlertOutcome> {
+    const mine = [...mem.open].find(([, ep]) => ep.keys.has(a.key));
+    if (a.status === 'resolved') {
+      if (!mine) return 'resolved_duplicate';
+      const [id, ep] = mine;
+      ep.keys.delete(a.key);
+      // Recorded, never undone: .HALT stays until a person removes it.
+      if (ep.keys.size > 0) {
+        batch.push({ ts: now, event: 'alert_resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
         return 'resolved';
       }
-      if (mine) {
-        await this.ensureActions(run, mem, mine[0], mine[1], a.halts, a.message, now);
-        return 'duplicate';
-      }
-      if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
-      mem.keys.add(a.key);
-      const same = [...mem.open].find(([, ep]) => ep.source === 'alertmanager' && ep.kind === a.kind);
-      if (same) {
-        const [id, ep] = same;
-        ep.keys.add(a.key);
-        await this.audit(run, { ts: now, event: 'joined', episode: id, kind: a.kind, rank: a.rank, source: 'alertmanager', key: a.key });
-        await this.ensureActions(run, mem, id, ep, a.halts, a.message, now);
-        return 'joined';
-      }
-      const id = randomUUID();
-      await this.audit(run, { ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message });
-      const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map() };
-      mem.open.set(id, ep);
-      this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
-      await this.ensureActions(run, mem, id, ep, a.halts, a.message, now);
-      return 'acted';
-    });
+      batch.push({ ts: now, event: 'resolved', episode: id, kind: ep.kind, source: 'alertmanager', key: a.key });
+      mem.open.delete(id);
+      return 'resolved';
+    }
+    if (mine) {
+      await this.ensureActions(run, mem, mine[0], mine[1], a.halts, a.message, now, batch);
+      return 'duplicate';
+    }
+    if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
+    mem.keys.add(a.key);
+    const same = [...mem.open].find(([, ep]) => ep.source === 'alertmanager' && ep.kind === a.kind);
+    if (same) {
+      const [id, ep] = same;
+      ep.keys.add(a.key);
+      batch.push({ ts: now, event: 'joined', episode: id, kind: a.kind, rank: a.rank, source: 'alertmanager', key: a.key });
+      await this.ensureActions(run, mem, id, ep, a.halts, a.message, now, batch);
+      return 'joined';
+    }
+    const id = randomUUID();
+    batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message });
+    const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map() };
+    mem.open.set(id, ep);
+    this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
+    await this.ensureActions(run, mem, id, ep, a.halts, a.message, now, batch);
+    return 'acted';
   }
 
   /** Forgets a run that is no longer watched, and closes its audit log. */
@@ -202,11 +227,14 @@ export class Actions {
     return next;
   }
 
-  // Performs whichever required actions of an episode are not done yet, and records their
-  // results in one audit append. Throws if any failed with an error a retry could fix, so that
-  // the webhook can answer 5xx.
-  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number): Promise<void> {
+  // Performs whichever required actions of an episode are not done yet; their results join the
+  // batch. Throws if any failed with an error a retry could fix, so that the webhook can answer 5xx.
+  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch): Promise<void> {
     const kind = ep.kind;
+    const halting = this.o.halt && kindHalts && !ep.done.has('halt');
+    if (!halting && ep.done.has('anomaly_type') && ep.done.has('details')) return;
+    // The intent (the `anomaly` entry) is durable before any file is written.
+    await this.flush(run, batch);
     let failure: Error | undefined;
     const step = async (action: string, fn: () => Promise<string>): Promise<AuditEntry | undefined> => {
       if (ep.done.has(action)) return undefined;
@@ -228,7 +256,6 @@ export class Actions {
         return { ts: now, event: 'action', episode: id, kind, action, result: 'failed', error: err.message };
       }
     };
-    const halting = this.o.halt && kindHalts && !ep.done.has('halt');
     // .HALT's content is staged while the other two are written; only linking it waits for them.
     const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind)) : undefined;
     haltStaged?.catch(() => undefined); // its failure is reported by the halt step
@@ -239,16 +266,7 @@ export class Actions {
     ]);
     // After both: the trainer reads the reason when it sees .HALT.
     if (haltStaged) entries.push(await step('halt', async () => this.createHalt(run, ep, kind, await haltStaged)));
-    const record = entries.filter((e): e is AuditEntry => e !== undefined);
-    if (record.length > 0) {
-      try {
-        await this.audit(run, ...record);
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        this.o.log.error({ run: run.name, err: err.message }, `cannot append to the audit log in ${run.dir}: ${fixFor(err)}`);
-        if (!(e instanceof ConfinementError)) failure ??= err;
-      }
-    }
+    for (const e of entries) if (e) batch.push(e);
     if (failure) throw failure;
   }
 
@@ -293,12 +311,54 @@ export class Actions {
     this.o.log.warn({ run: run.name, pid: p.pid, signal: sig, result }, 'escalation for a hung trainer');
   }
 
+  // Appends the batch's entries to the run's audit log in one write (one fdatasync).
+  private async flush(run: RunRef, batch: Batch): Promise<void> {
+    try {
+      await batch.flush((es) => this.audit(run, ...es));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      this.o.log.error({ run: run.name, err: err.message }, `cannot append to the audit log in ${run.dir}: ${fixFor(err)}`);
+      throw e;
+    }
+  }
+
   // Appends entries to the run's audit log in one write (one fdatasync), then remembers them.
   private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
     const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
     await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
     const mem = this.runs.get(run.real)?.mem;
     if (mem) for (const e of entries) remember(mem, e);
+  }
+}
+
+/**
+ * Audit entries decided in one serialised step, appended together: whenever a control file is
+ * about to be written (its intent first), and at the end of the step. Remembers whose entries
+ * (`owner`: the alert's index in a delivery) were in an append that failed.
+ */
+class Batch {
+  owner = 0;
+  readonly failed = new Map<number, Error>();
+  private entries: AuditEntry[] = [];
+  private owners: number[] = [];
+
+  push(e: AuditEntry): void {
+    this.entries.push(e);
+    this.owners.push(this.owner);
+  }
+
+  async flush(write: (es: AuditEntry[]) => Promise<void>): Promise<void> {
+    if (this.entries.length === 0) return;
+    const es = this.entries;
+    const owners = this.owners;
+    this.entries = [];
+    this.owners = [];
+    try {
+      await write(es);
+    } catch (e) {
+      for (const o of owners) this.failed.set(o, e as Error);
+      throw e;
+    }
   }
 }
 

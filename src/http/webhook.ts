@@ -15,6 +15,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { kindOf } from '../detect/kinds.js';
+import type { AlertInput, RunRef } from '../actions/actions.js';
 import type { Logger } from '../log.js';
 import type { Watcher } from '../watch/watcher.js';
 import { bearerMatches, type BasicAuth } from './webconfig.js';
@@ -45,47 +46,60 @@ export async function handleWebhook(w: Watcher, body: unknown, opts: { instance?
   const p = body as Record<string, unknown>;
   if (p.version !== '4') return bad(`unsupported payload version ${JSON.stringify(p.version)}; trainwatch accepts Alertmanager webhook version "4"`);
   if (!Array.isArray(p.alerts)) return bad('payload has no alerts array');
-  const results: AlertResult[] = [];
-  let failed = false;
   const now = w.now();
+  const results: AlertResult[] = [];
+  // The alerts for runs watched here, per run: one step of that run's actions each, in order.
+  const groups = new Map<string, { target: RunRef; at: number[]; inputs: AlertInput[] }>();
   for (const raw of p.alerts) {
-    const r = await handleAlert(w, raw, opts, now);
+    const c = classify(w, raw, opts);
+    results.push(c.result);
+    if (!c.act) continue;
+    let g = groups.get(c.act.target.real);
+    if (!g) groups.set(c.act.target.real, (g = { target: c.act.target, at: [], inputs: [] }));
+    g.at.push(results.length - 1);
+    g.inputs.push(c.act.input);
+  }
+  await Promise.all(
+    [...groups.values()].map(async (g) => {
+      const outcomes = await w.actions.alerts(g.target, g.inputs, now).catch((e: Error) => g.inputs.map(() => e));
+      for (const [i, o] of outcomes.entries()) {
+        const r = results[g.at[i]!]!;
+        if (o instanceof Error) Object.assign(r, { result: 'failed', error: o.message });
+        else r.result = o;
+      }
+    }),
+  );
+  let failed = false;
+  for (const r of results) {
     w.stats.webhookAlert(r.result);
     if (r.result === 'failed') failed = true;
-    results.push(r);
   }
   if (failed) return { status: 500, body: { status: 'error', error: 'a control-file write failed; Alertmanager will retry', alerts: results } };
   return { status: 200, body: { status: 'ok', alerts: results } };
 }
 
-async function handleAlert(w: Watcher, raw: unknown, opts: { instance?: string }, now: number): Promise<AlertResult> {
-  if (typeof raw !== 'object' || raw === null) return { result: 'rejected', error: 'alert is not an object' };
+// What one alert is: answered already (not ours, rejected, unknown kind), or for a run here.
+function classify(w: Watcher, raw: unknown, opts: { instance?: string }): { result: AlertResult; act?: { target: RunRef; input: AlertInput } } {
+  if (typeof raw !== 'object' || raw === null) return { result: { result: 'rejected', error: 'alert is not an object' } };
   const a = raw as Record<string, unknown>;
   const labels = (typeof a.labels === 'object' && a.labels !== null ? a.labels : {}) as Record<string, unknown>;
   const run = labels.run;
   const kind = labels.anomaly_type;
-  if (typeof run !== 'string' || run === '') return { result: 'not_ours', error: 'no run label' };
-  if (UNSAFE_LABEL.test(run) || run.startsWith('.') || run.length > 512) return { run: run.slice(0, 64), result: 'rejected', error: 'run label is not a plain run name' };
-  if (opts.instance && labels.instance !== undefined && labels.instance !== opts.instance) return { run, result: 'not_ours', error: 'instance label is another trainwatch' };
+  if (typeof run !== 'string' || run === '') return { result: { result: 'not_ours', error: 'no run label' } };
+  if (UNSAFE_LABEL.test(run) || run.startsWith('.') || run.length > 512) return { result: { run: run.slice(0, 64), result: 'rejected', error: 'run label is not a plain run name' } };
+  if (opts.instance && labels.instance !== undefined && labels.instance !== opts.instance) return { result: { run, result: 'not_ours', error: 'instance label is another trainwatch' } };
   const target = w.runByName(run);
-  if (!target) return { run, result: 'not_ours' };
-  if (typeof kind !== 'string' || !kindOf(kind)) return { run, result: 'unknown_kind', error: 'anomaly_type label missing or unknown' };
+  if (!target) return { result: { run, result: 'not_ours' } };
+  if (typeof kind !== 'string' || !kindOf(kind)) return { result: { run, result: 'unknown_kind', error: 'anomaly_type label missing or unknown' } };
   const status = a.status === 'resolved' ? 'resolved' : 'firing';
   const startsAt = typeof a.startsAt === 'string' ? a.startsAt : '';
   const fingerprint = typeof a.fingerprint === 'string' && a.fingerprint !== '' ? a.fingerprint : labelHash(labels);
   const rank = Number(labels.rank);
   const annotations = (typeof a.annotations === 'object' && a.annotations !== null ? a.annotations : {}) as Record<string, unknown>;
   const message = typeof annotations.description === 'string' ? annotations.description : typeof annotations.summary === 'string' ? annotations.summary : `${labels.alertname ?? kind}`;
-  try {
-    const result = await w.actions.alert(
-      target,
-      { key: `${fingerprint}@${startsAt}`, kind, status, halts: labels.halt === 'true', rank: Number.isInteger(rank) ? rank : undefined, message },
-      now,
-    );
-    return { run, anomaly_type: kind, result };
-  } catch (e) {
-    return { run, anomaly_type: kind, result: 'failed', error: (e as Error).message };
-  }
+  const input: AlertInput = { key: `${fingerprint}@${startsAt}`, kind, status, halts: labels.halt === 'true', rank: Number.isInteger(rank) ? rank : undefined, message };
+  // `result` is a placeholder until the actions decide.
+  return { result: { run, anomaly_type: kind, result: 'failed' }, act: { target, input } };
 }
 
 function labelHash(labels: Record<string, unknown>): string {

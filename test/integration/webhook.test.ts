@@ -225,3 +225,26 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   const m = await scrape(tw.url);
   assert.deepEqual([1, 2, 1, 2, 1], ['401', '200', '400', '413', '415'].map((c) => m.get(`trainwatch_webhook_requests_total{code="${c}"}`)));
 });
+
+test('a delivery with the alerts of 8 ranks opens one episode that the other 7 join, and its resolution closes it; the audit log has them in order', async (t) => {
+  const { tw, run } = await setup(t);
+  const ranks = Array.from({ length: 8 }, (_, r) => ({ ...alert('exp1', { fingerprint: `r${r}` }), labels: { ...alert('exp1').labels, rank: String(r) } }));
+  const fired = await post(tw, payload(ranks));
+  assert.deepEqual(['acted', ...Array(7).fill('joined')], fired.body.alerts!.map((a) => a.result));
+  assert.equal('halt: heartbeat_stall\n', readFileSync(join(run, '.HALT'), 'utf8'));
+  const resolved = await post(tw, payload(ranks.map((a) => ({ ...a, status: 'resolved' }))));
+  assert.deepEqual(Array(8).fill('resolved'), resolved.body.alerts!.map((a) => a.result));
+  const log = auditOf(run);
+  assert.deepEqual(['anomaly', 'action', 'action', 'action', ...Array(7).fill('joined'), ...Array(7).fill('alert_resolved'), 'resolved'], log.map((e) => e.event));
+  assert.deepEqual(ranks.map((a) => `${a.fingerprint}@${a.startsAt}`), log.filter((e) => e.event === 'anomaly' || e.event === 'joined').map((e) => e.key));
+  assert.equal(1, new Set(log.map((e) => e.episode)).size);
+});
+
+test('an audit log that cannot be written fails the whole delivery with 5xx, and no control file is written without it', async (t) => {
+  const { tw, run } = await setup(t);
+  mkdirSync(join(run, '.trainwatch-audit.jsonl')); // a directory where the log must go
+  const r = await post(tw, payload([alert('exp1', { fingerprint: 'a' }), alert('exp1', { fingerprint: 'b' }), alert('someone-elses-run')]));
+  assert.equal(500, r.status);
+  assert.deepEqual(['failed', 'failed', 'not_ours'], r.body.alerts!.map((a) => a.result));
+  assert.deepEqual(['.trainwatch-audit.jsonl', 'heartbeat_rank0.jsonl'], readdirSync(run).sort());
+});
