@@ -4,10 +4,11 @@ import { createServer as createHttp, type IncomingMessage, type Server, type Ser
 import { createServer as createHttps } from 'node:https';
 import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { Registry, collectDefaultMetrics } from 'prom-client';
 import { ConfigError } from '../config/load.js';
 import type { Logger } from '../log.js';
+import { defaultMetrics } from '../metrics/defaults.js';
 import { renderMetrics } from '../metrics/render.js';
+import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
@@ -41,12 +42,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   if (!webhook.enabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
-  const registry = new Registry();
-  // A 100 ms event-loop sampling period instead of prom-client's 10 ms: idle wake-ups are a
-  // measurable share of an idle exporter's CPU, and 100 ms still resolves the stalls that matter.
-  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
-  // These three prom-client gauges end in _total, which promtool's linter rejects.
-  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+  const registry = defaultMetrics();
 
   const app = express();
   app.disable('x-powered-by');
@@ -64,10 +60,8 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     res.status(401).type('text/plain').send('Unauthorized\n');
   });
 
-  app.get(c['web.telemetry-path'], async (_req, res) => {
-    const ours = renderMetrics(w, w.now(), version);
-    const defaults = await registry.metrics();
-    res.type('text/plain; version=0.0.4; charset=utf-8').send(Buffer.concat([ours, Buffer.from(defaults)]));
+  app.get(c['web.telemetry-path'], async (req, res) => {
+    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink), () => registry.metrics());
   });
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');
