@@ -61,6 +61,7 @@ export const SETTINGS = [
   { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },
   { key: 'tail.sweep-interval-s', env: 'TRAINWATCH_SWEEP_INTERVAL_S', type: 'number', default: 2, min: 0.05, max: 3600, group: 'Tailing', help: 'Every this many seconds every file is stat()ed and runs are re-discovered; file events only make it sooner.' },
   { key: 'tail.event-coalesce-ms', env: 'TRAINWATCH_EVENT_COALESCE_MS', type: 'int', default: 250, min: 0, max: 10000, group: 'Tailing', help: 'A file that changed within this many ms of its last read waits for one read at the end of the window: a busy file costs a few reads a second, not one per record. Adds at most this much to detection.' },
+  { key: 'tail.busy-events', type: 'int', default: 8, min: 0, max: 1000000, group: 'Tailing', help: 'A run directory with more appends than this within one tail.event-coalesce-ms window is polled every window instead of woken by each append (a run of 8 ranks at 10 records/s: 80 wake-ups a second become 4). It goes back to file events when a file in it is created, renamed or deleted (seen at the next poll), or after 8 polls that read nothing. 0 keeps every run on file events.' },
   { key: 'tail.startup-bytes', type: 'int', default: 262144, min: 4096, max: 1073741824, group: 'Tailing', help: 'On startup, read this many bytes from the end of each existing file, doubling (up to 64x) while a streak reaches back past the window.' },
   { key: 'tail.max-line-bytes', type: 'int', default: 1048576, min: 1024, max: 268435456, group: 'Tailing', help: 'Longer lines are skipped and counted as line_too_long.' },
   { key: 'tail.parse-thread-bytes', type: 'int', default: 4194304, min: 0, max: 1073741824, group: 'Tailing', help: 'A read of at least this many bytes (a backlog) is parsed on a second thread as well as the main one, for a faster catch-up; lines are still applied in file order. 0 keeps all parsing on the main thread.' },
@@ -107,6 +108,7 @@ export interface Config {
   poll: boolean;
   'tail.sweep-interval-s': number;
   'tail.event-coalesce-ms': number;
+  'tail.busy-events': number;
   'tail.startup-bytes': number;
   'tail.max-line-bytes': number;
   'tail.parse-thread-bytes': number;

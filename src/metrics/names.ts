@@ -73,6 +73,7 @@ export const METRICS = {
   runsWatched: { name: 'trainwatch_runs_watched', type: 'gauge', labels: [], help: 'Run directories being watched.' },
   filesWatched: { name: 'trainwatch_files_watched', type: 'gauge', labels: [], help: 'Heartbeat and training.csv files being tailed.' },
   filesOpen: { name: 'trainwatch_files_open', type: 'gauge', labels: [], help: 'File handles held open by tails.' },
+  runsPolled: { name: 'trainwatch_runs_polled', type: 'gauge', labels: [], help: 'Busy run directories whose files are polled every tail.event-coalesce-ms instead of read on each append (see tail.busy-events).' },
   pollingFallback: { name: 'trainwatch_watch_polling_fallback', type: 'gauge', labels: [], help: 'Whether inotify failed (e.g. watches exhausted) and file events fell back to polling.' },
   parseErrors: { name: 'trainwatch_parse_errors_total', type: 'counter', labels: ['reason'], help: 'Lines that did not become records, by reason.' },
   bytesRead: { name: 'trainwatch_read_bytes_total', type: 'counter', labels: [], help: 'Bytes read from heartbeat and training.csv files.' },

@@ -421,6 +421,7 @@ export class MetricsRenderer {
     out.add('runsWatched', '', live.length);
     out.add('filesWatched', '', files);
     out.add('filesOpen', '', w.openFiles());
+    out.add('runsPolled', '', w.runsPolled());
     out.add('pollingFallback', '', w.stats.pollingFallback ? 1 : 0);
     for (const [reason, n] of Object.entries(w.stats.parseErrors)) out.add('parseErrors', `{reason="${reason}"}`, n);
     out.add('bytesRead', '', w.stats.bytesRead);

@@ -1,4 +1,5 @@
 // Which files of a run directory trainwatch reads, and which directories are runs.
+import { readdirSync } from 'node:fs';
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { basename, join, relative, resolve, sep } from 'node:path';
 
@@ -30,13 +31,130 @@ export interface RunLocation {
 /** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone. */
 export async function listRunFiles(dir: string): Promise<string[] | undefined> {
   try {
-    const names = await readdir(dir);
-    return names.filter((n) => roleOf(n) !== undefined);
+    return runFilesOf(await readdir(dir));
+  } catch (e) {
+    return goneOrThrow(e);
+  }
+}
+
+/** listRunFiles with a direct system call: on a local disk far cheaper than a thread-pool round trip. */
+export function listRunFilesSync(dir: string): string[] | undefined {
+  try {
+    return runFilesOf(readdirSync(dir));
+  } catch (e) {
+    return goneOrThrow(e);
+  }
+}
+
+const runFilesOf = (names: string[]) => names.filter((n) => roleOf(n) !== undefined);
+
+function goneOrThrow(e: unknown): undefined {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+  throw e;
+}
+
+/** One root's listing, reused while the root's entries have not changed. */
+interface RootListing {
+  ino: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  /** every run directory the listing resolved, before de-duplication across roots */
+  locs: RunLocation[];
+  /** what went wrong with its entries (replayed on reuse, so a lasting problem stays reported) */
+  errors: Array<[string, Error]>;
+}
+
+/**
+ * A listing is reused only if the root's last change is at least this much older than the
+ * listing: a change in the same timestamp tick as an earlier one (coarse or 1 s timestamps)
+ * would not move the mtime.
+ */
+const SETTLED_MS = 2000;
+
+/**
+ * Remembers each root's listing. A directory's mtime and ctime move whenever an entry is added,
+ * removed or renamed in it, so an unchanged root needs one stat, not a readdir and a realpath
+ * and stat of every entry. What the mtime cannot show (a symlinked run's target deleted
+ * elsewhere) is the caller's to notice; it then calls clear().
+ */
+export class DiscoveryCache {
+  readonly roots = new Map<string, RootListing>();
+
+  /** Forgets every listing: the next discovery lists each root again. */
+  clear(): void {
+    this.roots.clear();
+  }
+}
+
+/** A root entry or --dir resolved to a run location; undefined when it is not a (live) directory. */
+async function resolveRun(name: string, dir: string, onError: (path: string, err: Error) => void, rootReal?: string): Promise<RunLocation | undefined> {
+  let real: string;
+  let ino: number;
+  try {
+    real = await realpath(dir);
+    const st = await stat(real);
+    if (!st.isDirectory()) return undefined;
+    ino = st.ino;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw e;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
+    return undefined;
   }
+  if (rootReal !== undefined && (rootReal === real || rootReal.startsWith(real.endsWith(sep) ? real : real + sep))) {
+    onError(dir, new Error(`symlink loop: it leads to ${real}, which holds the root itself; not a run`));
+    return undefined;
+  }
+  return { name, dir: resolve(dir), real, ino };
+}
+
+/** Lists one root: each immediate sub-directory (or symlink to one) is a run. */
+async function listRoot(root: string, onError: (path: string, err: Error) => void): Promise<RunLocation[]> {
+  let entries;
+  let rootReal: string;
+  try {
+    rootReal = await realpath(root);
+    entries = await readdir(root, { withFileTypes: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') onError(root, e as Error);
+    return [];
+  }
+  const out: RunLocation[] = [];
+  for (const ent of entries) {
+    if (!ent.isDirectory() && !ent.isSymbolicLink()) continue;
+    if (ent.name.startsWith('.')) continue;
+    const dir = join(root, ent.name);
+    const loc = await resolveRun(relative(resolve(root), resolve(dir)), dir, onError, rootReal);
+    if (loc) out.push(loc);
+  }
+  return out;
+}
+
+/** A root's listing, from the cache while the root has not changed since. */
+async function rootRuns(root: string, onError: (path: string, err: Error) => void, cache: DiscoveryCache | undefined): Promise<RunLocation[]> {
+  if (!cache) return listRoot(root, onError);
+  let st;
+  try {
+    st = await stat(root);
+  } catch {
+    cache.roots.delete(root);
+    return listRoot(root, onError); // reports the problem, if it is one
+  }
+  const hit = cache.roots.get(root);
+  if (hit && hit.ino === st.ino && hit.mtimeMs === st.mtimeMs && hit.ctimeMs === st.ctimeMs) {
+    for (const [path, err] of hit.errors) onError(path, err);
+    return hit.locs;
+  }
+  const listedAt = Date.now();
+  const errors: Array<[string, Error]> = [];
+  const locs = await listRoot(root, (path, err) => {
+    errors.push([path, err]);
+    onError(path, err);
+  });
+  if (listedAt - st.mtimeMs >= SETTLED_MS && listedAt - st.ctimeMs >= SETTLED_MS) cache.roots.set(root, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, locs, errors });
+  else cache.roots.delete(root);
+  return locs;
 }
 
 /**
@@ -44,49 +162,17 @@ export async function listRunFiles(dir: string): Promise<string[] | undefined> {
  * each --root (named by its path relative to the root). Symlinked directories are followed
  * once; realpath de-duplication means a symlink loop cannot make a run appear twice, and an
  * entry that resolves to its root or to a parent of it (root/a -> root) is a loop, not a run.
+ * With a cache, a root whose entries have not changed is not listed again.
  */
-export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void): Promise<RunLocation[]> {
+export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void, cache?: DiscoveryCache): Promise<RunLocation[]> {
   const out: RunLocation[] = [];
   const seen = new Set<string>();
-  const add = async (name: string, dir: string, rootReal?: string) => {
-    let real: string;
-    let ino: number;
-    try {
-      real = await realpath(dir);
-      const st = await stat(real);
-      if (!st.isDirectory()) return;
-      ino = st.ino;
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
-      return;
-    }
-    if (rootReal !== undefined && (rootReal === real || rootReal.startsWith(real.endsWith(sep) ? real : real + sep))) {
-      onError(dir, new Error(`symlink loop: it leads to ${real}, which holds the root itself; not a run`));
-      return;
-    }
-    if (seen.has(real)) return;
-    seen.add(real);
-    out.push({ name, dir: resolve(dir), real, ino });
+  const add = (loc: RunLocation | undefined) => {
+    if (!loc || seen.has(loc.real)) return;
+    seen.add(loc.real);
+    out.push(loc);
   };
-  for (const d of dirs) await add(basename(resolve(d)), d);
-  for (const root of roots) {
-    let entries;
-    let rootReal: string;
-    try {
-      rootReal = await realpath(root);
-      entries = await readdir(root, { withFileTypes: true });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') onError(root, e as Error);
-      continue;
-    }
-    for (const ent of entries) {
-      if (!ent.isDirectory() && !ent.isSymbolicLink()) continue;
-      if (ent.name.startsWith('.')) continue;
-      const dir = join(root, ent.name);
-      await add(relative(resolve(root), resolve(dir)), dir, rootReal);
-    }
-  }
+  for (const d of dirs) add(await resolveRun(basename(resolve(d)), d, onError));
+  for (const root of roots) for (const loc of await rootRuns(root, onError, cache)) add(loc);
   return out;
 }

@@ -4,11 +4,14 @@
 // follow a path across rotation and re-creation, where a watch on the file would stay on the old
 // inode) and from chokidar on each --root (new and removed runs). With --poll, or once inotify
 // watches run out, chokidar polls everything instead. Appends to a busy file are coalesced
-// (tail.event-coalesce-ms); renames and new files are followed at once. On local disks tails
-// use direct system calls; with --poll (NFS, Lustre) they go through the thread pool.
+// (tail.event-coalesce-ms); renames and new files are followed at once. A run directory busier
+// than tail.busy-events appends per window is polled on a timer instead, while its entries stay
+// as they are (see startPolling). On local disks tails use direct system calls; with --poll
+// (NFS, Lustre) they go through the thread pool. With file events on, the periodic sweep is a
+// safety net with a budget (see pickRuns); with --poll it is the witness and visits everything.
 import { hostname } from 'node:os';
-import { join, sep } from 'node:path';
-import { statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
+import { basename, join, sep } from 'node:path';
+import { existsSync, statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { watch as chokidarWatch, type FSWatcher } from 'chokidar';
 import type { Config, Thresholds } from '../config/settings.js';
@@ -18,16 +21,26 @@ import type { Logger } from '../log.js';
 import { Actions, type RunRef, type TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
 import { pidAlive } from '../actions/signals.js';
-import { discoverRuns, listRunFiles, roleOf } from '../source/discover.js';
+import { DiscoveryCache, discoverRuns, listRunFiles, listRunFilesSync, roleOf } from '../source/discover.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
 import type { RankState, ReduceParams } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
 import { ParsePool } from './parse-pool.js';
 import { CsvSink, HeartbeatSink, type ParallelParse, type RankTable } from './sinks.js';
 import { Stats } from './stats.js';
+import { planSweep, SWEEP_PASS } from './sweep-plan.js';
 
 /** Runs swept together between two yields to the event loop. */
 const SWEEP_BATCH = 16;
+
+/** A polled run goes back to its inotify watch after this many polls that read nothing new. */
+const QUIET_POLLS = 8;
+/**
+ * A run directory whose entries changed less than this long ago is not polled: a rotation may be
+ * under way (its renames are followed at once on file events), and a change within one timestamp
+ * tick of the stat that starts polling would not move the mtime.
+ */
+const DIR_SETTLE_MS = 2000;
 
 /**
  * How long a rotated-away heartbeat file is still read: the trainer opens, writes, closes, and
@@ -53,6 +66,16 @@ export class Run implements RankTable, RunRef {
   dirIno = -1;
   /** the directory inode the latest discovery saw */
   seenIno = -1;
+  /** records applied so far: a polled run that gets none is quiet */
+  records = 0;
+  /** busy detection: 'change' events in the current window, and when that window began (ms) */
+  windowEvents = 0;
+  windowStart = 0;
+  /** while polled instead of watched: the directory as stat()ed when polling began, and polls that read nothing */
+  polledDir: { ino: number; mtimeMs: number; ctimeMs: number } | undefined;
+  quietPolls = 0;
+  /** the sweep number that last visited this run (-1: never) */
+  sweptAt = -1;
 
   constructor(
     readonly name: string,
@@ -62,6 +85,7 @@ export class Run implements RankTable, RunRef {
   ) {}
 
   touched(): void {
+    this.records++;
     if (this.dirty) return;
     this.dirty = true;
     this.onTouched(this);
@@ -101,6 +125,19 @@ export class Watcher {
   private sweepTimer: NodeJS.Timeout | undefined;
   private evalTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
+  /** a sweep was asked for while one ran: run another after it */
+  private sweepAgain = false;
+  /** the next sweep visits every run (startup, lost file events) */
+  private sweepAll = true;
+  private sweepSeq = 0;
+  /** runs whose directory may be gone: visited by the next sweep whatever its budget */
+  private readonly sweepSoon = new Set<Run>();
+  private readonly discovery = new DiscoveryCache();
+  /** busy run directories polled on a timer instead of woken by each append */
+  private readonly polledRuns = new Set<Run>();
+  private busyTimer: NodeJS.Timeout | undefined;
+  private busyPolling: Promise<void> | undefined;
+  private readonly busyEvents: number;
   private started = false;
   private stopped = false;
   private readonly dirtyRuns = new Set<Run>();
@@ -123,6 +160,8 @@ export class Watcher {
     this.now = opts.now ?? (() => Date.now() / 1000);
     this.thresholds = thresholdsOf(config);
     this.coalesceMs = config['tail.event-coalesce-ms'];
+    // Polling every 0 ms is no saving: without coalescing every run stays on file events.
+    this.busyEvents = this.coalesceMs > 0 ? config['tail.busy-events'] : 0;
     const t = this.thresholds;
     this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
     const minBytes = config['tail.parse-thread-bytes'];
@@ -154,7 +193,10 @@ export class Watcher {
     this.ready = true;
     this.startFileEvents(this.config.poll);
     const sweepMs = this.config['tail.sweep-interval-s'] * 1000;
-    this.sweepTimer = setInterval(() => void this.sweep(), sweepMs);
+    // A tick that finds a sweep still running is skipped (sweeps over a slow NFS mount may take longer).
+    this.sweepTimer = setInterval(() => {
+      if (!this.sweeping) void this.sweep();
+    }, sweepMs);
     this.evalTimer = setInterval(() => void this.evaluateAll(), this.config['watch.interval-s'] * 1000);
   }
 
@@ -164,6 +206,8 @@ export class Watcher {
     clearInterval(this.sweepTimer);
     clearInterval(this.evalTimer);
     clearTimeout(this.pumpTimer);
+    clearInterval(this.busyTimer);
+    await this.busyPolling?.catch(() => undefined);
     await this.fsw?.close().catch(() => undefined);
     await this.sweeping?.catch(() => undefined);
     for (const run of this.runs.values()) {
@@ -175,21 +219,52 @@ export class Watcher {
     await this.actions.close();
   }
 
-  /** One stat sweep: discover runs and files, poll every tail, evaluate changed runs. */
-  sweep(): Promise<void> {
-    if (this.sweeping) return this.sweeping;
+  /**
+   * One stat sweep: discover runs and files, poll tails, evaluate every run. `all`: visit every
+   * run (file events may have been lost); otherwise a sweep with file events on is budgeted.
+   */
+  sweep(all = false): Promise<void> {
+    if (all) {
+      this.sweepAll = true;
+      this.discovery.clear();
+    }
+    if (this.sweeping) {
+      // This one may be past the point that would have seen what prompted the request.
+      this.sweepAgain = true;
+      return this.sweeping;
+    }
     this.sweeping = this.doSweep()
       .catch((e) => this.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval'))
       .finally(() => {
         this.sweeping = undefined;
+        if (this.sweepAgain && !this.stopped) {
+          this.sweepAgain = false;
+          void this.sweep();
+        }
       });
     return this.sweeping;
   }
 
+  /** A sweep that lists the roots afresh, and visits `run` (whose directory may be gone). */
+  private rediscover(run?: Run): void {
+    this.discovery.clear();
+    if (run) this.sweepSoon.add(run);
+    void this.sweep();
+  }
+
   private async doSweep(): Promise<void> {
     this.warnedNow = new Set();
-    const locs = await discoverRuns(this.config.dir, this.config.root, (path, err) =>
-      this.warnOnce(`dir:${path}`, err.message, { path }, /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions'),
+    const seq = ++this.sweepSeq;
+    // Without file events (--poll, NFS) the sweep is the only witness: no shortcuts. With them,
+    // the roots are listed again once their entries changed, and once per pass anyway (a file
+    // system whose directory times do not move).
+    const events = this.started && !this.polling;
+    if (seq % SWEEP_PASS === 0) this.discovery.clear();
+    const locs = await discoverRuns(
+      this.config.dir,
+      this.config.root,
+      (path, err) => this.warnOnce(`dir:${path}`, err.message, { path }, /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions'),
+      events ? this.discovery : undefined,
     );
     const seen = new Set<string>();
     for (const loc of locs) {
@@ -208,16 +283,45 @@ export class Watcher {
     for (const [real, run] of this.runs) {
       if (!seen.has(real)) await this.dropRun(run, 'directory gone');
     }
+    const runs = events && !this.sweepAll ? this.pickRuns() : [...this.runs.values()];
+    this.sweepAll = false;
     // In batches, yielding in between: with direct system calls a sweep of 10,000 files would
-    // otherwise run as one long task and hold up scrapes and timers.
-    const runs = [...this.runs.values()];
+    // otherwise run as one long task and hold up scrapes and timers. (Small batches also keep
+    // the first sweep's reads from sizing the heap.)
     for (let i = 0; i < runs.length; i += SWEEP_BATCH) {
-      await Promise.all(runs.slice(i, i + SWEEP_BATCH).map((run) => this.sweepRun(run)));
+      await Promise.all(
+        runs.slice(i, i + SWEEP_BATCH).map((run) => {
+          run.sweptAt = seq;
+          this.sweepSoon.delete(run);
+          return this.sweepRun(run);
+        }),
+      );
       if (i + SWEEP_BATCH < runs.length) await new Promise<void>((r) => setImmediate(r));
     }
-    // A problem not seen in this sweep is over: if it comes back, it is logged again.
-    for (const k of this.warned.keys()) if (!this.warnedNow.has(k)) this.warned.delete(k);
+    // Only the sweep sees a trainer die: every run, every sweep.
+    if (this.thresholds.crashDetect) {
+      for (const run of this.runs.values()) {
+        run.alive.clear();
+        for (const s of run.ranks.values()) if (s.pid !== undefined) run.alive.set(s.pid, pidAlive(s.pid));
+      }
+    }
+    // A discovery problem not seen in this sweep is over: if it comes back, it is logged again.
+    // (Listing problems end when that run's listing works again.)
+    for (const k of this.warned.keys()) if (k.startsWith('dir:') && !this.warnedNow.has(k)) this.warned.delete(k);
     await this.evaluateAll();
+  }
+
+  /**
+   * The runs a sweep with file events on visits. Events report appends, renames, new files and
+   * .HALT at once, so the sweep is a safety net with a budget (planSweep: a full pass every
+   * SWEEP_PASS sweeps, 32 s at 10,000 files with the default 2 s; every sweep up to 625 files).
+   * Runs that no watch covers (watch lost or failed) and runs that may be gone are visited every
+   * time; polled runs never.
+   */
+  private pickRuns(): Run[] {
+    // A polled run needs no sweep: its poll reads its files and sees its directory change.
+    const runs = [...this.runs.values()].filter((r) => !r.polledDir);
+    return planSweep(runs, (run) => ({ sweptAt: run.sweptAt, files: run.tails.size, due: !run.dirWatch || this.sweepSoon.has(run) }));
   }
 
   private warnOnce(key: string, err: string, fields: Record<string, unknown>, msg: string): void {
@@ -229,19 +333,33 @@ export class Watcher {
 
   private async sweepRun(run: Run): Promise<void> {
     let listed = true;
-    const names = await listRunFiles(run.dir).catch((e: Error) => {
-      this.warnOnce(`list:${run.dir}`, e.message, { run: run.name }, 'cannot list run directory; check its permissions');
+    // --poll means NFS or Lustre: a hung server must block a pool thread, not the event loop.
+    // Elsewhere direct system calls, as the tails use.
+    const local = !this.config.poll;
+    let names: string[] | undefined;
+    try {
+      names = local ? listRunFilesSync(run.dir) : await listRunFiles(run.dir);
+    } catch (e) {
+      this.warnOnce(`list:${run.dir}`, (e as Error).message, { run: run.name }, 'cannot list run directory; check its permissions');
       listed = false;
-      return [] as string[];
-    });
-    if (names === undefined) return; // gone; the next discovery drops it
-    if (this.started && !this.polling) {
+      names = [];
+    }
+    if (names === undefined) {
+      // Gone: the next discovery drops it (listed afresh: a symlinked run's target can go
+      // without its root changing).
+      this.discovery.clear();
+      this.sweepSoon.add(run);
+      return;
+    }
+    if (listed) this.warned.delete(`list:${run.dir}`);
+    if (this.started && !this.polling && !run.polledDir) {
       // A directory deleted and re-created under the same name: the watch is on the old inode.
-      // (Discovery has just stat()ed every run directory; its inode is reused, not fetched again.)
+      // (Discovery stat()ed every run directory; its inode is reused, not fetched again.)
       if (run.seenIno !== run.dirIno || !run.dirWatch) this.watchDir(run);
     }
     for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
-    run.halted = await exists(join(run.dir, CONTROL_FILES.halt));
+    const halt = join(run.dir, CONTROL_FILES.halt);
+    run.halted = local ? existsSync(halt) : await exists(halt);
     await Promise.all([...run.tails.values()].map((t) => t.poll()));
     if (listed) {
       // Files that are gone (rotated away, deleted) and were released: forget their tails, so
@@ -252,10 +370,6 @@ export class Watcher {
         run.tails.delete(name);
         void tail.close();
       }
-    }
-    if (this.thresholds.crashDetect) {
-      run.alive.clear();
-      for (const s of run.ranks.values()) if (s.pid !== undefined) run.alive.set(s.pid, pidAlive(s.pid));
     }
   }
 
@@ -285,6 +399,8 @@ export class Watcher {
     this.stats.runsExpired++;
     this.fsw?.unwatch(run.dir);
     this.unwatchDir(run);
+    this.stopPolling(run);
+    this.sweepSoon.delete(run);
     for (const t of run.tails.values()) await t.close();
     this.log.info({ run: run.name, why }, 'run dropped');
   }
@@ -410,8 +526,9 @@ export class Watcher {
     fsw.on('add', (p) => this.onFileEvent(p));
     fsw.on('change', (p) => this.onFileEvent(p));
     fsw.on('unlink', (p) => this.onFileEvent(p));
-    fsw.on('addDir', () => void this.sweep());
-    fsw.on('unlinkDir', () => void this.sweep());
+    // A run appearing or going under a root: list the roots afresh (a new run is visited at once).
+    fsw.on('addDir', () => this.rediscover());
+    fsw.on('unlinkDir', () => this.rediscover());
     fsw.on('error', (err) => {
       const e = err as NodeJS.ErrnoException;
       if (!usePolling && (e.code === 'ENOSPC' || e.code === 'EMFILE')) {
@@ -431,7 +548,10 @@ export class Watcher {
     this.polling = true;
     this.stats.pollingFallback = true;
     this.log.warn({ err: e.message }, 'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)');
-    for (const run of this.runs.values()) this.unwatchDir(run);
+    for (const run of this.runs.values()) {
+      this.unwatchDir(run);
+      this.stopPolling(run);
+    }
     const old = this.fsw;
     this.fsw = undefined;
     void (old ? old.close().catch(() => undefined) : Promise.resolve()).then(() => {
@@ -450,9 +570,14 @@ export class Watcher {
         // appends are coalesced: a rename or a new file is followed at once, or a quick second
         // rotation could take a whole file away before we opened it.
         const tail = name && type === 'change' ? run.tails.get(name.toString()) : undefined;
-        if (tail) this.pollSoon(tail);
-        else if (name) this.onFileEvent(join(run.dir, name.toString()));
-        else void this.sweep();
+        if (tail) {
+          if (this.busyEvents > 0 && this.busy(run)) return; // polled from now on: the next poll reads it
+          this.pollSoon(tail);
+        } else if (name) {
+          // An event that names the directory itself: it was deleted or moved, and the watch with it.
+          if (type === 'rename' && name.toString() === basename(run.dir)) this.rediscover(run);
+          else this.onFileEvent(join(run.dir, name.toString()));
+        } else void this.sweep(true); // the kernel's event queue overflowed: events were lost
       });
       // The directory went away, or the kernel dropped the watch: the sweep re-arms it.
       w.on('error', () => {
@@ -472,6 +597,91 @@ export class Watcher {
     run.dirWatch = undefined;
   }
 
+  /** Counts an append to a watched run; past tail.busy-events in one window, polls the run instead. */
+  private busy(run: Run): boolean {
+    const now = Date.now();
+    if (now - run.windowStart >= this.coalesceMs) {
+      run.windowStart = now;
+      run.windowEvents = 0;
+    }
+    if (++run.windowEvents <= this.busyEvents) return false;
+    run.windowEvents = 0; // if it cannot switch now, try again after as many events
+    return this.startPolling(run, now);
+  }
+
+  /**
+   * Each append wakes the process, though a busy file is read at most once per window anyway. A
+   * polled run costs one timer tick per window for all polled runs, and a stat of its directory
+   * and of each of its files. The directory's times move when a file in it is created, renamed
+   * or deleted (a rotation, a new rank, .HALT), not when one is appended to: the poll that sees
+   * them moved puts the run back on file events, which follow renames as they happen. (So a file
+   * created and rotated away again within one window of a polled run is not read.)
+   */
+  private startPolling(run: Run, now: number): boolean {
+    let st;
+    try {
+      st = statSync(run.dir);
+    } catch {
+      return false;
+    }
+    if (st.ino !== run.dirIno || now - st.mtimeMs < DIR_SETTLE_MS || now - st.ctimeMs < DIR_SETTLE_MS) return false;
+    this.unwatchDir(run);
+    run.polledDir = { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs };
+    run.quietPolls = 0;
+    this.polledRuns.add(run);
+    this.busyTimer ??= setInterval(() => void this.pollBusy(), this.coalesceMs);
+    this.log.debug({ run: run.name }, 'busy run: polling its files instead of waking on each append');
+    return true;
+  }
+
+  /** Ends polling; with `rewatch`, back to the inotify watch, then one sweep of the run for what came in between. */
+  private stopPolling(run: Run, rewatch = false): void {
+    if (!run.polledDir) return;
+    run.polledDir = undefined;
+    this.polledRuns.delete(run);
+    if (this.polledRuns.size === 0) {
+      clearInterval(this.busyTimer);
+      this.busyTimer = undefined;
+    }
+    if (!rewatch || this.stopped) return;
+    this.watchDir(run);
+    this.log.debug({ run: run.name }, 'run watched again');
+    void this.sweepRun(run).then(
+      () => this.evaluate(run),
+      () => undefined, // the periodic sweep reports it
+    );
+  }
+
+  /** Every window: a polled run whose directory changed goes back to file events; the others' files are read. */
+  private pollBusy(): Promise<void> {
+    if (this.busyPolling) return this.busyPolling; // a slow tick: this one is skipped
+    this.busyPolling = (async () => {
+      let n = 0;
+      for (const run of [...this.polledRuns]) {
+        if (!run.polledDir) continue; // dropped meanwhile
+        if (!dirUnchanged(run.dir, run.polledDir)) {
+          this.stopPolling(run, true);
+          continue;
+        }
+        const before = run.records;
+        await Promise.all([...run.tails.values()].map((t) => t.poll()));
+        if (run.records !== before) run.quietPolls = 0;
+        else if (++run.quietPolls >= QUIET_POLLS) this.stopPolling(run, true);
+        if (++n % SWEEP_BATCH === 0) await new Promise<void>((r) => setImmediate(r));
+      }
+    })()
+      .catch((e) => this.log.error({ err: (e as Error).message }, 'polling busy runs failed; the sweep keeps reading them'))
+      .finally(() => {
+        this.busyPolling = undefined;
+      });
+    return this.busyPolling;
+  }
+
+  /** Run directories polled instead of watched (busy ones). */
+  runsPolled(): number {
+    return this.polledRuns.size;
+  }
+
   /** The run a name refers to (the `run` label). */
   runByName(name: string): Run | undefined {
     for (const r of this.runs.values()) if (r.name === name) return r;
@@ -485,6 +695,16 @@ export class Watcher {
     return n;
   }
 
+}
+
+/** Whether a directory is still the one stat()ed before (same inode, no entry changed since). */
+function dirUnchanged(dir: string, was: { ino: number; mtimeMs: number; ctimeMs: number }): boolean {
+  try {
+    const st = statSync(dir);
+    return st.ino === was.ino && st.mtimeMs === was.mtimeMs && st.ctimeMs === was.ctimeMs;
+  } catch {
+    return false; // gone: the sweep that follows drops it
+  }
 }
 
 async function exists(p: string): Promise<boolean> {
