@@ -49,7 +49,9 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   let shown = 0;
   let detected = false;
   let halted = false;
-  const timer = setInterval(() => {
+  // What trainwatch did comes from its audit memory, not from sampling the live state: an
+  // anomaly can be detected, acted on and quieted by the .HALT between two samples.
+  const report = () => {
     const run = running.watcher.runs.values().next().value;
     if (!run) return;
     const step = Math.max(-1, ...[...run.ranks.values()].map((s) => s.step ?? -1));
@@ -57,17 +59,21 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
       shown = step - (step % 10);
       say(`training… step ${step}${step >= 40 ? ' (fault injected at step 40)' : ''}`);
     }
-    if (!detected && run.anomalies.length > 0) {
+    const audit = running.watcher.actions.recent(run.real);
+    const found = audit.filter((e) => e.event === 'anomaly');
+    if (!detected && found.length > 0) {
       detected = true;
-      say(`trainwatch detected: ${run.anomalies.map((a) => `${a.kind} on rank ${a.rank} (${a.message})`).join('; ')}`);
+      say(`trainwatch detected: ${found.map((a) => `${a.kind} on rank ${a.rank} (${a.message})`).join('; ')}`);
     }
-    if (!halted && run.halted) {
+    if (!halted && audit.some((e) => e.event === 'action' && e.action === 'halt' && e.result === 'ok')) {
       halted = true;
       say(`.HALT written${hung ? '; the loop is hung and will not read it, so trainwatch escalates: SIGUSR1 (stack dump), then SIGTERM' : '; the trainer stops at its next step'}`);
     }
-  }, 100);
+  };
+  const timer = setInterval(report, 100);
   const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 90_000))]);
   clearInterval(timer);
+  report(); // what happened since the last sample
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').trim() : '(absent)');
   if (code === 'timeout') {
     say('the trainer did not stop within 90 s; stopping it');
