@@ -220,8 +220,9 @@ export class Watcher {
   }
 
   /**
-   * One stat sweep: discover runs and files, poll tails, evaluate every run. `all`: visit every
-   * run (file events may have been lost); otherwise a sweep with file events on is budgeted.
+   * One stat sweep: discover runs and files, poll tails, evaluate what may have changed. `all`:
+   * visit every run (file events may have been lost); otherwise a sweep with file events on is
+   * budgeted.
    */
   sweep(all = false): Promise<void> {
     if (all) {
