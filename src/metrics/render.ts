@@ -292,7 +292,7 @@ class RunRows {
     if (v === undefined) {
       if (this.has[j] === 0) return;
       this.has[j] = 0;
-      this.changed[slot] = 1;
+      this.dirty(slot);
       return;
     }
     this.count[slot]++;
@@ -300,7 +300,13 @@ class RunRows {
     if (this.has[j] !== 0 && (v === old || (v !== v && old !== old))) return;
     this.has[j] = 1;
     this.vals[j] = v;
+    this.dirty(slot);
+  }
+
+  /** The slot's kept bytes are stale from now on, even if this scrape fails before rendering it. */
+  private dirty(slot: number): void {
     this.changed[slot] = 1;
+    this.segLen[slot] = -1;
   }
 
   /** Copies the slot's bytes of the previous scrape if nothing changed; false if it must be rendered. */

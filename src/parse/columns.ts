@@ -86,24 +86,23 @@ export function outcomeAt(c: LineColumns, i: number): LineOutcome {
   const v = c.values;
   const b = i * W;
   const p = c.present[i]!;
-  const at = (k: number): number | undefined => (p & (1 << k) ? v[b + k] : undefined);
   // Same shape as toRecord()'s literal (field order included), so records stay one hidden class.
   const record: HeartbeatRecord = {
     ts: v[b]!,
     rank: v[b + 1]!,
     step: v[b + 2]!,
     msg: c.msgs[c.msg[i]!]!,
-    pid: at(3),
-    loss: at(4),
-    toks_per_s: at(5),
-    dt_fetch_s: at(6),
-    grad_norm: at(7),
-    gpu_mem_alloc: at(8),
-    gpu_mem_reserved: at(9),
-    gate_entropy_mean: at(10),
-    gate_entropy_min: at(11),
-    gate_max_gate: at(12),
-    gate_collapse_frac: at(13),
+    pid: p & (1 << 3) ? v[b + 3] : undefined,
+    loss: p & (1 << 4) ? v[b + 4] : undefined,
+    toks_per_s: p & (1 << 5) ? v[b + 5] : undefined,
+    dt_fetch_s: p & (1 << 6) ? v[b + 6] : undefined,
+    grad_norm: p & (1 << 7) ? v[b + 7] : undefined,
+    gpu_mem_alloc: p & (1 << 8) ? v[b + 8] : undefined,
+    gpu_mem_reserved: p & (1 << 9) ? v[b + 9] : undefined,
+    gate_entropy_mean: p & (1 << 10) ? v[b + 10] : undefined,
+    gate_entropy_min: p & (1 << 11) ? v[b + 11] : undefined,
+    gate_max_gate: p & (1 << 12) ? v[b + 12] : undefined,
+    gate_collapse_frac: p & (1 << 13) ? v[b + 13] : undefined,
   };
   return error ? [error, record] : record;
 }

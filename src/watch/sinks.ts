@@ -51,7 +51,7 @@ type Batch = { outcomes: LineOutcome[] } | ThreadBatch;
 
 /** Bytes of lines per batch; batches alternate between this thread and the parse thread. */
 const BATCH_BYTES = 256 << 10;
-/** Batches the parse thread may hold before the tail waits for it (bounds memory). */
+/** After a chunk, the tail waits while more than this many batches are on the parse thread (bounds memory). */
 const MAX_IN_FLIGHT = 2;
 
 /** Feeds one heartbeat file into the run's rank table. */
@@ -69,10 +69,12 @@ export class HeartbeatSink extends CountingSink {
   /** the batch being filled: parsed here (outcomes) or regions of bytes for the thread */
   private here: LineOutcome[] | undefined;
   private regions: Array<[Buffer, number, number]> = [];
-  private regionBytes = 0;
   private filled = 0;
   private toThread = false;
-  private wake: (() => void) | undefined;
+  /** settle() calls waiting for the parse thread's next answer */
+  private waiters: Array<() => void> = [];
+  /** an exception from applying a thread batch, rethrown by settle() to the tail's caller */
+  private failure: unknown;
 
   constructor(
     private readonly table: RankTable,
@@ -85,10 +87,13 @@ export class HeartbeatSink extends CountingSink {
   }
 
   reset(): void {
-    // Queued lines belong to the window being forgotten (the tail settles before a reset).
+    // Queued lines belong to the window being forgotten (the tail settles before a reset, so
+    // this is a safety net). Batches still on the thread find no queue entry when they return.
     this.queue.length = 0;
     this.here = undefined;
     this.regions = [];
+    this.filled = 0;
+    this.toThread = false;
     for (const r of this.mine) this.table.ranks.delete(r);
     this.mine.clear();
     this.progressSeen.clear();
@@ -112,7 +117,6 @@ export class HeartbeatSink extends CountingSink {
       const last = this.regions[this.regions.length - 1];
       if (last && last[0] === buf && last[2] + 1 === start) last[2] = end;
       else this.regions.push([buf, start, end]);
-      this.regionBytes += end - start + 1;
     } else {
       (this.here ??= []).push(parseHeartbeatLine(buf, start, end));
     }
@@ -126,35 +130,37 @@ export class HeartbeatSink extends CountingSink {
     if (final) {
       this.endBatch();
       this.batching = false;
-      while (this.queue.length > 0) await this.next();
-      return;
+      while (this.queue.length > 0 && this.inFlight > 0) await this.next();
+    } else {
+      while (this.inFlight > MAX_IN_FLIGHT) await this.next();
     }
-    while (this.inFlight > MAX_IN_FLIGHT) await this.next();
+    if (this.failure !== undefined) {
+      // As before batching, a line that cannot be applied ends the read; what is queued behind it goes too.
+      const e = this.failure;
+      this.failure = undefined;
+      this.queue.length = 0;
+      throw e;
+    }
   }
 
   private endBatch(): void {
     if (this.toThread && this.regions.length > 0) {
-      const bytes = Buffer.allocUnsafe(this.regionBytes);
-      let at = 0;
-      for (const [b, s, e] of this.regions) {
-        at += b.copy(bytes, at, s, e);
-        bytes[at++] = 10;
-      }
+      const bytes = gather(this.regions);
       const batch: ThreadBatch = { pending: true };
       this.inFlight++;
       this.queue.push(batch);
-      // A copy stays for the fallback: the pool transfers (detaches) what it sends.
-      const fallback = Buffer.from(bytes);
+      // The pool transfers (detaches) `bytes`; the regions still point into the read buffers,
+      // which are never reused, so the fallback can gather the same bytes again.
+      const regions = this.regions;
       this.parallel!.pool.parse(bytes).then(
         (columns) => this.done(batch, columns),
-        () => this.done(batch, parseColumns(fallback)), // the thread failed: parse the same bytes here
+        () => this.done(batch, parseColumns(gather(regions))), // the thread failed: parse here
       );
     } else if (!this.toThread && this.here) {
       this.queue.push({ outcomes: this.here });
     }
     this.here = undefined;
     this.regions = [];
-    this.regionBytes = 0;
     this.filled = 0;
     this.toThread = !this.toThread;
     this.drain();
@@ -164,10 +170,15 @@ export class HeartbeatSink extends CountingSink {
     batch.columns = columns;
     batch.pending = false;
     this.inFlight--;
-    this.drain();
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
+    try {
+      this.drain();
+    } catch (e) {
+      this.failure ??= e; // for settle() to rethrow; never an unhandled rejection
+    } finally {
+      const ws = this.waiters;
+      this.waiters = [];
+      for (const w of ws) w();
+    }
   }
 
   /** Applies every ready batch at the head of the queue. */
@@ -182,10 +193,10 @@ export class HeartbeatSink extends CountingSink {
     }
   }
 
-  /** Waits for the parse thread's next answer. */
+  /** Waits for the parse thread's next answer (at once if none is outstanding). */
   private next(): Promise<void> {
-    if (this.queue.length === 0) return Promise.resolve();
-    return new Promise<void>((r) => (this.wake = r));
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise<void>((r) => this.waiters.push(r));
   }
 
   private applyOutcome(o: LineOutcome): void {
@@ -225,6 +236,19 @@ export class HeartbeatSink extends CountingSink {
     }
     return false;
   }
+}
+
+/** The bytes of line regions, each followed by its newline: what the parse thread reads. */
+function gather(regions: ReadonlyArray<readonly [Buffer, number, number]>): Buffer {
+  let n = 0;
+  for (const [, s, e] of regions) n += e - s + 1;
+  const bytes = Buffer.allocUnsafe(n);
+  let at = 0;
+  for (const [b, s, e] of regions) {
+    at += b.copy(bytes, at, s, e);
+    bytes[at++] = 10;
+  }
+  return bytes;
 }
 
 /** Feeds training.csv into the run's CSV state. */
