@@ -111,11 +111,7 @@ export class Evaluator {
     run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
     run.deadlines = run.expired ? new Map() : stallDeadlines(facts, this.thresholds);
     run.primary = primaryOf(run.anomalies);
-    const p = run.primary;
-    run.life = runStateOf(
-      { ranks, liveness: run.liveness, halt: run.halt, primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' }, expired: run.expired, crashDetect: this.thresholds.crashDetect, stallS: this.thresholds.stallS, ackTs: run.ackTs },
-      now,
-    );
+    this.judge(run, now);
     this.clock.clearTimeout(run.timer);
     run.timer = undefined;
     if (!run.expired) {
@@ -135,7 +131,7 @@ export class Evaluator {
     if (run.anomalies.length > 0 && !this.sameInstance(run)) return; // re-created under us: the next discovery starts it afresh
     const escalating = this.config['watch.escalate-s'] > 0 || this.config['watch.auto-clear-halt'];
     try {
-      if ((this.config.mode === 'embedded')) await this.actions.reconcile(run, run.anomalies, now, procs);
+      if (this.acting) await this.actions.reconcile(run, run.anomalies, now, procs);
       else if (run.halted && escalating) await this.actions.escalateOnly(run, now, procs);
     } catch {
       // Already logged and counted with its fix; the next evaluation retries.
@@ -148,7 +144,28 @@ export class Evaluator {
         run.ackTs = await this.actions.ackTs(run);
         this.markDirty(run);
       }
+    } else if (this.acting && run.primary && !run.halt.present) {
+      // We may just have written .HALT: the state says so now, not at the file event.
+      await this.observeControl(run);
+      if (run.halt.present) {
+        run.lastControl = { halt: true, anomalyType: run.anomalyType };
+        this.judge(run, now);
+      }
     }
+  }
+
+  /** The run's lifecycle state from what the evaluation found. */
+  private judge(run: Run, now: number): void {
+    const p = run.primary;
+    run.life = runStateOf(
+      { ranks: [...run.ranks.values()], liveness: run.liveness, halt: run.halt, primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' }, expired: run.expired, crashDetect: this.thresholds.crashDetect, stallS: this.thresholds.stallS, ackTs: run.ackTs },
+      now,
+    );
+  }
+
+  /** Whether the embedded detector writes control files (mode embedded). */
+  private get acting(): boolean {
+    return this.config.mode === 'embedded';
   }
 
   /**
