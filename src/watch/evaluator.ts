@@ -121,8 +121,9 @@ export class Evaluator {
         run.timer = this.clock.setTimeout(() => void this.evaluate(run), Math.min(MAX_TIMER_MS, Math.max(0, (deadline - now) * 1000) + 20));
       }
     }
+    // Only escalation and the auto-clear (after a .HALT) need the processes verified.
     const procs: TrainerProc[] = [];
-    for (const s of ranks) {
+    for (const s of run.halted ? ranks : []) {
       if (s.pid === undefined) continue;
       const start = processStartTimeSync(s.pid);
       const verified = start !== undefined && startedAsWriter(start, { pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, true);
