@@ -2,10 +2,9 @@
 // the control files' state and the trainer's processes, runs the pure detector and lifecycle,
 // acts through the actions module, and arms one timer for the run's next stall deadline.
 // Records mark a run dirty; a burst of them is one evaluation after the read completes.
-import { constants as fsc } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { lstat, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { statSync } from 'node:fs';
 import type { Actions, TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
 import { procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
@@ -201,19 +200,21 @@ export class Evaluator {
    * O_NONBLOCK and O_NOFOLLOW: a FIFO or symlink planted there must not block or redirect us.
    */
   async observeControl(run: Run): Promise<void> {
+    // Direct system calls on a local disk (as the tails use); through the thread pool with
+    // --poll (NFS, Lustre), where a stat can hang.
+    const io = this.config.poll ? ASYNC_CONTROL_IO : SYNC_CONTROL_IO;
     const halt: HaltFact = { present: false };
-    try {
-      const st = await stat(join(run.dir, CONTROL_FILES.halt)); // follows a symlink, as the trainer's exists() does
+    const path = join(run.dir, CONTROL_FILES.halt);
+    const st = await io.stat(path); // follows a symlink, as the trainer's exists() does
+    if (st) {
       halt.present = true;
       halt.since = st.mtimeMs / 1000;
-      if (st.isFile() && st.size <= 4096) halt.kind = parseHaltLine(await readSmall(join(run.dir, CONTROL_FILES.halt)));
-    } catch {
-      // gone, or not readable: not there for the trainer either
+      if (st.isFile() && st.size <= 4096) halt.kind = parseHaltLine(await io.readSmall(path).catch(() => ''));
     }
     halt.by = haltAuthor(halt.kind, halt.present && this.actions.haltKind(run.real) === halt.kind && halt.kind !== undefined);
     run.halt = halt;
     run.halted = halt.present;
-    run.anomalyType = await lexists(join(run.dir, CONTROL_FILES.anomalyType));
+    run.anomalyType = await io.lexists(join(run.dir, CONTROL_FILES.anomalyType));
   }
 
   /**
@@ -237,26 +238,58 @@ export class Evaluator {
   }
 }
 
-/** Reads a small file without following a symlink or waiting on a FIFO. */
-async function readSmall(path: string): Promise<string> {
-  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) return '';
-    const buf = Buffer.alloc(Math.min(st.size, 4096));
-    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
-    return buf.subarray(0, bytesRead).toString('utf8');
-  } finally {
-    await fh.close().catch(() => undefined);
-  }
+/** How the control files are looked at: stat (undefined when absent or unreadable), a small read, and lstat. */
+interface ControlIo {
+  stat(p: string): Promise<Stats | undefined>;
+  readSmall(p: string): Promise<string>;
+  lexists(p: string): Promise<boolean>;
 }
 
-/** Whether a name exists in a directory (a dangling symlink counts). */
-async function lexists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
+// Every open is O_NONBLOCK and O_NOFOLLOW: a FIFO or symlink planted there must not block or redirect us.
+const RD = fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK;
+
+const SYNC_CONTROL_IO: ControlIo = {
+  stat: async (p) => {
+    try {
+      return statSync(p, { throwIfNoEntry: false });
+    } catch {
+      return undefined; // unreadable (EACCES, a symlink loop): not there for the trainer either
+    }
+  },
+  readSmall: async (p) => {
+    const fd = openSync(p, RD);
+    try {
+      if (!fstatSync(fd).isFile()) return '';
+      const buf = Buffer.alloc(4096);
+      return buf.subarray(0, readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
+    } finally {
+      closeSync(fd);
+    }
+  },
+  lexists: async (p) => {
+    try {
+      return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+    } catch {
+      return false;
+    }
+  },
+};
+
+const ASYNC_CONTROL_IO: ControlIo = {
+  stat: (p) => stat(p).catch(() => undefined),
+  readSmall: async (p) => {
+    const fh = await open(p, RD);
+    try {
+      if (!(await fh.stat()).isFile()) return '';
+      const buf = Buffer.alloc(4096);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      return buf.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+  },
+  lexists: (p) => lstat(p).then(
+    () => true,
+    () => false,
+  ),
+};
