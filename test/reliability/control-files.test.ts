@@ -1,0 +1,61 @@
+// Control files and the audit log on the real process, against run directories that are hostile
+// or broken: FIFOs and unreadable audit logs, a full disk, an audit log grown past its rotation
+// size. In each, the runs must still be halted and the process must keep serving.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { requireBinary, scrape, waitFor } from '../helpers/proc.js';
+import { assertServing, record, scratch, startTw } from '../helpers/reliability.js';
+
+const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
+const AUDIT = '.trainwatch-audit.jsonl';
+
+/** A run directory whose rank 0 has just reported a NaN loss (a halting anomaly). */
+function nanRun(base: string, name: string): string {
+  const dir = join(base, name);
+  mkdirSync(dir);
+  writeFileSync(join(dir, 'heartbeat_rank0.jsonl'), record(0, 1) + record(0, 2, 'progress', { loss: NaN }));
+  return dir;
+}
+
+const auditErrors = (m: Map<string, number>, reason: string) => m.get(`trainwatch_audit_errors_total{reason="${reason}"}`) ?? 0;
+
+describe('control files and the audit log', { concurrency: 1 }, () => {
+  test('fifo_audit_log: FIFOs named .trainwatch-audit.jsonl in four run dirs block neither startup nor a gzip /metrics, and every run is halted', { timeout: 60_000 }, async (t) => {
+    const base = scratch(t);
+    const fifos = [0, 1, 2, 3].map((i) => nanRun(base, `fifo${i}`));
+    for (const dir of fifos) spawnSync('mkfifo', [join(dir, AUDIT)]);
+    const control = nanRun(base, 'control');
+    const tw = await startTw(t, ['--root', base, '--halt', '1']);
+    await waitFor(() => [control, ...fifos].every((dir) => existsSync(join(dir, '.HALT'))), 'every run halted');
+    assert.equal('halt: nonfinite_loss\n', readFileSync(join(control, '.HALT'), 'utf8'));
+    const gz = await fetch(`${tw.url}/metrics`, { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(200, gz.status);
+    await gz.arrayBuffer(); // the answer arriving whole is the point: 4 FIFOs must not exhaust the thread pool
+    const m = await scrape(tw.url);
+    assert.equal(4, auditErrors(m, 'read_refused'));
+    assert.equal(true, auditErrors(m, 'append_failed') >= 4);
+    for (const dir of fifos) assert.equal(true, statSync(join(dir, AUDIT)).isFIFO(), 'the FIFO is left alone');
+    assert.match(tw.logs(), /cannot read the audit log.*not a regular file; move it away/);
+    await assertServing(tw);
+  });
+
+  test('unreadable_audit_log: trainwatch as nobody halts a run whose audit log it may not read or append to, logs the fix and counts both', { timeout: 60_000 }, async (t) => {
+    const setpriv = requireBinary('setpriv', 'util-linux');
+    const base = scratch(t);
+    const dir = nanRun(base, 'locked-audit');
+    chownSync(dir, 65534, 65534);
+    writeFileSync(join(dir, AUDIT), '{"ts":1,"event":"resolved","episode":"x"}\n', { mode: 0o600 });
+    const tw = await startTw(t, ['--root', base, '--halt', '1'], { wrap: [setpriv, ...NOBODY] });
+    await waitFor(() => existsSync(join(dir, '.HALT')), '.HALT despite the unreadable audit log');
+    assert.equal('nonfinite_loss\n', readFileSync(join(dir, '.anomaly_type'), 'utf8'));
+    const m = await scrape(tw.url);
+    assert.equal(1, auditErrors(m, 'read_failed'));
+    assert.equal(true, auditErrors(m, 'append_failed') >= 1);
+    assert.match(tw.logs(), /cannot read the audit log.*permission denied: make it readable and writable by uid 65534/);
+    await assertServing(tw);
+  });
+});
