@@ -58,4 +58,36 @@ describe('control files and the audit log', { concurrency: 1 }, () => {
     assert.match(tw.logs(), /cannot read the audit log.*permission denied: make it readable and writable by uid 65534/);
     await assertServing(tw);
   });
+
+  test('full_disk: on a full tmpfs .HALT is still created (empty), counted as ok_empty, while the failed writes are counted', { timeout: 60_000 }, async (t) => {
+    const mnt = mkdtempSync(join(tmpdir(), 'tw-full-'));
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { encoding: 'utf8' });
+    assert.equal(0, mount.status, `mounting a 64 KiB tmpfs needs root (CAP_SYS_ADMIN): ${mount.stderr}`);
+    t.after(() => {
+      spawnSync('umount', ['-l', mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    });
+    const dir = nanRun(mnt, 'full');
+    // Fill every block: a page at a time until the filesystem says no.
+    const fd = openSync(join(mnt, 'filler'), 'w');
+    const page = Buffer.alloc(4096, 1);
+    for (;;) {
+      try {
+        writeSync(fd, page);
+      } catch (e) {
+        assert.equal('ENOSPC', (e as NodeJS.ErrnoException).code);
+        break;
+      }
+    }
+    closeSync(fd);
+    const tw = await startTw(t, ['--root', mnt, '--halt', '1']);
+    await waitFor(() => existsSync(join(dir, '.HALT')), '.HALT on the full disk');
+    assert.equal(0, statSync(join(dir, '.HALT')).size);
+    const m = await scrape(tw.url);
+    assert.equal(1, m.get('trainwatch_actions_total{action="halt",result="ok_empty"}'));
+    assert.equal(true, (m.get('trainwatch_actions_total{action="anomaly_type",result="failed"}') ?? 0) >= 1);
+    assert.equal(true, auditErrors(m, 'append_failed') >= 1);
+    assert.match(tw.logs(), /the disk is full: free space; trainwatch retries/);
+    await assertServing(tw);
+  });
 });
