@@ -90,4 +90,48 @@ describe('control files and the audit log', { concurrency: 1 }, () => {
     assert.match(tw.logs(), /the disk is full: free space; trainwatch retries/);
     await assertServing(tw);
   });
+
+  test('audit_rotation: an audit log filled past 4 MiB through the real webhook rotates with a checkpoint, and after a restart an alert acted on before the rotation is still a duplicate', { timeout: 120_000 }, async (t) => {
+    const base = scratch(t);
+    const dir = join(base, 'exp1');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'heartbeat_rank0.jsonl'), record(0, 1));
+    const args = ['--root', base, '--mode', 'alertmanager', '--halt', '1', '--webhook.allow-unauthenticated'];
+    let tw = await startTw(t, args);
+    const kinds = ['heartbeat_stall', 'throughput_flatline', 'loss_flatline', 'zero_grad', 'fetch_stall', 'gate_collapse', 'nonfinite_loss', 'straggler', 'trainer_crash'];
+    const alert = (fingerprint: string, kind: string, status: string, description = 'stalled') => ({
+      status, labels: { alertname: 'X', run: 'exp1', rank: '0', anomaly_type: kind, halt: 'false' }, annotations: { description },
+      startsAt: '2026-11-28T10:00:00Z', endsAt: '0001-01-01T00:00:00Z', generatorURL: 'http://prom', fingerprint,
+    });
+    const post = async (alerts: unknown[]) => {
+      const res = await fetch(`${tw.url}/webhook/alertmanager`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ version: '4', status: 'firing', receiver: 'tw', groupLabels: {}, commonLabels: {}, commonAnnotations: {}, externalURL: 'http://am', alerts }) });
+      assert.equal(200, res.status);
+      return ((await res.json()) as { alerts: Array<{ result: string }> }).alerts.map((a) => a.result);
+    };
+    // The alert that must be remembered: acted on, then resolved, before anything else.
+    assert.deepEqual(['acted'], await post([alert('old', 'heartbeat_stall', 'firing')]));
+    assert.deepEqual(['resolved'], await post([alert('old', 'heartbeat_stall', 'resolved')]));
+    // Episodes with long descriptions (each `anomaly` entry carries one): ~16 KiB per episode,
+    // so few keys (fewer than the checkpoint keeps) fill the log past its rotation size.
+    const long = 'x'.repeat(16 << 10);
+    for (let round = 0; round < 36; round++) {
+      const fps = kinds.map((k) => `r${round}-${k}`);
+      assert.deepEqual(kinds.map(() => 'acted'), await post(kinds.map((k, i) => alert(fps[i]!, k, 'firing', long))));
+      assert.deepEqual(kinds.map(() => 'resolved'), await post(kinds.map((k, i) => alert(fps[i]!, k, 'resolved'))));
+    }
+    const m = await scrape(tw.url);
+    assert.equal(1, m.get('trainwatch_audit_rotations_total'));
+    assert.equal(true, existsSync(join(dir, `${AUDIT}.1`)));
+    const lines = readFileSync(join(dir, AUDIT), 'utf8').trim().split('\n');
+    const head = JSON.parse(lines[0]!) as { event: string; state: { keys: string[] } };
+    assert.equal('checkpoint', head.event);
+    assert.equal(true, head.state.keys.includes('old@2026-11-28T10:00:00Z'));
+    assert.equal(false, lines.slice(1).some((l) => l.includes('"old@')), 'the old alert is only in the checkpoint of the current log');
+    assert.equal(true, readFileSync(join(dir, `${AUDIT}.1`), 'utf8').includes('"key":"old@'));
+    await tw.stop();
+    tw = await startTw(t, args);
+    assert.deepEqual(['duplicate'], await post([alert('old', 'heartbeat_stall', 'firing')]));
+    await assertServing(tw);
+  });
 });
+

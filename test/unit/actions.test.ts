@@ -328,3 +328,29 @@ print(n)
   assert.deepEqual([], leaked);
   assert.equal(true, ok > 0 && refused > 0, 'the exchanges raced the writes');
 });
+
+test('a rotated audit log carries the open episode, its done actions and the halt record in its checkpoint: after a restart nothing is redone and escalation still follows', { timeout: 60_000 }, async (t) => {
+  const { d, run, stats, dir, audit } = setup();
+  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, log: quiet, stats });
+  const first = mk();
+  t.after(() => first.close().then(() => d.cleanup()));
+  await first.reconcile(run, [stall], 1000, false);
+  // Webhook episodes whose `anomaly` entries carry 64 KiB messages, until the log rotates.
+  const message = 'x'.repeat(64 << 10);
+  for (let i = 0; !existsSync(join(dir, '.trainwatch-audit.jsonl.1')); i++) {
+    assert.equal(true, i < 1000, 'the log rotated');
+    const a = { key: `fp${i}@t`, kind: 'fetch_stall', halts: false, message };
+    await first.alerts(run, [{ ...a, status: 'firing' }], 1001);
+    await first.alerts(run, [{ ...a, status: 'resolved' }], 1001);
+  }
+  assert.equal(1, stats.auditRotations);
+  assert.equal('checkpoint', audit()[0]!.event);
+  rmSync(join(dir, '.anomaly_type'));
+  const again = mk();
+  t.after(() => again.close());
+  const procs = [{ pid: 2 ** 22 + 17 }]; // above pid_max: no such process
+  await again.reconcile(run, [stall], 1100, true, procs);
+  assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
+  assert.deepEqual([], audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'));
+  assert.equal('not_running', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+});
