@@ -1,5 +1,8 @@
 // The status page's JSON: every run and rank at a glance, built from current state.
 import { effectiveStallS } from '../detect/detect.js';
+import { kindOf } from '../detect/kinds.js';
+import { RUN_STATES, type RunState } from '../state/lifecycle.js';
+import { rankRole } from '../state/rank.js';
 import type { Watcher } from '../watch/watcher.js';
 
 /** One rank row of the status page. */
@@ -13,6 +16,10 @@ export interface RankStatus {
   loss?: number | string;
   streaks: Record<string, { value: number; threshold: number }>;
   anomalies: string[];
+  /** periodic (its silence is judged) or boot_only (judged through the run) */
+  role: string;
+  /** when its silence becomes a stall, and which liveness rule set it */
+  deadline?: { at: number; basis: string };
 }
 
 /** Numbers JSON cannot hold (NaN, ±Infinity) travel as strings. */
@@ -24,6 +31,7 @@ function num(v: number | undefined): number | string | undefined {
 export function statusJson(w: Watcher, now: number, version: string) {
   const t = w.thresholds;
   const runs = [];
+  const states = Object.fromEntries(RUN_STATES.map((st) => [st, 0])) as Record<RunState, number>;
   for (const run of w.runs.values()) {
     const ranks: RankStatus[] = [];
     for (const s of [...run.ranks.values()].sort((a, b) => a.rank - b.rank)) {
@@ -43,10 +51,21 @@ export function statusJson(w: Watcher, now: number, version: string) {
           nonfinite_loss: { value: s.streaks.nonfinite, threshold: t.nonfiniteN },
         },
         anomalies: run.anomalies.filter((a) => a.rank === s.rank).map((a) => a.kind),
+        role: rankRole(s),
+        deadline: run.deadlines.has(s.rank) ? { at: run.deadlines.get(s.rank)!.at, basis: run.deadlines.get(s.rank)!.basis } : undefined,
       });
     }
+    states[run.life.state]++;
+    const p = run.primary;
     runs.push({
       run: run.name,
+      dir: run.dir,
+      state: run.life.state,
+      reason: run.life.reason,
+      primary: p && { kind: p.kind, severity: kindOf(p.kind)?.severity ?? 'warning', rank: p.rank, message: p.message },
+      liveness: run.liveness,
+      attempt: run.attempt,
+      halt: run.halt.present ? { kind: run.halt.kind, by: run.halt.by ?? 'unknown' } : undefined,
       expired: run.expired,
       halted: run.halted,
       anomalies: [...new Set(run.anomalies.map((a) => a.kind))],
@@ -56,5 +75,5 @@ export function statusJson(w: Watcher, now: number, version: string) {
     });
   }
   runs.sort((a, b) => a.run.localeCompare(b.run));
-  return { version, now, mode: w.config.mode, halt: w.config.halt, thresholds: t, runs };
+  return { version, now, mode: w.config.mode, halt: w.config.halt, thresholds: t, states, runs };
 }
