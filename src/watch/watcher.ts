@@ -551,6 +551,7 @@ export class Watcher {
     const key = attemptKeyOf(ranks);
     if (key !== undefined && key !== run.attemptKey) {
       if (run.attemptKey !== undefined) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt (a new process wrote boot)');
+      if (run.attemptKey !== undefined && run.csv) run.csv.throughputZero = 0; // the old attempt's rows are no evidence against the new one
       run.attemptKey = key;
       run.attempt++;
     }

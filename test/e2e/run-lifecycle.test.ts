@@ -92,8 +92,8 @@ describe('hangs halt the run at the threshold', { concurrency: 2 }, () => {
     const lastLive = Math.max(...records(dir, 0).filter((x) => x.msg !== 'watchdog_dump').map((x) => x.ts));
     assert.equal(true, statSync(join(dir, '.HALT')).mtimeMs / 1000 >= lastLive + STALL_S - 0.05, 'halted before the threshold');
     const run = await runOf(tw, 'run');
-    assert.equal('heartbeat_stall', run?.primary?.kind);
     assert.equal('halt_requested', run?.state);
+    assert.match(run?.reason ?? '', /heartbeat_stall/);
   });
 
   test('a frozen rank 1 blocks rank 0 at the next collective, as DDP does: the run is halted for heartbeat_stall', { timeout: 60_000 }, async (t) => {
