@@ -173,8 +173,9 @@ test('with watch.auto-clear-halt, trainwatch removes its own .HALT once the trai
   const dir = join(root, 'run');
   const first = sim(dir, ['--ranks', '2', '--fault', 'throughput_flatline', '--fault-at', '20']);
   assert.equal(0, await first.exited);
-  await waitFor(() => !existsSync(join(dir, '.HALT')), 'trainwatch to remove its .HALT');
+  await waitFor(() => audit(dir).some((e) => e.action === 'halt_cleared'), 'trainwatch to remove its .HALT');
   assert.deepEqual(['ok'], audit(dir).filter((e) => e.action === 'halt_cleared').map((e) => e.result));
+  assert.equal(false, existsSync(join(dir, '.HALT')));
   rmSync(join(dir, '.sim_stopped_rank0'));
   const restarted = sim(dir, ['--ranks', '2', '--steps', '80']);
   assert.equal(0, await restarted.exited);
