@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { pyJson, startSimTrainer, startTrainwatch, teardown, tmpDir, waitFor, type SimTrainer, type TrainwatchProc } from '../helpers/proc.js';
+import { pyJson, scrape, startSimTrainer, startTrainwatch, teardown, tmpDir, waitFor, type SimTrainer, type TrainwatchProc } from '../helpers/proc.js';
 
 const STALL_S = 3;
 const TW = ['--halt', '1', '--watch.heartbeat-stall-s', String(STALL_S), '--watch.startup-grace-s', '8', '--watch.flatline-n', '3', '--watch.interval-s', '0.5', '--tail.sweep-interval-s', '0.5'];
@@ -125,6 +125,10 @@ test('a run that finishes normally has no .HALT two stall thresholds after its e
   assert.equal('finished', run.state);
   assert.equal(undefined, read(dir, '.HALT'));
   assert.equal(undefined, read(dir, '.anomaly_type'));
+  const m = await scrape(tw.url);
+  assert.equal(1, m.get('trainwatch_run_state{run="done",state="finished"}'));
+  assert.equal(0, m.get('trainwatch_run_state{run="done",state="halt_requested"}'));
+  assert.equal(1, m.get('trainwatch_run_state{run="control",state="halt_requested"}'));
 });
 
 test('halt, clear as the runbook says, resume in the same directory: the new trainer trains to its end', { timeout: 90_000 }, async (t) => {
