@@ -198,6 +198,8 @@ test('a crash (a rank exits 1, the launcher ends the others) is state crashed wi
     return run?.state === 'crashed' ? run : undefined;
   }, 'the run crashed');
   assert.equal('exited', run.liveness);
+  await waitFor(() => read(dir, '.anomaly_type'), '.anomaly_type');
+  assert.equal('trainer_crash\n', read(dir, '.anomaly_type'));
   assert.equal(undefined, read(dir, '.HALT'));
 });
 

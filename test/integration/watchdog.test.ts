@@ -84,7 +84,7 @@ describe('each anomaly kind is caught, written once and, where it halts, stops t
   });
 
   test('a crashed trainer (pid gone, no .HALT) is reported as trainer_crash when crash detection is on', { timeout: 60_000 }, async (t) => {
-    const { dir, sim } = await scenario(t, ['--fault', 'crash', '--fault-at', '10'], { NSA_WATCH_CRASH_DETECT: '1', NSA_WATCH_HEARTBEAT_STALL_S: '60' });
+    const { dir, sim } = await scenario(t, ['--fault', 'crash', '--fault-at', '10'], { NSA_WATCH_CRASH_DETECT: '1', NSA_WATCH_HEARTBEAT_STALL_S: '60', NSA_WATCH_PID_CHECK: 'on' }); // it may crash before trainwatch sees it alive
     await sim.exited;
     await waitFor(() => read(dir, '.anomaly_type'), '.anomaly_type');
     assert.equal('trainer_crash\n', read(dir, '.anomaly_type'));
