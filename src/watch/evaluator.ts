@@ -92,6 +92,7 @@ export class Evaluator {
       const fresh = isNewAttempt(run.attemptKey, key);
       if (fresh) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt: a new process on the same rank');
       if (fresh || run.attempt === 0) run.attempt++;
+      if (fresh && run.csv) run.csv.throughputZero = 0; // the old attempt's rows are no evidence against the new one
       run.attemptKey = key;
     }
     await this.checkAcks(run, now);
