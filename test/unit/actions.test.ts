@@ -8,7 +8,7 @@ import { AppendLog, ConfinementError } from '../../src/actions/files.js';
 import type { Anomaly } from '../../src/detect/detect.js';
 import { makeLogger } from '../../src/log.js';
 import { Stats } from '../../src/watch/stats.js';
-import { tmpDir, waitFor } from '../helpers/proc.js';
+import { REPO, tmpDir, waitFor } from '../helpers/proc.js';
 
 const quiet = makeLogger('error', 'json', { write: () => true } as unknown as NodeJS.WritableStream);
 const stall: Anomaly = { kind: 'heartbeat_stall', rank: 0, value: 200, threshold: 180, message: 'no heartbeat' };
@@ -43,10 +43,18 @@ test('an episode writes once; a deleted .anomaly_type stays deleted while it las
 });
 
 test('a kind that is quiet while halted keeps its episode open instead of resolving when .HALT appears', async () => {
-  const { d, run, actions, audit } = setup();
-  await actions.reconcile(run, [stall], 1000, false);
+  const { d, run, actions, audit, read, dir } = setup(false);
+  await actions.reconcile(run, [stall, flat], 1000, false);
+  rmSync(join(dir, '.anomaly_type')); // the operator's handler did its job
+  // .HALT appears: the detector stops reporting the stall (silence is expected now) and the
+  // flatline is over. Only the flatline's episode ends.
   await actions.reconcile(run, [], 1001, true);
-  assert.equal(0, audit().filter((e) => e.event === 'resolved').length);
+  assert.deepEqual(['throughput_flatline'], audit().filter((e) => e.event === 'resolved').map((e) => e.kind));
+  // .HALT is removed and the run is still silent: the same stall episode, so nothing is
+  // audited or written again.
+  await actions.reconcile(run, [stall], 1002, false);
+  assert.deepEqual(['anomaly:heartbeat_stall', 'anomaly:throughput_flatline', 'resolved:throughput_flatline'], audit().filter((e) => e.event !== 'action').map((e) => `${e.event}:${e.kind}`).sort());
+  assert.equal(undefined, read('.anomaly_type'));
   d.cleanup();
 });
 
@@ -212,4 +220,16 @@ test('a symlink planted at the audit log is never followed: the entry is refused
   symlinkSync(victim, join(dir, '.trainwatch-audit.jsonl'));
   await assert.rejects(actions.reconcile(run, [stall], 1000, false), /ELOOP/);
   assert.equal('keep\n', readFileSync(victim, 'utf8'));
+});
+
+test('.anomaly.json holds exactly the keys docs/detection.md lists for it', async () => {
+  const { d, run, actions, read } = setup();
+  await actions.reconcile(run, [stall], 1000, false);
+  const written = Object.keys(JSON.parse(read('.anomaly.json')!) as Record<string, unknown>).sort();
+  const doc = readFileSync(join(REPO, 'docs/detection.md'), 'utf8');
+  const para = /`\.anomaly\.json` holds\s([\s\S]*?); the numbers/.exec(doc);
+  assert.ok(para, 'docs/detection.md: the sentence "`.anomaly.json` holds …; the numbers …" is gone');
+  const documented = [...para[1]!.matchAll(/`([a-z_]+)`/g)].map((m) => m[1]!).filter((k) => !['embedded', 'alertmanager'].includes(k)).sort();
+  assert.deepEqual(documented, written);
+  d.cleanup();
 });
