@@ -78,7 +78,7 @@ export const METRICS = {
   parseErrors: { name: 'trainwatch_parse_errors_total', type: 'counter', labels: ['reason'], help: 'Lines that did not become records, by reason.' },
   bytesRead: { name: 'trainwatch_read_bytes_total', type: 'counter', labels: [], help: 'Bytes read from heartbeat and training.csv files.' },
   linesRead: { name: 'trainwatch_lines_read_total', type: 'counter', labels: [], help: 'Complete lines read from heartbeat and training.csv files.' },
-  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
+  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away (runs idle past run.ttl-s are expired, not dropped, and not counted here).' },
   actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
