@@ -25,18 +25,18 @@ export function resolveConfig(flags: Map<string, unknown>, env: NodeJS.ProcessEn
     { name: 'env', values: envValues },
     { name: `config file ${configPath}`, values: fileValues },
   ];
-  const config = defaultConfig() as unknown as Record<string, unknown>;
+  const config = defaultConfig();
+  const values: Record<string, unknown> = config;
   for (const s of SETTINGS as readonly Setting[]) {
     for (const src of sources) {
       if (!src.values.has(s.key)) continue;
       const where = src.name === 'env' ? `env ${s.env}` : src.name === 'flag' ? `--${s.key}` : `${src.name}: key '${s.key}'`;
-      config[s.key] = coerce(s, src.values.get(s.key), where);
+      values[s.key] = coerce(s, src.values.get(s.key), where);
       break;
     }
   }
-  const c = config as unknown as Config;
-  validateCombination(c);
-  return c;
+  validateCombination(config);
+  return config;
 }
 
 function readConfigFile(path: string): Map<string, unknown> {

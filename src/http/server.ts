@@ -39,7 +39,8 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
   }
   const webhook = new WebhookHttp({ w, log, token, basic, allowUnauthenticated: c['webhook.allow-unauthenticated'], maxBodyBytes: c['webhook.max-body-bytes'], instance: c['webhook.instance'], headers: webConfig.headers });
-  if (!webhook.enabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
+  // Only mode alertmanager needs the webhook; in embedded mode its absence is the normal case.
+  if (!webhook.enabled) log[c.mode === 'alertmanager' ? 'warn' : 'debug'](`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
   const registry = defaultMetrics();

@@ -81,7 +81,7 @@ export const METRICS = {
   parseErrors: { name: 'trainwatch_parse_errors_total', type: 'counter', labels: ['reason'], help: 'Lines that did not become records, by reason.' },
   bytesRead: { name: 'trainwatch_read_bytes_total', type: 'counter', labels: [], help: 'Bytes read from heartbeat and training.csv files.' },
   linesRead: { name: 'trainwatch_lines_read_total', type: 'counter', labels: [], help: 'Complete lines read from heartbeat and training.csv files.' },
-  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
+  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away (runs idle past run.ttl-s are expired, not dropped, and not counted here).' },
   actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
   auditErrors: { name: 'trainwatch_audit_errors_total', type: 'counter', labels: ['reason'], help: 'Audit-log reads, appends and rotations that failed, by reason; trainwatch acts anyway.' },
   auditRotations: { name: 'trainwatch_audit_rotations_total', type: 'counter', labels: [], help: 'Audit logs rotated to .trainwatch-audit.jsonl.1 (at 4 MiB), each new file starting with a checkpoint.' },

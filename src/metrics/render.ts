@@ -2,7 +2,8 @@
 // runs simply are not rendered, so they go away with the run.
 //
 // Why not prom-client gauges here: setting 10,000 ranks × 30 label sets through prom-client's
-// label hashing on every scrape costs far more than the 100 ms scrape budget. We build the
+// label hashing on every scrape costs far more than the scrape budget (docs/benchmarks.md,
+// section 3, has the figures behind this file's choices). We build the
 // text directly from METRICS (the one list), and prom-client serves only its process_* and
 // nodejs_* defaults, appended after ours.
 //
@@ -51,8 +52,8 @@ const RANK_GAUGES = [
 type RankGauge = (typeof RANK_GAUGES)[number];
 
 /**
- * A rank's value of one gauge; undefined: no sample. One switch rather than a table of
- * closures: 280,000 calls per scrape through a table of 27 closures were a third of a render.
+ * A rank's value of one gauge; undefined: no sample. One switch (a table of closures measured
+ * the same; docs/benchmarks.md, section 3).
  */
 function rankValue(key: RankGauge, v: RankView, now: number, warm: number): number | undefined {
   const s = v.s;
@@ -140,7 +141,7 @@ const EMPTY = Buffer.alloc(0);
 /**
  * The exposition under construction: byte chunks, written family by family. A family with no
  * samples is left out entirely (its HELP/TYPE too). No per-sample string outlives its line:
- * keeping 300,000 strings alive until a final join cost more in GC than everything else.
+ * a string per sample kept alive until a final join is garbage on the scale of the whole body.
  */
 class Out {
   readonly chunks: Buffer[] = [];
@@ -246,8 +247,8 @@ class RunRows {
 
   /**
    * Reads every value of every rank and notes which slots changed. Rank by rank: each state
-   * is read once here, where reading it once per family (27 passes over 10,000 states spread
-   * over the heap, a cache miss each) took a third of a render.
+   * is read once here; one pass per family over states spread across the heap, a cache miss
+   * each, was the render's largest cost (docs/benchmarks.md, section 3).
    */
   sync(t: Thresholds, now: number): void {
     const run = this.run;
