@@ -12,7 +12,7 @@ import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
-import { bodyError, handleWebhook, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
+import { bodyError, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
 import { BasicAuth, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
@@ -79,7 +79,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.post(
     WEBHOOK_PATH,
     (req: Request, res: Response, next: NextFunction) => {
-      const no = webhook.refusal(req.headers.authorization);
+      const no = webhook.refusal(req.headers, isTls(req));
       if (!no) return next();
       if (no.challenge) res.setHeader('WWW-Authenticate', no.challenge);
       reply(res, no.status, no.body);

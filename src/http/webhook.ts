@@ -9,9 +9,15 @@
 // node:http listener, without express (whose routing, body parser and res.json were half of
 // the main thread at saturation). It keeps the express route's behaviour: enabled check,
 // bearer or basic auth with WWW-Authenticate, the web config headers, 413 and 400 with the same
-// messages, the request counter. Anything less plain (a content or charset encoding, another
-// media-type parameter, a path variant express also matches) is left to the express route,
-// which does the same through the same checks.
+// messages, the request counter. Anything less plain (a content encoding, a path variant express
+// also matches) is left to the express route, which does the same through the same checks.
+//
+// Cross-site requests: Alertmanager always sends `Content-Type: application/json` and never an
+// Origin header. Only that type is accepted (415 otherwise): an HTML form can send only
+// text/plain, urlencoded or multipart, and a page's script needs a CORS preflight for JSON, which
+// trainwatch never grants. A browser marks every cross-origin POST with Origin (and
+// Sec-Fetch-Site), so a request whose Origin is not this server itself is refused with 403 too.
+// Both checks come before auth, so a cross-site page never costs a bcrypt comparison.
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { kindOf } from '../detect/kinds.js';
@@ -138,8 +144,25 @@ export function bodyError(kind: 'too_large' | 'bad_json', maxBodyBytes: number):
   return kind === 'too_large' ? `body larger than --webhook.max-body-bytes (${maxBodyBytes})` : 'body is not valid JSON';
 }
 
-/** A media type with no parameter but an optional UTF-8 charset: what the fast path parses itself. */
-const PLAIN_JSON_TYPE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+\/[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(;\s*charset\s*=\s*("?)utf-8\2\s*)?$/i;
+/** `application/json` with at most a UTF-8 charset: Alertmanager's type, and one no HTML form can send. */
+const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*("?)utf-8\2\s*)?$/i;
+
+/** Why a request's Content-Type is refused (415), or undefined if it is JSON. */
+export function contentTypeError(type: string | undefined): string | undefined {
+  if (JSON_TYPE.test(type ?? '')) return undefined;
+  if (type === undefined) return 'no Content-Type; send Content-Type: application/json (as Alertmanager does)';
+  if (/^application\/json\s*;/i.test(type)) return `Content-Type ${JSON.stringify(type.slice(0, 100))}: only a charset of utf-8 is accepted`;
+  return `Content-Type ${JSON.stringify(type.slice(0, 100))} is not accepted; send application/json (as Alertmanager does)`;
+}
+
+/** Why a request is a browser's cross-origin one (403), or undefined: Alertmanager sends no Origin. */
+export function crossOriginError(h: IncomingHttpHeaders, secure: boolean): string | undefined {
+  const self = `${secure ? 'https' : 'http'}://${h.host ?? ''}`.toLowerCase();
+  if (h.origin !== undefined && h.origin.toLowerCase() !== self) return `cross-origin request (Origin ${JSON.stringify(h.origin.slice(0, 100))}) refused; the webhook is for Alertmanager, which sends no Origin`;
+  const site = h['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin' && site !== 'none') return `cross-site request (Sec-Fetch-Site: ${JSON.stringify(site.slice(0, 30))}) refused; the webhook is for Alertmanager`;
+  return undefined;
+}
 
 /** The webhook's HTTP side: who may post, and the fast path. */
 export class WebhookHttp {
@@ -152,10 +175,15 @@ export class WebhookHttp {
     this.fast = !Object.keys(o.headers).some((k) => /^content-(type|length)$/i.test(k));
   }
 
-  /** Why a request with this Authorization header may not post, or undefined if it may. */
-  refusal(authorization: string | undefined): Refusal | undefined {
+  /** Why a request with these headers may not post, or undefined if it may; `secure`: it came over TLS. */
+  refusal(h: IncomingHttpHeaders, secure: boolean): Refusal | undefined {
     const { token, basic } = this.o;
+    const authorization = h.authorization;
     if (!this.enabled) return { status: 403, body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' } };
+    const cross = crossOriginError(h, secure);
+    if (cross) return { status: 403, body: { status: 'error', error: cross } };
+    const type = contentTypeError(h['content-type']);
+    if (type) return { status: 415, body: { status: 'error', error: type } };
     const authed = (token !== undefined && bearerMatches(authorization, token)) || (basic.enabled && basic.check(authorization)) || (token === undefined && !basic.enabled);
     if (authed) return undefined;
     return { status: 401, body: { status: 'error', error: 'unauthorized' }, challenge: token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' };
@@ -169,8 +197,8 @@ export class WebhookHttp {
     if (!this.fast || req.method !== 'POST') return false;
     const url = req.url ?? '';
     const q = url.indexOf('?');
-    if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !plainBody(req.headers)) return false;
-    const no = this.refusal(req.headers.authorization);
+    if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !identity(req.headers)) return false;
+    const no = this.refusal(req.headers, isTls(req));
     if (no) {
       this.send(res, no.status, no.body, no.challenge);
       return true;
@@ -217,11 +245,14 @@ export class WebhookHttp {
 }
 
 // Whether the fast path can read this body as express.json would without its decoders.
-function plainBody(h: IncomingHttpHeaders): boolean {
+function identity(h: IncomingHttpHeaders): boolean {
   const enc = h['content-encoding'];
-  if (enc !== undefined && enc.toLowerCase() !== 'identity') return false;
-  const type = h['content-type'];
-  return type === undefined || PLAIN_JSON_TYPE.test(type);
+  return enc === undefined || enc.toLowerCase() === 'identity';
+}
+
+/** Whether a request came over TLS. */
+export function isTls(req: IncomingMessage): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
 }
 
 /**

@@ -19,7 +19,7 @@ function selfSigned(dir: string): { cert: string; key: string } {
 
 function httpsGet(port: number, path: string, ca: Buffer, post?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, ca, servername: 'localhost', method: post === undefined ? 'GET' : 'POST' }, (res) => {
+    const req = request({ host: '127.0.0.1', port, path, ca, servername: 'localhost', method: post === undefined ? 'GET' : 'POST', headers: post === undefined ? {} : { 'content-type': 'application/json' } }, (res) => {
       let body = '';
       res.on('data', (d) => (body += d));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
