@@ -12,7 +12,8 @@ import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
-import { bodyError, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
+import { bodyError, BUSY, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
+import { HttpStats } from './stats.js';
 import { BasicAuth, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
@@ -28,7 +29,8 @@ export interface Started {
 export async function startServer(w: Watcher, log: Logger, version: string): Promise<Started> {
   const c = w.config;
   const webConfig = loadWebConfig(c['web.config.file']);
-  const basic = new BasicAuth(webConfig.basicAuthUsers);
+  const httpStats = new HttpStats();
+  const basic = new BasicAuth(webConfig.basicAuthUsers, httpStats);
   let token: string | undefined;
   if (c['webhook.token-file']) {
     try {
@@ -55,13 +57,17 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   // the health endpoints, which reveal nothing and must answer probes that carry no credentials.
   const open = new Set([WEBHOOK_PATH, '/healthz', '/readyz']);
   app.use((req: Request, res: Response, next: NextFunction) => {
-    if (!basic.enabled || open.has(req.path) || basic.check(req.headers.authorization)) return next();
-    res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
-    res.status(401).type('text/plain').send('Unauthorized\n');
+    if (!basic.enabled || open.has(req.path)) return next();
+    void basic.check(req.headers.authorization).then((verdict) => {
+      if (verdict === 'ok') return next();
+      if (verdict === 'busy') return void res.status(503).setHeader('Retry-After', '1').type('text/plain').send(BUSY + '\n');
+      res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
+      res.status(401).type('text/plain').send('Unauthorized\n');
+    });
   });
 
   app.get(c['web.telemetry-path'], async (req, res) => {
-    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink), () => registry.metrics());
+    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink, httpStats), () => registry.metrics());
   });
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');
@@ -79,10 +85,11 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.post(
     WEBHOOK_PATH,
     (req: Request, res: Response, next: NextFunction) => {
-      const no = webhook.refusal(req.headers, isTls(req));
-      if (!no) return next();
-      if (no.challenge) res.setHeader('WWW-Authenticate', no.challenge);
-      reply(res, no.status, no.body);
+      void webhook.refusal(req.headers, isTls(req)).then((no) => {
+        if (!no) return next();
+        for (const [k, v] of Object.entries(no.headers ?? {})) res.setHeader(k, v);
+        reply(res, no.status, no.body);
+      });
     },
     express.json({ limit: c['webhook.max-body-bytes'], type: () => true, strict: false }),
     async (req: Request, res: Response) => {

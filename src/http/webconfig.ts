@@ -1,10 +1,11 @@
 // The exporter-toolkit web config file (--web.config.file), as every Go exporter reads it:
 // tls_server_config, basic_auth_users (bcrypt hashes) and http_server_config.headers.
 import { readFileSync } from 'node:fs';
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../config/load.js';
+import { HttpStats } from './stats.js';
 
 /** TLS settings for https.createServer. */
 export interface TlsSettings {
@@ -76,30 +77,98 @@ export function loadWebConfig(path: string | undefined): WebConfig {
   return wc;
 }
 
-/** Checks basic-auth credentials; successful checks are cached, since bcrypt is slow on purpose. */
-export class BasicAuth {
-  private readonly ok = new Set<string>();
+/** At most this many bcrypt comparisons are admitted (one runs, the rest wait); a check beyond them is answered 503 at once. */
+export const BCRYPT_MAX_IN_FLIGHT = 4;
+/** How long a verified (user, password) pair, right or wrong, is answered from memory. */
+export const AUTH_CACHE_TTL_MS = 60_000;
+/** Cached right pairs (few: the scrapers and Alertmanager); wrong ones are kept apart, so guessing cannot evict them. */
+export const AUTH_CACHE_GOOD_MAX = 64;
+/** Cached wrong pairs. */
+export const AUTH_CACHE_BAD_MAX = 1024;
 
-  constructor(private readonly users: Map<string, string>) {}
+/** What a basic-auth check concluded: `busy` means too many comparisons were in flight (503, retry). */
+export type AuthVerdict = 'ok' | 'wrong' | 'busy';
+
+/**
+ * Checks basic-auth credentials. bcrypt is slow on purpose (about 60 ms at cost 10), so:
+ * comparisons use bcryptjs's async compare, which yields to the event loop at least every
+ * 100 ms of work; they run one at a time (several at once would run their slices back to back
+ * between two polls of the event loop), at most BCRYPT_MAX_IN_FLIGHT admitted; an unknown user is compared against a decoy hash
+ * of the highest configured cost, so the answer's timing does not tell which users exist (as
+ * exporter-toolkit does); and a verified pair is remembered for AUTH_CACHE_TTL_MS, keyed by an
+ * HMAC under a key made at start, so no password or plain digest of one is kept in memory and
+ * Prometheus's scrapes every 15 s cost one comparison a minute. The users never change while
+ * the process runs, so a cached answer cannot go stale.
+ */
+export class BasicAuth {
+  private readonly key = randomBytes(32);
+  private readonly good = new Map<string, number>();
+  private readonly bad = new Map<string, number>();
+  private admitted = 0;
+  /** the comparison running or last run: the next one starts after it */
+  private tail: Promise<unknown> = Promise.resolve();
+  private decoy: Promise<string> | undefined;
+
+  constructor(
+    private readonly users: Map<string, string>,
+    private readonly stats = new HttpStats(),
+  ) {}
 
   get enabled(): boolean {
     return this.users.size > 0;
   }
 
-  /** Whether an Authorization header holds valid basic credentials. */
-  check(header: string | undefined): boolean {
-    if (!header || !header.startsWith('Basic ')) return false;
-    const cacheKey = createHash('sha256').update(header).digest('hex');
-    if (this.ok.has(cacheKey)) return true;
-    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
-    const colon = decoded.indexOf(':');
-    if (colon < 0) return false;
-    const hash = this.users.get(decoded.slice(0, colon));
-    if (!hash || !bcrypt.compareSync(decoded.slice(colon + 1), hash)) return false;
-    if (this.ok.size > 1000) this.ok.clear();
-    this.ok.add(cacheKey);
-    return true;
+  /** Whether an Authorization header holds valid basic credentials; counted by verdict. */
+  async check(header: string | undefined): Promise<AuthVerdict> {
+    const v = await this.verify(header);
+    this.stats.auth(v === 'ok' ? 'accepted' : v === 'busy' ? 'throttled' : 'rejected');
+    return v;
   }
+
+  private async verify(header: string | undefined): Promise<AuthVerdict> {
+    if (!header || !/^basic /i.test(header)) return 'wrong';
+    const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon < 0) return 'wrong';
+    const key = createHmac('sha256', this.key).update(decoded).digest('base64');
+    const now = Date.now();
+    if (fresh(this.good, key, now)) return 'ok';
+    if (fresh(this.bad, key, now)) return 'wrong';
+    if (this.admitted >= BCRYPT_MAX_IN_FLIGHT) return 'busy';
+    this.admitted++;
+    try {
+      const run = this.tail.then(() => this.compare(decoded.slice(0, colon), decoded.slice(colon + 1)));
+      this.tail = run.catch(() => undefined);
+      const ok = await run;
+      remember(ok ? this.good : this.bad, ok ? AUTH_CACHE_GOOD_MAX : AUTH_CACHE_BAD_MAX, key, Date.now() + AUTH_CACHE_TTL_MS);
+      return ok ? 'ok' : 'wrong';
+    } finally {
+      this.admitted--;
+    }
+  }
+
+  private async compare(user: string, password: string): Promise<boolean> {
+    const hash = this.users.get(user);
+    const against = hash ?? (await (this.decoy ??= bcrypt.hash('decoy', Math.max(...[...this.users.values()].map((h) => bcrypt.getRounds(h))))));
+    this.stats.bcrypt++;
+    return (await bcrypt.compare(password, against)) && hash !== undefined;
+  }
+}
+
+// Whether `key` is cached and not expired (an expired entry is dropped).
+function fresh(cache: Map<string, number>, key: string, now: number): boolean {
+  const until = cache.get(key);
+  if (until === undefined) return false;
+  if (until > now) return true;
+  cache.delete(key);
+  return false;
+}
+
+// Caches `key` until `until`, dropping the oldest entry when full.
+function remember(cache: Map<string, number>, max: number, key: string, until: number): void {
+  cache.delete(key);
+  if (cache.size >= max) cache.delete(cache.keys().next().value!);
+  cache.set(key, until);
 }
 
 /** Constant-time bearer check: any missing, wrong or wrong-length token is simply false. */

@@ -135,9 +135,12 @@ export interface WebhookHttpOptions {
 export interface Refusal {
   status: number;
   body: WebhookResponse['body'];
-  /** the WWW-Authenticate challenge of a 401 */
-  challenge?: string;
+  /** extra headers: the WWW-Authenticate challenge of a 401, the Retry-After of a 503 */
+  headers?: Record<string, string>;
 }
+
+/** The answer to a check that found BCRYPT_MAX_IN_FLIGHT password comparisons running (503). */
+export const BUSY = 'too many password checks in progress; retry in a second';
 
 /** The error of a body that could not be read or parsed, as both serving paths report it. */
 export function bodyError(kind: 'too_large' | 'bad_json', maxBodyBytes: number): string {
@@ -176,7 +179,7 @@ export class WebhookHttp {
   }
 
   /** Why a request with these headers may not post, or undefined if it may; `secure`: it came over TLS. */
-  refusal(h: IncomingHttpHeaders, secure: boolean): Refusal | undefined {
+  async refusal(h: IncomingHttpHeaders, secure: boolean): Promise<Refusal | undefined> {
     const { token, basic } = this.o;
     const authorization = h.authorization;
     if (!this.enabled) return { status: 403, body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' } };
@@ -184,9 +187,12 @@ export class WebhookHttp {
     if (cross) return { status: 403, body: { status: 'error', error: cross } };
     const type = contentTypeError(h['content-type']);
     if (type) return { status: 415, body: { status: 'error', error: type } };
-    const authed = (token !== undefined && bearerMatches(authorization, token)) || (basic.enabled && basic.check(authorization)) || (token === undefined && !basic.enabled);
-    if (authed) return undefined;
-    return { status: 401, body: { status: 'error', error: 'unauthorized' }, challenge: token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' };
+    if (token === undefined && !basic.enabled) return undefined;
+    if (token !== undefined && bearerMatches(authorization, token)) return undefined;
+    const verdict = basic.enabled ? await basic.check(authorization) : 'wrong';
+    if (verdict === 'ok') return undefined;
+    if (verdict === 'busy') return { status: 503, body: { status: 'error', error: BUSY }, headers: { 'Retry-After': '1' } };
+    return { status: 401, body: { status: 'error', error: 'unauthorized' }, headers: { 'WWW-Authenticate': token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' } };
   }
 
   /**
@@ -198,21 +204,15 @@ export class WebhookHttp {
     const url = req.url ?? '';
     const q = url.indexOf('?');
     if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !identity(req.headers)) return false;
-    const no = this.refusal(req.headers, isTls(req));
-    if (no) {
-      this.send(res, no.status, no.body, no.challenge);
-      return true;
-    }
-    void this.readAndHandle(req, res);
+    void this.refusal(req.headers, isTls(req)).then((no) => (no ? this.send(res, no.status, no.body, no.headers) : this.readAndHandle(req, res)));
     return true;
   }
 
   /** Answers with JSON, the web config headers and the request counted. */
-  private send(res: ServerResponse, status: number, body: unknown, challenge?: string): void {
+  private send(res: ServerResponse, status: number, body: unknown, extra?: Record<string, string>): void {
     this.o.w.stats.webhookRequest(status);
     const json = JSON.stringify(body);
-    const headers: Record<string, string | number> = { ...this.o.headers };
-    if (challenge) headers['WWW-Authenticate'] = challenge;
+    const headers: Record<string, string | number> = { ...this.o.headers, ...extra };
     headers['Content-Type'] = 'application/json; charset=utf-8';
     headers['Content-Length'] = Buffer.byteLength(json);
     res.writeHead(status, headers);
@@ -262,6 +262,8 @@ export function isTls(req: IncomingMessage): boolean {
  */
 function readBody(req: IncomingMessage, limit: number): Promise<{ text: string } | { error: 'too_large' | 'aborted' }> {
   return new Promise((resolve) => {
+    // Closed while its credentials were checked: 'close' has fired already.
+    if (req.destroyed) return resolve({ error: 'aborted' });
     const chunks: Buffer[] = [];
     let size = 0;
     let tooLarge = Number(req.headers['content-length']) > limit;
