@@ -2,6 +2,7 @@
 // Alertmanager webhook, behind the exporter-toolkit auth and TLS settings.
 import { createServer as createHttp, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttps } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ConfigError } from '../config/load.js';
@@ -14,7 +15,7 @@ import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
 import { bodyError, BUSY, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
 import { HttpStats } from './stats.js';
-import { BasicAuth, loadWebConfig } from './webconfig.js';
+import { BasicAuth, clientCertRefusal, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
 
@@ -118,6 +119,22 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     if (!webhook.serve(req, res)) app(req, res);
   };
   const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, listener) : createHttp(serverOpts, listener);
+  const tls = webConfig.tls;
+  if (tls) {
+    // Runs after the http listener attached its parser but before any request is read.
+    server.on('secureConnection', (socket: TLSSocket) => {
+      const why = clientCertRefusal(tls.clientAuth, socket);
+      if (!why) return;
+      httpStats.refuse('client_cert');
+      log.debug({ remote: socket.remoteAddress, reason: why }, 'TLS connection refused');
+      socket.destroy();
+    });
+    // Handshakes that failed, RequireAndVerifyClientCert's refusals among them.
+    server.on('tlsClientError', (e: Error) => {
+      httpStats.refuse('tls_handshake');
+      log.debug({ err: e.message }, 'TLS handshake failed');
+    });
+  }
   const addr = c['web.listen-address'];
   const cut = addr.lastIndexOf(':');
   const host = addr.slice(0, cut).replace(/^\[|\]$/g, '') || undefined;

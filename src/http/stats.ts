@@ -2,7 +2,7 @@
 import type { HttpCounters } from '../metrics/render.js';
 
 /** Why the server closed a connection without serving it. */
-export type RefusedReason = 'max_connections' | 'client_cert';
+export type RefusedReason = 'max_connections' | 'client_cert' | 'tls_handshake';
 /** What a basic-auth check concluded. */
 export type BasicAuthResult = 'accepted' | 'rejected' | 'throttled';
 
@@ -10,7 +10,7 @@ export type BasicAuthResult = 'accepted' | 'rejected' | 'throttled';
 export class HttpStats implements HttpCounters {
   /** open connections now */
   connections = 0;
-  refused = new Map<RefusedReason, number>([['max_connections', 0], ['client_cert', 0]]);
+  refused = new Map<RefusedReason, number>([['max_connections', 0], ['client_cert', 0], ['tls_handshake', 0]]);
   basicAuth = new Map<BasicAuthResult, number>([['accepted', 0], ['rejected', 0], ['throttled', 0]]);
   /** bcrypt comparisons run (cache misses) */
   bcrypt = 0;

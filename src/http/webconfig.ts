@@ -1,20 +1,31 @@
 // The exporter-toolkit web config file (--web.config.file), as every Go exporter reads it:
-// tls_server_config, basic_auth_users (bcrypt hashes) and http_server_config.headers.
+// tls_server_config, basic_auth_users (bcrypt hashes) and http_server_config.headers. Unknown
+// keys are errors, as in exporter-toolkit (it unmarshals strictly).
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import type { SecureVersion, TLSSocket } from 'node:tls';
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../config/load.js';
 import { HttpStats } from './stats.js';
 
-/** TLS settings for https.createServer. */
+/** exporter-toolkit's client_auth_type values (Go's tls.ClientAuthType), and RequireClientCert, its old alias. */
+export const CLIENT_AUTH_TYPES = ['NoClientCert', 'RequestClientCert', 'RequireAnyClientCert', 'VerifyClientCertIfGiven', 'RequireAndVerifyClientCert'] as const;
+/** How the server treats client certificates. */
+export type ClientAuthType = (typeof CLIENT_AUTH_TYPES)[number];
+
+/** TLS settings for https.createServer, plus the client certificate policy checked after the handshake. */
 export interface TlsSettings {
   cert: Buffer;
   key: Buffer;
   ca?: Buffer;
   requestCert: boolean;
   rejectUnauthorized: boolean;
-  minVersion?: 'TLSv1.2' | 'TLSv1.3';
+  minVersion: SecureVersion;
+  maxVersion: SecureVersion;
+  honorCipherOrder: boolean;
+  clientAuth: ClientAuthType;
 }
 
 /** The parsed web config. */
@@ -24,57 +35,109 @@ export interface WebConfig {
   headers: Record<string, string>;
 }
 
-const CLIENT_AUTH = {
-  NoClientCert: [false, false],
-  RequestClientCert: [true, false],
-  RequireAnyClientCert: [true, false],
-  VerifyClientCertIfGiven: [true, false],
-  RequireAndVerifyClientCert: [true, true],
-} as const;
+const VERSIONS: Record<string, SecureVersion> = { TLS10: 'TLSv1', TLS11: 'TLSv1.1', TLS12: 'TLSv1.2', TLS13: 'TLSv1.3' };
+/** Keys of each section, as exporter-toolkit reads them (strictly: any other key is an error). */
+const KEYS = {
+  top: ['tls_server_config', 'http_server_config', 'basic_auth_users'],
+  tls_server_config: ['cert_file', 'key_file', 'cert', 'key', 'client_ca_file', 'client_ca', 'client_auth_type', 'min_version', 'max_version', 'prefer_server_cipher_suites'],
+  http_server_config: ['headers', 'http2'],
+};
+/** exporter-toolkit keys trainwatch does not implement: refused rather than silently ignored. */
+const UNSUPPORTED = ['rate_limit', 'cipher_suites', 'curve_preferences', 'client_allowed_sans'];
 
-/** Reads and validates a web config file; errors name the key and the fix. */
+/**
+ * Reads and validates a web config file as exporter-toolkit does; errors name the key and the
+ * fix. Relative file paths are relative to the web config file's directory.
+ */
 export function loadWebConfig(path: string | undefined): WebConfig {
   const wc: WebConfig = { basicAuthUsers: new Map(), headers: {} };
   if (!path) return wc;
-  let doc: Record<string, unknown>;
-  const read = (p: string, key: string): Buffer => {
-    try {
-      return readFileSync(p);
-    } catch (e) {
-      throw new ConfigError(`web config ${path}: ${key}: cannot read ${p}: ${(e as Error).message}`);
-    }
+  const fail = (msg: string): never => {
+    throw new ConfigError(`web config ${path}: ${msg}`);
   };
+  let doc: unknown;
   try {
-    doc = (parseYaml(readFileSync(path, 'utf8')) ?? {}) as Record<string, unknown>;
+    doc = parseYaml(readFileSync(path, 'utf8')) ?? {};
   } catch (e) {
     throw new ConfigError(`--web.config.file ${path}: ${(e as Error).message.split('\n')[0]}`);
   }
-  const known = ['tls_server_config', 'basic_auth_users', 'http_server_config'];
-  for (const k of Object.keys(doc)) if (!known.includes(k)) throw new ConfigError(`web config ${path}: unknown key '${k}'; known: ${known.join(', ')}`);
-  const tls = doc.tls_server_config as Record<string, string> | undefined;
-  if (tls) {
-    if (!tls.cert_file || !tls.key_file) throw new ConfigError(`web config ${path}: tls_server_config needs both cert_file and key_file`);
-    const auth = (tls.client_auth_type ?? (tls.client_ca_file ? 'RequireAndVerifyClientCert' : 'NoClientCert')) as keyof typeof CLIENT_AUTH;
-    if (!(auth in CLIENT_AUTH)) throw new ConfigError(`web config ${path}: tls_server_config.client_auth_type '${auth}'; accepted: ${Object.keys(CLIENT_AUTH).join(', ')}`);
-    const min = tls.min_version;
-    if (min !== undefined && min !== 'TLS12' && min !== 'TLS13') throw new ConfigError(`web config ${path}: tls_server_config.min_version '${min}'; accepted: TLS12, TLS13`);
-    wc.tls = {
-      cert: read(tls.cert_file, 'cert_file'),
-      key: read(tls.key_file, 'key_file'),
-      ca: tls.client_ca_file ? read(tls.client_ca_file, 'client_ca_file') : undefined,
-      requestCert: CLIENT_AUTH[auth][0],
-      rejectUnauthorized: CLIENT_AUTH[auth][1],
-      minVersion: min === 'TLS13' ? 'TLSv1.3' : 'TLSv1.2',
+  const top = section(doc, 'the file', KEYS.top, fail);
+  const tls = top.tls_server_config === undefined ? undefined : section(top.tls_server_config, 'tls_server_config', KEYS.tls_server_config, fail);
+  const str = (key: string): string | undefined => {
+    const v = tls?.[key];
+    if (v !== undefined && v !== null && typeof v !== 'string') fail(`tls_server_config.${key} must be a string`);
+    return (v as string | null | undefined) || undefined;
+  };
+  const read = (key: string): Buffer | undefined => {
+    const p = str(key);
+    if (p === undefined) return undefined;
+    const abs = resolve(dirname(path), p);
+    try {
+      return readFileSync(abs);
+    } catch (e) {
+      return fail(`${key}: cannot read ${abs}: ${(e as Error).message}`);
+    }
+  };
+  const inline = (key: string): Buffer | undefined => (str(key) === undefined ? undefined : Buffer.from(str(key)!));
+  // exporter-toolkit turns TLS on when any of these is set.
+  if (tls && ['cert_file', 'key_file', 'cert', 'key', 'client_ca_file', 'client_ca', 'client_auth_type'].some((k) => str(k) !== undefined)) {
+    if (str('cert_file') === undefined && str('cert') === undefined) fail('tls_server_config needs cert_file (or cert)');
+    if (str('key_file') === undefined && str('key') === undefined) fail('tls_server_config needs key_file (or key)');
+    const cert = (read('cert_file') ?? inline('cert'))!;
+    const key = (read('key_file') ?? inline('key'))!;
+    const ca = read('client_ca_file') ?? inline('client_ca');
+    const type = str('client_auth_type') ?? 'NoClientCert';
+    const auth = (type === 'RequireClientCert' ? 'RequireAnyClientCert' : type) as ClientAuthType;
+    if (!CLIENT_AUTH_TYPES.includes(auth)) fail(`tls_server_config.client_auth_type '${type}'; accepted: ${CLIENT_AUTH_TYPES.join(', ')}`);
+    if (ca && auth === 'NoClientCert') fail('client_ca_file (or client_ca) is set but client_auth_type is NoClientCert (the default), so no client certificate would be asked for; set client_auth_type: RequireAndVerifyClientCert (or VerifyClientCertIfGiven)');
+    const version = (k: string, dflt: string): SecureVersion => {
+      const v = str(k) ?? dflt;
+      return VERSIONS[v] ?? fail(`tls_server_config.${k} '${v}'; accepted: ${Object.keys(VERSIONS).join(', ')}`);
     };
+    const prefer = tls.prefer_server_cipher_suites ?? true;
+    if (typeof prefer !== 'boolean') fail('tls_server_config.prefer_server_cipher_suites must be true or false');
+    // Only RequireAndVerifyClientCert fails the handshake itself; the other policies are checked
+    // on the finished handshake (clientCertRefusal), as Go's crypto/tls tells them apart.
+    wc.tls = { cert, key, ca, requestCert: auth !== 'NoClientCert', rejectUnauthorized: auth === 'RequireAndVerifyClientCert', minVersion: version('min_version', 'TLS12'), maxVersion: version('max_version', 'TLS13'), honorCipherOrder: prefer as boolean, clientAuth: auth };
   }
-  const users = doc.basic_auth_users as Record<string, string> | undefined;
-  for (const [u, h] of Object.entries(users ?? {})) {
-    if (typeof h !== 'string' || !/^\$2[aby]\$\d\d\$/.test(h)) throw new ConfigError(`web config ${path}: basic_auth_users.${u} must be a bcrypt hash (make one with: htpasswd -nBC 10 "" | tr -d ':\\n')`);
-    wc.basicAuthUsers.set(u, h);
+  const users = top.basic_auth_users ?? {};
+  if (typeof users !== 'object' || users === null || Array.isArray(users)) fail('basic_auth_users must map user names to bcrypt hashes');
+  for (const [u, h] of Object.entries(users as Record<string, unknown>)) {
+    if (typeof h !== 'string' || !/^\$2[aby]\$\d\d\$/.test(h)) fail(`basic_auth_users.${u} must be a bcrypt hash (make one with: htpasswd -nBC 10 "" | tr -d ':\\n')`);
+    wc.basicAuthUsers.set(u, h as string);
   }
-  const hs = (doc.http_server_config as Record<string, unknown> | undefined)?.headers as Record<string, string> | undefined;
-  for (const [k, v] of Object.entries(hs ?? {})) wc.headers[k] = String(v);
+  const http = top.http_server_config === undefined ? {} : section(top.http_server_config, 'http_server_config', KEYS.http_server_config, fail);
+  if (http.http2 !== undefined && typeof http.http2 !== 'boolean') fail('http_server_config.http2 must be true or false');
+  const hs = http.headers ?? {};
+  if (typeof hs !== 'object' || hs === null || Array.isArray(hs)) fail('http_server_config.headers must map header names to values');
+  for (const [k, v] of Object.entries(hs as Record<string, unknown>)) wc.headers[k] = String(v);
   return wc;
+}
+
+// A mapping with only the `known` keys; a missing or empty section is {}.
+function section(v: unknown, where: string, known: string[], fail: (msg: string) => never): Record<string, unknown> {
+  if (v === null || v === undefined) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) return fail(`${where} must be a mapping of keys to values`);
+  for (const k of Object.keys(v)) {
+    const at = where === 'the file' ? `unknown key '${k}'` : `unknown key '${k}' in ${where}`;
+    if (UNSUPPORTED.includes(k)) fail(`'${k}' is an exporter-toolkit key that trainwatch does not implement; remove it. Accepted here: ${known.join(', ')}`);
+    if (!known.includes(k)) fail(`${at}; accepted: ${known.join(', ')}`);
+  }
+  return v as Record<string, unknown>;
+}
+
+/**
+ * Why a finished TLS handshake does not meet the client_auth_type, or undefined if it does:
+ * RequireAnyClientCert wants any certificate, VerifyClientCertIfGiven one that verifies if one
+ * was sent, RequireAndVerifyClientCert one that verifies (the handshake already refused others).
+ */
+export function clientCertRefusal(auth: ClientAuthType, socket: TLSSocket): string | undefined {
+  if (auth === 'NoClientCert' || auth === 'RequestClientCert') return undefined;
+  const cert = socket.getPeerCertificate();
+  const given = cert !== null && typeof cert === 'object' && Object.keys(cert).length > 0;
+  if (!given) return auth === 'VerifyClientCertIfGiven' ? undefined : `client_auth_type ${auth}: no client certificate`;
+  if (auth === 'RequireAnyClientCert' || socket.authorized) return undefined;
+  return `client_auth_type ${auth}: client certificate does not verify (${String(socket.authorizationError)})`;
 }
 
 /** At most this many bcrypt comparisons are admitted (one runs, the rest wait); a check beyond them is answered 503 at once. */

@@ -2,11 +2,13 @@
 // guessing, client certificates, bad headers, FIFOs as config files, idle connections.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { get as httpGet } from 'node:http';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
-import { parseExposition, pyJson, scrape, startTrainwatch, tmpDir } from '../helpers/proc.js';
+import { BIN, freePort, parseExposition, pyJson, requireBinary, scrape, startTrainwatch, tmpDir, waitFor } from '../helpers/proc.js';
 
 function payload(run: string) {
   return {
@@ -133,3 +135,95 @@ test('an unknown user costs a full bcrypt comparison (against a decoy hash), lik
   assert.equal(await known.text(), await unknown.text());
   assert.equal(start + 2, await bcryptRuns());
 });
+
+/** Real certificates from openssl: a CA, a server certificate, a client certificate from the CA, and a self-signed client one. */
+function certificates(dir: string) {
+  const openssl = requireBinary('openssl', 'openssl');
+  const run = (...args: string[]) => {
+    const r = spawnSync(openssl, args, { encoding: 'utf8', cwd: dir });
+    assert.equal(0, r.status, r.stderr);
+  };
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=trainwatch-test-ca');
+  run('req', '-x509', ...ec, '-keyout', 'server.key', '-out', 'server.crt', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1');
+  run('req', ...ec, '-keyout', 'client.key', '-out', 'client.csr', '-subj', '/CN=prometheus');
+  run('x509', '-req', '-in', 'client.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'client.crt', '-days', '1');
+  run('req', '-x509', ...ec, '-keyout', 'rogue.key', '-out', 'rogue.crt', '-days', '1', '-subj', '/CN=rogue');
+  const f = (n: string) => readFileSync(join(dir, n));
+  return { serverCa: f('server.crt'), valid: { cert: f('client.crt'), key: f('client.key') }, rogue: { cert: f('rogue.crt'), key: f('rogue.key') } };
+}
+
+/** One HTTPS GET on a fresh connection; 'refused' if the server closed it or failed the handshake. */
+function tlsGet(port: number, path: string, ca: Buffer, client?: { cert: Buffer; key: Buffer }): Promise<{ status: number; body: string } | 'refused'> {
+  return new Promise((resolve) => {
+    const req = httpsRequest({ host: '127.0.0.1', port, path, ca, servername: 'localhost', agent: false, ...client }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', () => resolve('refused'));
+    });
+    req.on('error', () => resolve('refused'));
+    req.end();
+  });
+}
+
+// Expected outcome per client: none, a self-signed certificate, one the client CA signed.
+const CLIENT_AUTH: Array<[string, boolean, [string, string, string]]> = [
+  ['NoClientCert', false, ['served', 'served', 'served']],
+  ['RequestClientCert', true, ['served', 'served', 'served']],
+  ['RequireAnyClientCert', true, ['refused', 'served', 'served']],
+  ['VerifyClientCertIfGiven', true, ['served', 'refused', 'served']],
+  ['RequireAndVerifyClientCert', true, ['refused', 'refused', 'served']],
+];
+for (const [auth, withCa, expected] of CLIENT_AUTH) {
+  test(`client_auth_type ${auth}: no certificate is ${expected[0]}, a self-signed one ${expected[1]}, one from the client CA ${expected[2]}, and refusals are counted`, { timeout: 60_000 }, async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    const c = certificates(d.path);
+    // Relative paths: exporter-toolkit resolves them against the web config's directory.
+    writeFileSync(join(d.path, 'web.yml'), `tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n${withCa ? '  client_ca_file: ca.crt\n' : ''}  client_auth_type: ${auth}\n`);
+    const port = await freePort();
+    const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', `127.0.0.1:${port}`], { stdio: 'ignore' });
+    t.after(() => proc.kill('SIGKILL'));
+    await waitFor(async () => (await tlsGet(port, '/healthz', c.serverCa, c.valid)) !== 'refused', 'trainwatch to serve HTTPS');
+    const got: string[] = [];
+    for (const client of [undefined, c.rogue, c.valid]) {
+      const r = await tlsGet(port, '/healthz', c.serverCa, client);
+      got.push(r === 'refused' ? 'refused' : r.status === 200 ? 'served' : `status ${r.status}`);
+    }
+    assert.deepEqual(expected, got);
+    const m = await tlsGet(port, '/metrics', c.serverCa, c.valid);
+    assert.notEqual('refused', m);
+    const metrics = parseExposition((m as { body: string }).body);
+    const refused = expected.filter((e) => e === 'refused').length;
+    const counted = metrics.get('trainwatch_http_connections_refused_total{reason="client_cert"}')! + metrics.get('trainwatch_http_connections_refused_total{reason="tls_handshake"}')!;
+    assert.equal(refused, counted);
+  });
+}
+
+const BAD_WEB_CONFIGS: Array<[string, string, RegExp]> = [
+  ['an unknown key in tls_server_config', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: [x]\n', /unknown key 'ciphers' in tls_server_config; accepted: cert_file, key_file, .*client_auth_type/],
+  ['an unknown key in http_server_config', 'http_server_config:\n  header:\n    X-Frame-Options: deny\n', /unknown key 'header' in http_server_config; accepted: headers, http2/],
+  ['an unknown top-level key', 'basic_auth_user:\n  a: b\n', /unknown key 'basic_auth_user'; accepted: tls_server_config, http_server_config, basic_auth_users/],
+  ['a user mapped to a mapping instead of a hash', 'basic_auth_users:\n  admin:\n    hash: x\n', /basic_auth_users\.admin must be a bcrypt hash/],
+  ['an exporter-toolkit key trainwatch does not implement', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n', /'cipher_suites' is an exporter-toolkit key that trainwatch does not implement; remove it/],
+  ['a client CA but no client_auth_type', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_ca_file: a.crt\n', /client_auth_type is NoClientCert \(the default\).*set client_auth_type: RequireAndVerifyClientCert/],
+  ['an unknown client_auth_type', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth_type: VerifyAlways\n', /client_auth_type 'VerifyAlways'; accepted: NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert/],
+];
+for (const [name, yaml, msg] of BAD_WEB_CONFIGS) {
+  test(`a web config with ${name} stops trainwatch with exit 2, naming the key and what is accepted`, () => {
+    const d = tmpDir();
+    try {
+      // Valid files behind the names, so that only the key under test can be the error.
+      writeFileSync(join(d.path, 'a.crt'), '');
+      writeFileSync(join(d.path, 'a.key'), '');
+      writeFileSync(join(d.path, 'web.yml'), yaml);
+      const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(2, r.status, r.stderr);
+      assert.match(r.stderr, msg);
+      assert.equal(false, r.stderr.includes('    at '));
+    } finally {
+      d.cleanup();
+    }
+  });
+}

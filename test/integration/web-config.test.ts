@@ -52,7 +52,7 @@ test('tls_server_config serves /metrics and the webhook over HTTPS with the give
 });
 
 const badConfigs: Array<[string, string, RegExp]> = [
-  ['a TLS section without a key file', 'tls_server_config:\n  cert_file: /nonexistent.crt\n', /needs both cert_file and key_file/],
+  ['a TLS section without a key file', 'tls_server_config:\n  cert_file: /nonexistent.crt\n', /tls_server_config needs key_file \(or key\)/],
   ['an unreadable certificate', 'tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n', /cert_file: cannot read \/nonexistent\.crt/],
   ['a plain-text password instead of a bcrypt hash', 'basic_auth_users:\n  admin: hunter2\n', /must be a bcrypt hash \(make one with: htpasswd/],
   ['an unknown top-level key', 'tls_config:\n  x: 1\n', /unknown key 'tls_config'/],
