@@ -2,6 +2,7 @@
 // tls_server_config, basic_auth_users (bcrypt hashes) and http_server_config.headers. Unknown
 // keys are errors, as in exporter-toolkit (it unmarshals strictly).
 import { readFileSync } from 'node:fs';
+import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { dirname, resolve } from 'node:path';
 import type { SecureVersion, TLSSocket } from 'node:tls';
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -110,8 +111,38 @@ export function loadWebConfig(path: string | undefined): WebConfig {
   if (http.http2 !== undefined && typeof http.http2 !== 'boolean') fail('http_server_config.http2 must be true or false');
   const hs = http.headers ?? {};
   if (typeof hs !== 'object' || hs === null || Array.isArray(hs)) fail('http_server_config.headers must map header names to values');
-  for (const [k, v] of Object.entries(hs as Record<string, unknown>)) wc.headers[k] = String(v);
+  for (const [k, v] of Object.entries(hs as Record<string, unknown>)) wc.headers[k] = headerValue(k, v, fail);
   return wc;
+}
+
+/** The headers exporter-toolkit lets http_server_config.headers set, with the values it allows (any if none listed). */
+const HEADERS: Record<string, readonly string[]> = {
+  'strict-transport-security': [],
+  'x-content-type-options': ['nosniff'],
+  'x-frame-options': ['deny', 'sameorigin'],
+  'x-xss-protection': [],
+  'content-security-policy': [],
+};
+
+// A configured header checked now, so that a bad one stops the start instead of failing every answer.
+function headerValue(name: string, raw: unknown, fail: (msg: string) => never): string {
+  const at = `http_server_config.headers: header ${JSON.stringify(name)}`;
+  if (typeof raw !== 'string' && typeof raw !== 'number') return fail(`${at} must have a string value`);
+  const value = String(raw);
+  try {
+    validateHeaderName(name);
+  } catch {
+    fail(`${at} is not a valid HTTP header name`);
+  }
+  try {
+    validateHeaderValue(name, value);
+  } catch {
+    fail(`${at} has a value that is not valid in HTTP (control characters or line breaks): ${JSON.stringify(value)}`);
+  }
+  const allowed = HEADERS[name.toLowerCase()];
+  if (!allowed) fail(`${at} cannot be configured (as in exporter-toolkit); accepted: Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, Content-Security-Policy`);
+  if (allowed!.length > 0 && !allowed!.includes(value.toLowerCase())) fail(`${at} has value ${JSON.stringify(value)}; accepted: ${allowed!.join(', ')}`);
+  return value;
 }
 
 // A mapping with only the `known` keys; a missing or empty section is {}.

@@ -170,12 +170,9 @@ export function crossOriginError(h: IncomingHttpHeaders, secure: boolean): strin
 /** The webhook's HTTP side: who may post, and the fast path. */
 export class WebhookHttp {
   readonly enabled: boolean;
-  /** false if the web config sets a header the fast path writes itself: express then serves */
-  private readonly fast: boolean;
 
   constructor(private readonly o: WebhookHttpOptions) {
     this.enabled = o.token !== undefined || o.basic.enabled || o.allowUnauthenticated;
-    this.fast = !Object.keys(o.headers).some((k) => /^content-(type|length)$/i.test(k));
   }
 
   /** Why a request with these headers may not post, or undefined if it may; `secure`: it came over TLS. */
@@ -200,7 +197,7 @@ export class WebhookHttp {
    * JSON; returns false, having touched nothing, for every other request.
    */
   serve(req: IncomingMessage, res: ServerResponse): boolean {
-    if (!this.fast || req.method !== 'POST') return false;
+    if (req.method !== 'POST') return false;
     const url = req.url ?? '';
     const q = url.indexOf('?');
     if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !identity(req.headers)) return false;

@@ -227,3 +227,38 @@ for (const [name, yaml, msg] of BAD_WEB_CONFIGS) {
     }
   });
 }
+
+const BAD_HEADERS: Array<[string, string, RegExp]> = [
+  ['an invalid header name', '    "X Bad Header": "1"\n', /header "X Bad Header" is not a valid HTTP header name/],
+  ['a header value with a line break', '    Content-Security-Policy: "default-src \'self\'\\r\\nSet-Cookie: a=b"\n', /header "Content-Security-Policy" has a value that is not valid in HTTP/],
+  ['a header exporter-toolkit does not let one set', '    Cache-Control: no-store\n', /header "Cache-Control" cannot be configured \(as in exporter-toolkit\); accepted: Strict-Transport-Security, .*Content-Security-Policy/],
+  ['a value outside the allowed ones', '    X-Frame-Options: allow-from https://x\n', /header "X-Frame-Options" has value "allow-from https:\/\/x"; accepted: deny, sameorigin/],
+];
+for (const [name, yaml, msg] of BAD_HEADERS) {
+  test(`http_server_config.headers with ${name} stops trainwatch with exit 2 naming the header, instead of failing every request`, () => {
+    const d = tmpDir();
+    try {
+      writeFileSync(join(d.path, 'web.yml'), `http_server_config:\n  headers:\n${yaml}`);
+      const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(2, r.status, r.stderr);
+      assert.match(r.stderr, msg);
+      assert.equal(false, r.stderr.includes('    at '));
+    } finally {
+      d.cleanup();
+    }
+  });
+}
+
+test('the headers exporter-toolkit allows are sent on every answer, /healthz and the webhook included', async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  writeFileSync(join(d.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n    Content-Security-Policy: "default-src \'self\'"\n    Strict-Transport-Security: max-age=31536000\n');
+  const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--webhook.allow-unauthenticated']);
+  t.after(() => tw.stop());
+  const health = await fetch(`${tw.url}/healthz`);
+  const hook = await fetch(`${tw.url}/webhook/alertmanager`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(payload('elsewhere')) });
+  for (const res of [health, hook]) {
+    assert.equal(200, res.status);
+    assert.deepEqual(['deny', "default-src 'self'", 'max-age=31536000'], ['x-frame-options', 'content-security-policy', 'strict-transport-security'].map((h) => res.headers.get(h)));
+  }
+});
