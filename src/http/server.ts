@@ -3,9 +3,8 @@
 import { createServer as createHttp, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttps } from 'node:https';
 import type { TLSSocket } from 'node:tls';
-import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { ConfigError } from '../config/load.js';
+import { ConfigError, readSettingFile } from '../config/load.js';
 import type { Logger } from '../log.js';
 import { defaultMetrics } from '../metrics/defaults.js';
 import { renderMetrics } from '../metrics/render.js';
@@ -34,11 +33,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   const basic = new BasicAuth(webConfig.basicAuthUsers, httpStats);
   let token: string | undefined;
   if (c['webhook.token-file']) {
-    try {
-      token = readFileSync(c['webhook.token-file'], 'utf8').trim();
-    } catch (e) {
-      throw new ConfigError(`--webhook.token-file: cannot read ${c['webhook.token-file']}: ${(e as Error).message}`);
-    }
+    token = readSettingFile(c['webhook.token-file'], '--webhook.token-file').toString('utf8').trim();
     if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
   }
   const webhook = new WebhookHttp({ w, log, token, basic, allowUnauthenticated: c['webhook.allow-unauthenticated'], maxBodyBytes: c['webhook.max-body-bytes'], instance: c['webhook.instance'], headers: webConfig.headers });

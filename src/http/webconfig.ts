@@ -1,14 +1,13 @@
 // The exporter-toolkit web config file (--web.config.file), as every Go exporter reads it:
 // tls_server_config, basic_auth_users (bcrypt hashes) and http_server_config.headers. Unknown
 // keys are errors, as in exporter-toolkit (it unmarshals strictly).
-import { readFileSync } from 'node:fs';
 import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { dirname, resolve } from 'node:path';
 import type { SecureVersion, TLSSocket } from 'node:tls';
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError } from '../config/load.js';
+import { ConfigError, readSettingFile } from '../config/load.js';
 import { HttpStats } from './stats.js';
 
 /** exporter-toolkit's client_auth_type values (Go's tls.ClientAuthType), and RequireClientCert, its old alias. */
@@ -58,7 +57,7 @@ export function loadWebConfig(path: string | undefined): WebConfig {
   };
   let doc: unknown;
   try {
-    doc = parseYaml(readFileSync(path, 'utf8')) ?? {};
+    doc = parseYaml(readSettingFile(path, '--web.config.file').toString('utf8')) ?? {};
   } catch (e) {
     throw new ConfigError(`--web.config.file ${path}: ${(e as Error).message.split('\n')[0]}`);
   }
@@ -72,12 +71,7 @@ export function loadWebConfig(path: string | undefined): WebConfig {
   const read = (key: string): Buffer | undefined => {
     const p = str(key);
     if (p === undefined) return undefined;
-    const abs = resolve(dirname(path), p);
-    try {
-      return readFileSync(abs);
-    } catch (e) {
-      return fail(`${key}: cannot read ${abs}: ${(e as Error).message}`);
-    }
+    return readSettingFile(resolve(dirname(path), p), `web config ${path}: ${key}`);
   };
   const inline = (key: string): Buffer | undefined => (str(key) === undefined ? undefined : Buffer.from(str(key)!));
   // exporter-toolkit turns TLS on when any of these is set.

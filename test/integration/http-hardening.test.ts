@@ -201,6 +201,14 @@ for (const [auth, withCa, expected] of CLIENT_AUTH) {
   });
 }
 
+/** Starts trainwatch with `args` and asserts that it exits 2 at once with `msg` and no stack trace. */
+function assertRefusedStart(args: string[], msg: RegExp): void {
+  const r = spawnSync(process.execPath, [BIN, ...args, '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(2, r.status, `exit ${r.status} (signal ${r.signal}): ${r.stderr}`);
+  assert.match(r.stderr, msg);
+  assert.equal(false, r.stderr.includes('    at '));
+}
+
 const BAD_WEB_CONFIGS: Array<[string, string, RegExp]> = [
   ['an unknown key in tls_server_config', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: [x]\n', /unknown key 'ciphers' in tls_server_config; accepted: cert_file, key_file, .*client_auth_type/],
   ['an unknown key in http_server_config', 'http_server_config:\n  header:\n    X-Frame-Options: deny\n', /unknown key 'header' in http_server_config; accepted: headers, http2/],
@@ -218,10 +226,7 @@ for (const [name, yaml, msg] of BAD_WEB_CONFIGS) {
       writeFileSync(join(d.path, 'a.crt'), '');
       writeFileSync(join(d.path, 'a.key'), '');
       writeFileSync(join(d.path, 'web.yml'), yaml);
-      const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
-      assert.equal(2, r.status, r.stderr);
-      assert.match(r.stderr, msg);
-      assert.equal(false, r.stderr.includes('    at '));
+      assertRefusedStart(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')], msg);
     } finally {
       d.cleanup();
     }
@@ -239,10 +244,7 @@ for (const [name, yaml, msg] of BAD_HEADERS) {
     const d = tmpDir();
     try {
       writeFileSync(join(d.path, 'web.yml'), `http_server_config:\n  headers:\n${yaml}`);
-      const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
-      assert.equal(2, r.status, r.stderr);
-      assert.match(r.stderr, msg);
-      assert.equal(false, r.stderr.includes('    at '));
+      assertRefusedStart(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')], msg);
     } finally {
       d.cleanup();
     }
@@ -260,5 +262,36 @@ test('the headers exporter-toolkit allows are sent on every answer, /healthz and
   for (const res of [health, hook]) {
     assert.equal(200, res.status);
     assert.deepEqual(['deny', "default-src 'self'", 'max-age=31536000'], ['x-frame-options', 'content-security-policy', 'strict-transport-security'].map((h) => res.headers.get(h)));
+  }
+});
+
+// Every setting that names a file, given a FIFO: opening one to read would block until a writer came.
+const FILE_SETTINGS: Array<[string, (dir: string, fifo: string) => string[], RegExp]> = [
+  ['--config', (_d, fifo) => ['--config', fifo], /--config: .*fifo is a FIFO \(named pipe\), not a regular file/],
+  ['--web.config.file', (_d, fifo) => ['--web.config.file', fifo], /--web\.config\.file: .*fifo is a FIFO \(named pipe\), not a regular file/],
+  ['--webhook.token-file', (_d, fifo) => ['--webhook.token-file', fifo], /--webhook\.token-file: .*fifo is a FIFO \(named pipe\), not a regular file/],
+  ['tls_server_config.cert_file', (dir) => (writeFileSync(join(dir, 'web.yml'), 'tls_server_config:\n  cert_file: fifo\n  key_file: fifo\n'), ['--web.config.file', join(dir, 'web.yml')]), /cert_file: .*fifo is a FIFO \(named pipe\), not a regular file/],
+];
+for (const [setting, args, msg] of FILE_SETTINGS) {
+  test(`a FIFO given as ${setting} stops trainwatch with exit 2 and a clear message instead of hanging the start`, { timeout: 30_000 }, () => {
+    const d = tmpDir();
+    try {
+      const fifo = join(d.path, 'fifo');
+      assert.equal(0, spawnSync('mkfifo', [fifo]).status);
+      assertRefusedStart(['--root', d.path, ...args(d.path, fifo)], msg);
+    } finally {
+      d.cleanup();
+    }
+  });
+}
+
+test('a directory or a file over 1 MiB given as --config stops trainwatch with exit 2, naming the file', () => {
+  const d = tmpDir();
+  try {
+    assertRefusedStart(['--root', d.path, '--config', d.path], /--config: .* is a directory, not a regular file; give the path of a file/);
+    writeFileSync(join(d.path, 'big.yml'), '#'.repeat((1 << 20) + 1));
+    assertRefusedStart(['--root', d.path, '--config', join(d.path, 'big.yml')], /--config: .*big\.yml is larger than 1048576 bytes/);
+  } finally {
+    d.cleanup();
   }
 });
