@@ -2,6 +2,7 @@
 // Alertmanager webhook, behind the exporter-toolkit auth and TLS settings.
 import { createServer as createHttp, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttps } from 'node:https';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ConfigError, readSettingFile } from '../config/load.js';
@@ -108,12 +109,25 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
 
   // Slow or stalled bodies must not hold a connection forever; check often enough to notice.
   const timeoutMs = c['web.request-timeout-s'] * 1000;
-  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: 65_000 };
+  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: c['web.keep-alive-timeout-s'] * 1000 };
   // The webhook's plain requests skip express (see WebhookHttp); everything else is the app's.
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     if (!webhook.serve(req, res)) app(req, res);
   };
   const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, listener) : createHttp(serverOpts, listener);
+  // Every connection holds a descriptor, as do tails and control-file writes: cap them.
+  server.maxConnections = c['web.max-connections'];
+  server.on('connection', (socket: Socket) => {
+    httpStats.connections++;
+    socket.once('close', () => httpStats.connections--);
+  });
+  let warned = false;
+  server.on('drop', (d?: { remoteAddress?: string }) => {
+    httpStats.refuse('max_connections');
+    if (warned) return;
+    warned = true;
+    log.warn({ max: server.maxConnections, remote: d?.remoteAddress }, 'connection refused: --web.max-connections are open (logged once; counted in trainwatch_http_connections_refused_total). Raise --web.max-connections, or find the client holding them');
+  });
   const tls = webConfig.tls;
   if (tls) {
     // Runs after the http listener attached its parser but before any request is read.

@@ -6,6 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { get as httpGet } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { BIN, freePort, parseExposition, pyJson, requireBinary, scrape, startTrainwatch, tmpDir, waitFor } from '../helpers/proc.js';
@@ -294,4 +295,58 @@ test('a directory or a file over 1 MiB given as --config stops trainwatch with e
   } finally {
     d.cleanup();
   }
+});
+
+/** A raw connection that sends one keep-alive GET /healthz: 'served' (and left open, idle) or 'refused' (closed with no answer). */
+function idleAfterOneRequest(port: number): Promise<{ socket: Socket; outcome: 'served' | 'refused' }> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'));
+    let got = '';
+    socket.on('data', (b) => {
+      got += b;
+      if (got.includes('\r\n\r\nok\n')) resolve({ socket, outcome: 'served' });
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve({ socket, outcome: got === '' ? 'refused' : 'served' }));
+  });
+}
+
+test('connections beyond --web.max-connections are closed unserved and counted; once idle ones go, /healthz answers again', { timeout: 60_000 }, async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  const tw = await startTrainwatch(['--root', d.path, '--web.max-connections', '8', '--web.keep-alive-timeout-s', '300']);
+  t.after(() => tw.stop());
+  // Open idle keep-alive connections one by one until three are refused (the readiness probe's
+  // own keep-alive connection may hold a slot for a while, so the number served is at most 8).
+  const held: Socket[] = [];
+  t.after(() => held.forEach((s) => s.destroy()));
+  let refused = 0;
+  for (let i = 0; i < 20 && refused < 3; i++) {
+    const c = await idleAfterOneRequest(tw.port);
+    if (c.outcome === 'served') held.push(c.socket);
+    else refused++;
+  }
+  assert.equal(3, refused, `served ${held.length}, refused ${refused}`);
+  assert.equal(true, held.length <= 8, `${held.length} connections held open with a cap of 8`);
+  for (const s of held) s.destroy();
+  // Until the server has seen them close, a probe can still be refused: each such is counted too.
+  let probesRefused = 0;
+  await waitFor(async () => {
+    const r = await rawGet(tw.port, '/healthz').catch(() => (probesRefused++, undefined));
+    return r?.status === 200;
+  }, '/healthz to answer once the idle connections are closed');
+  const m = await scrape(tw.url);
+  assert.equal(3 + probesRefused, m.get('trainwatch_http_connections_refused_total{reason="max_connections"}'));
+  assert.match(tw.logs(), /connection refused: --web\.max-connections are open/);
+});
+
+test('an idle keep-alive connection is closed by the server after --web.keep-alive-timeout-s', { timeout: 30_000 }, async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  const tw = await startTrainwatch(['--root', d.path, '--web.keep-alive-timeout-s', '0.5']);
+  t.after(() => tw.stop());
+  const c = await idleAfterOneRequest(tw.port);
+  assert.equal('served', c.outcome);
+  // The test never closes it: only the server's idle timeout can end the wait.
+  await new Promise<void>((resolve) => (c.socket.destroyed ? resolve() : c.socket.once('close', () => resolve())));
 });
