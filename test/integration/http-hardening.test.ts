@@ -177,7 +177,7 @@ const CLIENT_AUTH: Array<[string, boolean, [string, string, string]]> = [
   ['RequireAndVerifyClientCert', true, ['refused', 'refused', 'served']],
 ];
 for (const [auth, withCa, expected] of CLIENT_AUTH) {
-  test(`client_auth_type ${auth}: no certificate is ${expected[0]}, a self-signed one ${expected[1]}, one from the client CA ${expected[2]}, and refusals are counted`, { timeout: 60_000 }, async (t) => {
+  test(`client_auth_type ${auth}: no certificate is ${expected[0]}, a self-signed one ${expected[1]}, one from the client CA ${expected[2]}, and refusals are counted`, { timeout: 120_000 }, async (t) => {
     const d = tmpDir();
     t.after(() => d.cleanup());
     const c = certificates(d.path);
@@ -186,7 +186,8 @@ for (const [auth, withCa, expected] of CLIENT_AUTH) {
     const port = await freePort();
     const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', `127.0.0.1:${port}`], { stdio: 'ignore' });
     t.after(() => proc.kill('SIGKILL'));
-    await waitFor(async () => (await tlsGet(port, '/healthz', c.serverCa, c.valid)) !== 'refused', 'trainwatch to serve HTTPS');
+    // Generous: only a start that never comes should fail here (the machine may be busy).
+    await waitFor(async () => (await tlsGet(port, '/healthz', c.serverCa, c.valid)) !== 'refused', 'trainwatch to serve HTTPS', 60_000, 100);
     const got: string[] = [];
     for (const client of [undefined, c.rogue, c.valid]) {
       const r = await tlsGet(port, '/healthz', c.serverCa, client);
@@ -204,7 +205,7 @@ for (const [auth, withCa, expected] of CLIENT_AUTH) {
 
 /** Starts trainwatch with `args` and asserts that it exits 2 at once with `msg` and no stack trace. */
 function assertRefusedStart(args: string[], msg: RegExp): void {
-  const r = spawnSync(process.execPath, [BIN, ...args, '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(process.execPath, [BIN, ...args, '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(2, r.status, `exit ${r.status} (signal ${r.signal}): ${r.stderr}`);
   assert.match(r.stderr, msg);
   assert.equal(false, r.stderr.includes('    at '));
@@ -274,7 +275,7 @@ const FILE_SETTINGS: Array<[string, (dir: string, fifo: string) => string[], Reg
   ['tls_server_config.cert_file', (dir) => (writeFileSync(join(dir, 'web.yml'), 'tls_server_config:\n  cert_file: fifo\n  key_file: fifo\n'), ['--web.config.file', join(dir, 'web.yml')]), /cert_file: .*fifo is a FIFO \(named pipe\), not a regular file/],
 ];
 for (const [setting, args, msg] of FILE_SETTINGS) {
-  test(`a FIFO given as ${setting} stops trainwatch with exit 2 and a clear message instead of hanging the start`, { timeout: 30_000 }, () => {
+  test(`a FIFO given as ${setting} stops trainwatch with exit 2 and a clear message instead of hanging the start`, { timeout: 90_000 }, () => {
     const d = tmpDir();
     try {
       const fifo = join(d.path, 'fifo');
@@ -334,7 +335,7 @@ test('connections beyond --web.max-connections are closed unserved and counted; 
   await waitFor(async () => {
     const r = await rawGet(tw.port, '/healthz').catch(() => (probesRefused++, undefined));
     return r?.status === 200;
-  }, '/healthz to answer once the idle connections are closed');
+  }, '/healthz to answer once the idle connections are closed', 60_000);
   const m = await scrape(tw.url);
   assert.equal(3 + probesRefused, m.get('trainwatch_http_connections_refused_total{reason="max_connections"}'));
   assert.match(tw.logs(), /connection refused: --web\.max-connections are open/);
