@@ -59,6 +59,8 @@ export const SETTINGS = [
   { key: 'webhook.allow-unauthenticated', type: 'bool', default: false, group: 'Web', help: 'Serve POST /webhook/alertmanager with no auth at all. Without this or an auth setting, the webhook is disabled.' },
   { key: 'webhook.instance', env: 'TRAINWATCH_WEBHOOK_INSTANCE', type: 'string', default: undefined, arg: 'host:port', group: 'Web', help: 'Act only on alerts whose instance label is this (or that have none). Unset: act on any alert naming a run watched here.' },
   { key: 'web.request-timeout-s', type: 'number', default: 15, min: 0.5, max: 3600, group: 'Web', help: 'A request (headers and body) must arrive within this many seconds, so slow or stalled clients cannot hold connections.' },
+  { key: 'web.max-connections', type: 'int', default: 512, min: 1, max: 1000000, group: 'Web', help: 'At most this many HTTP connections are open at once; more are closed at once and counted. Bounds the file descriptors clients can take from the tails and control-file writes.' },
+  { key: 'web.keep-alive-timeout-s', type: 'number', default: 15, min: 0.1, max: 3600, group: 'Web', help: 'An idle keep-alive connection is closed after this many seconds. Behind a load balancer, set it above the balancer\'s idle timeout.' },
   { key: 'webhook.max-body-bytes', type: 'int', default: 1048576, min: 1024, max: 1073741824, group: 'Web', help: 'Larger webhook bodies get 413.' },
   // Tailing
   { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },

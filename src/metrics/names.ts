@@ -87,6 +87,10 @@ export const METRICS = {
   auditRotations: { name: 'trainwatch_audit_rotations_total', type: 'counter', labels: [], help: 'Audit logs rotated to .trainwatch-audit.jsonl.1 (at 4 MiB), each new file starting with a checkpoint.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
+  httpConnections: { name: 'trainwatch_http_connections', type: 'gauge', labels: [], help: 'Open HTTP connections (at most web.max-connections).' },
+  httpConnectionsRefused: { name: 'trainwatch_http_connections_refused_total', type: 'counter', labels: ['reason'], help: 'Connections closed unserved: max_connections (web.max-connections reached), client_cert (client_auth_type not met after the handshake) or tls_handshake (the TLS handshake failed).' },
+  basicAuth: { name: 'trainwatch_http_basic_auth_total', type: 'counter', labels: ['result'], help: 'Basic-auth checks by result: accepted, rejected, or throttled (too many bcrypt comparisons at once, answered 503).' },
+  basicAuthBcrypt: { name: 'trainwatch_http_basic_auth_bcrypt_total', type: 'counter', labels: [], help: 'bcrypt comparisons run for basic auth (checks not answered from the cache).' },
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof METRICS;

@@ -404,7 +404,7 @@ export class MetricsRenderer {
   ) {}
 
   /** The exposition at time `now`, as byte chunks in order; `sink` gets each one as it is finished. */
-  render(now: number, sink?: Sink): Buffer[] {
+  render(now: number, sink?: Sink, http?: HttpCounters): Buffer[] {
     const w = this.w;
     const out = new Out(sink);
     const t = w.thresholds;
@@ -456,16 +456,30 @@ export class MetricsRenderer {
     out.add('auditRotations', '', w.stats.auditRotations);
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
+    if (http) {
+      out.add('httpConnections', '', http.connections);
+      for (const [reason, n] of http.refused) out.add('httpConnectionsRefused', `{reason="${reason}"}`, n);
+      for (const [result, n] of http.basicAuth) out.add('basicAuth', `{result="${result}"}`, n);
+      out.add('basicAuthBcrypt', '', http.bcrypt);
+    }
     return out.done();
   }
+}
+
+/** Counters of the HTTP server (src/http/stats.ts), rendered after the watcher's. */
+export interface HttpCounters {
+  connections: number;
+  refused: ReadonlyMap<string, number>;
+  basicAuth: ReadonlyMap<string, number>;
+  bcrypt: number;
 }
 
 /** One renderer per watcher, so that each scrape can reuse what the previous one rendered. */
 const renderers = new WeakMap<Watcher, MetricsRenderer>();
 
 /** Renders every trainwatch_* family for the watcher's current state at time `now`, as byte chunks. */
-export function renderMetrics(w: Watcher, now: number, version: string, sink?: Sink): Buffer[] {
+export function renderMetrics(w: Watcher, now: number, version: string, sink?: Sink, http?: HttpCounters): Buffer[] {
   let r = renderers.get(w);
   if (!r) renderers.set(w, (r = new MetricsRenderer(w, version)));
-  return r.render(now, sink);
+  return r.render(now, sink, http);
 }

@@ -214,7 +214,7 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   writeFileSync(join(cfg.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n');
   const { tw } = await setup(t, ['--webhook.max-body-bytes', '2048', '--web.config.file', join(cfg.path, 'web.yml')]);
   const send = async (body: BodyInit, headers: Record<string, string> = {}, path = '/webhook/alertmanager?source=am&x') => {
-    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, ...headers }, body, duplex: 'half' } as RequestInit);
+    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers }, body, duplex: 'half' } as RequestInit);
     return { status: res.status, headers: res.headers, body: (await res.json()) as { error?: string; alerts?: Array<{ result: string }> } };
   };
   const unauth = await send(JSON.stringify(payload([alert('exp1')])), { authorization: 'Bearer nope' });
