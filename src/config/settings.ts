@@ -28,6 +28,7 @@ export const SETTINGS = [
   { key: 'root', env: 'TRAINWATCH_ROOT', type: 'list', default: [], arg: 'path', group: 'Watch', help: 'A directory whose sub-directories are runs; new runs are picked up live (repeatable; env: comma-separated).' },
   { key: 'mode', env: 'TRAINWATCH_MODE', type: 'enum', choices: ['embedded', 'alertmanager'], default: 'embedded', group: 'Watch', help: 'embedded: trainwatch detects and acts by itself. alertmanager: it only exports metrics, and acts on alerts posted to its webhook.' },
   { key: 'run.ttl-s', env: 'TRAINWATCH_RUN_TTL_S', type: 'number', default: 21600, min: 60, max: 31536000, group: 'Watch', help: 'A run whose newest record is older than this many seconds is expired: its series go away and it no longer alerts.' },
+  { key: 'run.max-ranks', env: 'TRAINWATCH_RUN_MAX_RANKS', type: 'int', default: 4096, min: 1, max: 1048576, group: 'Watch', help: 'At most this many distinct ranks per run: records of further ranks are dropped and counted as too_many_ranks (a file whose records carry many rank values cannot make one run cost unbounded memory and CPU). Raise it for larger jobs.' },
   // Detection
   { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
   { key: 'watch.heartbeat-stall-s', env: 'NSA_WATCH_HEARTBEAT_STALL_S', type: 'number', default: 180, min: 1, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'heartbeat_stall: no liveness record for this many seconds (watchdog_dump records are not liveness).' },
@@ -79,6 +80,7 @@ export interface Config {
   root: string[];
   mode: 'embedded' | 'alertmanager';
   'run.ttl-s': number;
+  'run.max-ranks': number;
   'watch.interval-s': number;
   'watch.heartbeat-stall-s': number;
   'watch.flatline-n': number;

@@ -19,6 +19,7 @@ export const PARSE_ERROR_REASONS = [
   'line_too_long',
   'partial_line_dropped',
   'read_error',
+  'too_many_ranks',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 
