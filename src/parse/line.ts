@@ -20,6 +20,7 @@ export const PARSE_ERROR_REASONS = [
   'partial_line_dropped',
   'read_error',
   'too_many_ranks',
+  'not_regular_file',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 

@@ -38,8 +38,8 @@
 //   some on another thread; the tail awaits sink.settle() after each chunk and at the end of
 //   the read, so a read is over only when every line of it has been applied, in file order.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
-import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { lstat, open } from 'node:fs/promises';
 
 /** An open file, as a tail uses it: FileHandle's shape, with sync or async results. */
 export interface TailFile {
@@ -54,17 +54,26 @@ export interface TailIO {
   open(path: string): TailFile | Promise<TailFile>;
 }
 
+/**
+ * How every watched file is opened. O_NONBLOCK: a FIFO renamed over the file between our stat
+ * and our open would otherwise block the open until a writer comes (the whole event loop, with
+ * SYNC_IO); on a regular file it changes nothing. O_NOFOLLOW: a heartbeat file is the trainer's
+ * own file, never a link (to another user's file, say). The handle's fstat then decides: only a
+ * regular file is read (see NotRegularFile).
+ */
+export const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
+
 /** Thread-pool I/O: a hung NFS server blocks a pool thread, never the event loop (--poll). */
-export const ASYNC_IO: TailIO = { stat: (p) => stat(p), open: (p) => open(p, 'r') };
+export const ASYNC_IO: TailIO = { stat: (p) => lstat(p), open: (p) => open(p, OPEN_FLAGS) };
 
 /**
  * Direct system calls: on a local disk a stat or a small read takes microseconds, far less than
  * a round trip through libuv's thread pool, which dominated CPU at 64 busy ranks.
  */
 export const SYNC_IO: TailIO = {
-  stat: (p) => statSync(p),
+  stat: (p) => lstatSync(p),
   open: (p) => {
-    const fd = openSync(p, 'r');
+    const fd = openSync(p, OPEN_FLAGS);
     return { stat: () => fstatSync(fd), read: (b, o, l, pos) => ({ bytesRead: readSync(fd, b, o, l, pos) }), close: () => closeSync(fd) };
   },
 };
@@ -77,6 +86,9 @@ async function closeQuietly(f: TailFile | undefined): Promise<void> {
   }
 }
 
+/** What a tail reports when something could not be delivered as a line (parse error reasons). */
+export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file';
+
 /** Receives what a tail reads. */
 export interface TailSink {
   /** Called before a startup window is (re)read: forget what this file contributed. */
@@ -84,7 +96,7 @@ export interface TailSink {
   /** One complete line, without its newline: bytes [start, end) of buf. */
   line(buf: Buffer, start: number, end: number): void;
   /** Something that could not be delivered as a line. */
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void;
+  error(reason: TailErrorReason, detail?: string): void;
   /** After a startup window: does the state still reach back past the window's start? */
   wantsMoreHistory(): boolean;
   /** Bytes read from the file (for self-metrics). */
@@ -214,10 +226,17 @@ export class FileTail {
       // appears at the path from now on was created after we started: it is read from 0.
       if (this.fh) await this.finishOldFile();
       this.startAtEnd = false;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError(`stat: ${(e as Error).message}`);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError('read_error', `stat: ${(e as Error).message}`);
       return;
     }
-    if (!st.isFile()) return;
+    if (!st.isFile()) {
+      // Not our file any more (a FIFO, a symlink, a directory renamed over it): finish the old
+      // one, refuse this one; a regular file that comes back later is new.
+      if (this.fh) await this.finishOldFile();
+      this.startAtEnd = false;
+      this.refuse(st);
+      return;
+    }
     if (this.fh && (st.ino !== this.ino || st.dev !== this.dev)) {
       await this.finishOldFile();
     }
@@ -252,6 +271,13 @@ export class FileTail {
       this.fh = await this.io.open(this.path);
       // The path may have been swapped between stat and open; trust the handle's identity.
       const st = await this.fh.stat();
+      if (!st.isFile()) {
+        await closeQuietly(this.fh);
+        this.fh = undefined;
+        this.startAtEnd = false;
+        this.refuse(st);
+        return false;
+      }
       this.dev = st.dev;
       this.ino = st.ino;
       this.offset = 0;
@@ -274,7 +300,9 @@ export class FileTail {
     } catch (e) {
       await closeQuietly(this.fh);
       this.fh = undefined;
-      this.reportError(`open: ${(e as Error).message}`);
+      // ELOOP from O_NOFOLLOW: a symlink was renamed over the file after our lstat.
+      if ((e as NodeJS.ErrnoException).code === 'ELOOP') this.refuse(undefined);
+      else this.reportError('read_error', `open: ${(e as Error).message}`);
       return false;
     }
   }
@@ -410,7 +438,7 @@ export class FileTail {
   // Counts the error and drops the handle; the next poll reopens and, if it is the same file,
   // continues here.
   private async readFailed(e: Error): Promise<void> {
-    this.reportError(`read: ${e.message}`);
+    this.reportError('read_error', `read: ${e.message}`);
     this.resume = { dev: this.dev, ino: this.ino, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
     this.pending = undefined;
     await this.dropHandle();
@@ -460,10 +488,17 @@ export class FileTail {
     }
   }
 
-  private reportError(detail: string): void {
+  private reportError(reason: TailErrorReason, detail: string): void {
     // One count per distinct failure, not one per poll, so a stuck EACCES does not flood.
     if (this.lastError === detail) return;
     this.lastError = detail;
-    this.sink.error('read_error', detail);
+    this.sink.error(reason, detail);
+  }
+
+  // Something other than a regular file at the path: never read (a FIFO would block, a device
+  // has no end), counted once while it stays.
+  private refuse(st: Stats | undefined): void {
+    const kind = !st || st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'FIFO' : st.isDirectory() ? 'directory' : st.isSocket() ? 'socket' : 'device';
+    this.reportError('not_regular_file', `${this.path} is a ${kind}, not a regular file: not read. Fix: replace it with the trainer's own (regular) file`);
   }
 }

@@ -1,0 +1,137 @@
+// FileTail against hostile files: FIFOs, symlinks, sparse files, descriptor limits.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, lstatSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ASYNC_IO, FileTail, SYNC_IO, type TailIO, type TailSink } from '../../src/source/tail.js';
+import { requireBinary, tmpDir } from '../helpers/proc.js';
+
+class Collect implements TailSink {
+  lines: string[] = [];
+  errors: string[] = [];
+  details: string[] = [];
+  read = 0;
+  reset() {
+    this.lines = [];
+  }
+  line(buf: Buffer, s: number, e: number) {
+    this.lines.push(buf.toString('utf8', s, e));
+  }
+  error(reason: string, detail?: string) {
+    this.errors.push(reason);
+    this.details.push(detail ?? '');
+  }
+  wantsMoreHistory() {
+    return false;
+  }
+  bytes(n: number) {
+    this.read += n;
+  }
+}
+
+function mkfifo(path: string): void {
+  requireBinary('mkfifo', 'coreutils');
+  assert.equal(0, spawnSync('mkfifo', [path]).status);
+}
+
+function setup(io: TailIO = SYNC_IO, opts: Partial<{ startupBytes: number; startAtEnd: boolean }> = {}) {
+  const d = tmpDir('tw-tailh-');
+  const path = join(d.path, 'heartbeat_rank0.jsonl');
+  const sink = new Collect();
+  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io, ...opts });
+  return { d, path, sink, tail, done: async () => (await tail.close(), d.cleanup()) };
+}
+
+test('fifo_at_heartbeat_path: never read, counted once as not_regular_file while it stays; a regular file after it is read from 0', async () => {
+  const { path, sink, tail, done } = setup();
+  mkfifo(path);
+  await tail.poll();
+  await tail.poll();
+  assert.deepEqual(['not_regular_file'], sink.errors);
+  assert.match(sink.details[0]!, /FIFO, not a regular file.*Fix:/);
+  spawnSync('rm', [path]);
+  writeFileSync(path, 'a\nb\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b'], sink.lines);
+  await done();
+});
+
+for (const [name, base] of [['direct system calls', SYNC_IO], ['the thread pool', ASYNC_IO]] as const) {
+  test(`fifo_swapped_in_between_stat_and_open (${name}): the open does not wait for a writer, and the FIFO is refused`, { timeout: 10_000 }, async () => {
+    const d = tmpDir('tw-tailh-');
+    const path = join(d.path, 'heartbeat_rank0.jsonl');
+    const fifo = join(d.path, 'fifo');
+    writeFileSync(path, 'a\n');
+    mkfifo(fifo);
+    // The race, made certain: the stat sees the regular file, then the FIFO is renamed over it.
+    const io: TailIO = {
+      stat: (p) => {
+        const st = lstatSync(p);
+        renameSync(fifo, p);
+        return st;
+      },
+      open: (p) => base.open(p),
+    };
+    const sink = new Collect();
+    const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io });
+    await tail.poll(); // without O_NONBLOCK this open blocks until a writer opens the FIFO: never
+    assert.deepEqual(['not_regular_file'], sink.errors);
+    assert.deepEqual([], sink.lines);
+    assert.equal(false, tail.isOpen);
+    await tail.close();
+    d.cleanup();
+  });
+}
+
+test('symlink_at_heartbeat_path: not followed, counted as not_regular_file; its target is never read', async () => {
+  const { d, path, sink, tail, done } = setup();
+  const outside = join(d.path, 'outside.jsonl');
+  writeFileSync(outside, 'secret\n');
+  symlinkSync(outside, path);
+  await tail.poll();
+  assert.deepEqual(['not_regular_file'], sink.errors);
+  assert.deepEqual([], sink.lines);
+  assert.equal(0, sink.read);
+  await done();
+});
+
+test('symlink_swapped_in_between_stat_and_open: O_NOFOLLOW refuses it', async () => {
+  const d = tmpDir('tw-tailh-');
+  const path = join(d.path, 'heartbeat_rank0.jsonl');
+  const outside = join(d.path, 'outside.jsonl');
+  const link = join(d.path, 'link');
+  writeFileSync(path, 'a\n');
+  writeFileSync(outside, 'secret\n');
+  symlinkSync(outside, link);
+  const io: TailIO = {
+    stat: (p) => {
+      const st = lstatSync(p);
+      renameSync(link, p);
+      return st;
+    },
+    open: (p) => SYNC_IO.open(p),
+  };
+  const sink = new Collect();
+  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io });
+  await tail.poll();
+  assert.deepEqual(['not_regular_file'], sink.errors);
+  assert.deepEqual([], sink.lines);
+  await tail.close();
+  d.cleanup();
+});
+
+test('a regular file replaced by a FIFO is drained first: its last lines are delivered before the FIFO is refused', async () => {
+  const { d, path, sink, tail, done } = setup();
+  appendFileSync(path, 'a\n');
+  await tail.poll();
+  appendFileSync(path, 'b\n');
+  const fifo = join(d.path, 'fifo');
+  mkfifo(fifo);
+  renameSync(fifo, path);
+  await tail.poll();
+  assert.deepEqual(['a', 'b'], sink.lines);
+  assert.deepEqual(['not_regular_file'], sink.errors);
+  assert.equal(false, tail.isOpen);
+  await done();
+});
