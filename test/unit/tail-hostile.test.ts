@@ -57,30 +57,41 @@ test('fifo_at_heartbeat_path: never read, counted once as not_regular_file while
   await done();
 });
 
-for (const [name, base] of [['direct system calls', SYNC_IO], ['the thread pool', ASYNC_IO]] as const) {
-  test(`fifo_swapped_in_between_stat_and_open (${name}): the open does not wait for a writer, and the FIFO is refused`, { timeout: 10_000 }, async () => {
-    const d = tmpDir('tw-tailh-');
-    const path = join(d.path, 'heartbeat_rank0.jsonl');
-    const fifo = join(d.path, 'fifo');
-    writeFileSync(path, 'a\n');
-    mkfifo(fifo);
-    // The race, made certain: the stat sees the regular file, then the FIFO is renamed over it.
-    const io: TailIO = {
-      stat: (p) => {
-        const st = lstatSync(p);
-        renameSync(fifo, p);
-        return st;
-      },
-      open: (p) => base.open(p),
-    };
-    const sink = new Collect();
-    const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io });
-    await tail.poll(); // without O_NONBLOCK this open blocks until a writer opens the FIFO: never
-    assert.deepEqual(['not_regular_file'], sink.errors);
-    assert.deepEqual([], sink.lines);
+/**
+ * The race, made certain: the tail's stat sees the regular file `a\n` at the path, then
+ * `plant(dir, name)` creates something named `name` and it is renamed over the path before the open.
+ */
+async function raceStatAndOpen(base: TailIO, plant: (dir: string, name: string) => void): Promise<Collect> {
+  const d = tmpDir('tw-tailh-');
+  const path = join(d.path, 'heartbeat_rank0.jsonl');
+  writeFileSync(path, 'a\n');
+  plant(d.path, join(d.path, 'planted'));
+  const io: TailIO = {
+    stat: (p) => {
+      const st = lstatSync(p);
+      renameSync(join(d.path, 'planted'), p);
+      return st;
+    },
+    open: (p) => base.open(p),
+  };
+  const sink = new Collect();
+  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io });
+  try {
+    await tail.poll();
     assert.equal(false, tail.isOpen);
+  } finally {
     await tail.close();
     d.cleanup();
+  }
+  return sink;
+}
+
+for (const [name, base] of [['direct system calls', SYNC_IO], ['the thread pool', ASYNC_IO]] as const) {
+  test(`fifo_swapped_in_between_stat_and_open (${name}): the open does not wait for a writer, and the FIFO is refused`, { timeout: 10_000 }, async () => {
+    // Without O_NONBLOCK the open blocks until a writer opens the FIFO: never.
+    const sink = await raceStatAndOpen(base, (_dir, planted) => mkfifo(planted));
+    assert.deepEqual(['not_regular_file'], sink.errors);
+    assert.deepEqual([], sink.lines);
   });
 }
 
@@ -97,28 +108,12 @@ test('symlink_at_heartbeat_path: not followed, counted as not_regular_file; its 
 });
 
 test('symlink_swapped_in_between_stat_and_open: O_NOFOLLOW refuses it', async () => {
-  const d = tmpDir('tw-tailh-');
-  const path = join(d.path, 'heartbeat_rank0.jsonl');
-  const outside = join(d.path, 'outside.jsonl');
-  const link = join(d.path, 'link');
-  writeFileSync(path, 'a\n');
-  writeFileSync(outside, 'secret\n');
-  symlinkSync(outside, link);
-  const io: TailIO = {
-    stat: (p) => {
-      const st = lstatSync(p);
-      renameSync(link, p);
-      return st;
-    },
-    open: (p) => SYNC_IO.open(p),
-  };
-  const sink = new Collect();
-  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io });
-  await tail.poll();
+  const sink = await raceStatAndOpen(SYNC_IO, (dir, planted) => {
+    writeFileSync(join(dir, 'outside.jsonl'), 'secret\n');
+    symlinkSync(join(dir, 'outside.jsonl'), planted);
+  });
   assert.deepEqual(['not_regular_file'], sink.errors);
   assert.deepEqual([], sink.lines);
-  await tail.close();
-  d.cleanup();
 });
 
 test('a regular file replaced by a FIFO is drained first: its last lines are delivered before the FIFO is refused', async () => {
