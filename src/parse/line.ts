@@ -21,6 +21,7 @@ export const PARSE_ERROR_REASONS = [
   'read_error',
   'too_many_ranks',
   'not_regular_file',
+  'sparse_skip',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 

@@ -87,7 +87,7 @@ async function closeQuietly(f: TailFile | undefined): Promise<void> {
 }
 
 /** What a tail reports when something could not be delivered as a line (parse error reasons). */
-export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file';
+export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file' | 'sparse_skip';
 
 /** Receives what a tail reads. */
 export interface TailSink {
@@ -138,6 +138,22 @@ interface Retired {
 }
 
 const READ_CHUNK = 1 << 20;
+/** A read of at least this many NUL bytes is a hole, skipped by probing (see skipHole). */
+const HOLE_BYTES = 64 << 10;
+/** The probe size when looking for the end of a hole. */
+const HOLE_PROBE = 4096;
+const ZEROS = Buffer.alloc(READ_CHUNK);
+
+/** The first NUL byte in buf[pos, end), or -1. */
+function nulIn(buf: Buffer, pos: number, end: number): number {
+  const i = buf.indexOf(0, pos);
+  return i >= end ? -1 : i;
+}
+
+/** Whether the first n bytes of buf are all NUL. */
+function allNul(buf: Buffer, n: number): boolean {
+  return buf.compare(ZEROS, 0, n, 0, n) === 0;
+}
 const TAIL_MARK_BYTES = 64;
 const STARTUP_MAX_FACTOR = 64;
 
@@ -340,6 +356,12 @@ export class FileTail {
         const buf = Buffer.allocUnsafe(len);
         const n = (await r.fh.read(buf, 0, len, r.offset)).bytesRead;
         if (n === 0) break;
+        if (n >= HOLE_BYTES && allNul(buf, n)) {
+          // A hole in a file already rotated away: not worth probing; give up on it.
+          this.sink.error('sparse_skip', this.path);
+          r.until = 0;
+          break;
+        }
         r.offset += n;
         this.sink.bytes(n);
         // The line splitter works on the tail's own state: lend it the old file's.
@@ -410,6 +432,7 @@ export class FileTail {
 
   private async readTo(size: number): Promise<void> {
     this.sink.willRead?.(size - this.offset);
+    let holes = 0;
     try {
       while (this.offset < size && this.fh) {
         const len = Math.min(READ_CHUNK, size - this.offset);
@@ -417,6 +440,13 @@ export class FileTail {
         let n: number;
         try {
           n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
+          if (n >= HOLE_BYTES && allNul(buf, n)) {
+            // A hole (truncate -s 1T): skip it by probing instead of reading terabytes of zeros.
+            // One hole per read: a file of many holes waits for the next poll (bulkhead).
+            if (holes++ > 0) return;
+            await this.skipHole(this.offset + n, size);
+            continue;
+          }
         } catch (e) {
           await this.readFailed(e as Error);
           return;
@@ -433,6 +463,45 @@ export class FileTail {
     } finally {
       await this.sink.settle?.(true);
     }
+  }
+
+  /**
+   * After a chunk of NUL bytes ending at `from`: finds the first HOLE_PROBE block at or after it
+   * that holds data (galloping, then bisecting: ~60 small reads for a terabyte) and continues
+   * there, or at `size` if none does. Assumes one hole followed by data (what truncate -s or a
+   * crash leaves); data between two holes may be skipped too: counted as sparse_skip either way.
+   */
+  private async skipHole(from: number, size: number): Promise<void> {
+    const fh = this.fh!;
+    const probe = Buffer.allocUnsafe(HOLE_PROBE);
+    const hasData = async (at: number) => {
+      const len = Math.min(HOLE_PROBE, size - at);
+      const n = (await fh.read(probe, 0, len, at)).bytesRead;
+      return !allNul(probe, n);
+    };
+    let lo = from; // everything before lo is taken as NUL
+    let hi = size; // data at hi (or the end)
+    for (let step = HOLE_PROBE; lo < size; step *= 2) {
+      const at = Math.min(from + step - HOLE_PROBE, size - 1);
+      if (await hasData(at)) {
+        hi = at;
+        break;
+      }
+      lo = Math.min(size, at + HOLE_PROBE);
+    }
+    while (hi - lo > HOLE_PROBE) {
+      const mid = lo + Math.floor((hi - lo) / 2 / HOLE_PROBE) * HOLE_PROBE;
+      if (await hasData(mid)) hi = mid;
+      else lo = mid + HOLE_PROBE;
+    }
+    // A line cut by the hole can never complete; what follows the hole starts a line (its
+    // leading NULs are stripped by consume).
+    if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+    this.pending = undefined;
+    this.discarding = false;
+    this.mark = undefined;
+    this.offset = Math.min(lo, size);
+    this.sink.error('sparse_skip', `${this.path}: skipped a hole of NUL bytes up to offset ${this.offset}`);
   }
 
   // Counts the error and drops the handle; the next poll reopens and, if it is the same file,
@@ -462,9 +531,23 @@ export class FileTail {
       end = buf.length;
       this.pending = undefined;
     }
+    // NUL bytes are never part of a record: a run of them is a hole (truncate -s, the zeros a
+    // crash leaves) that ends whatever line came before it. One scan per chunk finds them.
+    let nul = nulIn(buf, pos, end);
     for (;;) {
       const nl = buf.indexOf(10, pos);
-      if (nl === -1 || nl >= end) break;
+      const lineEnd = nl === -1 || nl >= end ? end : nl;
+      if (nul !== -1 && nul < lineEnd) {
+        // The line before the hole is cut: it can never complete.
+        if (nul > pos && !this.discarding) this.sink.error('partial_line_dropped', this.path);
+        this.discarding = false;
+        while (nul < end && buf[nul] === 0) nul++;
+        this.sink.error('sparse_skip', this.path);
+        pos = nul;
+        nul = nulIn(buf, pos, end);
+        continue;
+      }
+      if (lineEnd === end) break;
       if (this.discarding) {
         this.discarding = false;
       } else if (nl - pos > this.opts.maxLineBytes) {

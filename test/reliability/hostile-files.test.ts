@@ -4,10 +4,10 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, renameSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireBinary, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, killAtEnd, parseErrors, record, scrapeUntil, sleep, startTw, scratch, type Tw } from '../helpers/reliability.js';
+import { assertServing, beat, killAtEnd, parseErrors, record, scrapeUntil, sleep, startTw, step, scratch, type Tw } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.2', '--halt', '1'];
 
@@ -77,4 +77,20 @@ describe('hostile files', { concurrency: 2 }, () => {
     assert.equal(true, parseErrors(m, 'not_regular_file') <= 3000 + 1, 'counted per episode, not per poll');
     await assertServing(tw);
   });
+
+  test('sparse_1TB_heartbeat_file: the record appended after the hole is read, the control run is halted, /healthz answers', { timeout: 90_000 }, async (t) => {
+    const base = scratch(t);
+    const { victim, control } = twoRuns(base);
+    const tw = await startTw(t, ['--root', base, ...FAST]);
+    await scrapeUntil(tw.url, (m) => step(m, 'victim', 0) === 1, 'the victim run to be read');
+    truncateSync(join(victim, 'heartbeat_rank0.jsonl'), 2 ** 40); // truncate -s 1T
+    beat(victim, 0, 99);
+    await controlHalted(tw, control);
+    await healthy(tw);
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'victim', 0) === 99, 'the record after the hole to be read');
+    assert.equal(true, parseErrors(m, 'sparse_skip') >= 1);
+    assert.equal(true, m.get('trainwatch_read_bytes_total')! < 64 << 20, `read ${m.get('trainwatch_read_bytes_total')} bytes, not a terabyte`);
+    await assertServing(tw);
+  });
 });
+

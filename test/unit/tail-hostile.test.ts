@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, lstatSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, lstatSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ASYNC_IO, FileTail, SYNC_IO, type TailIO, type TailSink } from '../../src/source/tail.js';
 import { requireBinary, tmpDir } from '../helpers/proc.js';
@@ -128,5 +128,60 @@ test('a regular file replaced by a FIFO is drained first: its last lines are del
   assert.deepEqual(['a', 'b'], sink.lines);
   assert.deepEqual(['not_regular_file'], sink.errors);
   assert.equal(false, tail.isOpen);
+  await done();
+});
+
+const TB = 2 ** 40;
+
+test('sparse_file_truncated_to_1TB: the record appended after the hole is read with a few small reads, and the hole is counted as sparse_skip', { timeout: 20_000 }, async () => {
+  const { path, sink, tail, done } = setup();
+  appendFileSync(path, 'a\n');
+  await tail.poll();
+  truncateSync(path, TB); // a terabyte of zeros, none of them on disk
+  appendFileSync(path, 'b\n');
+  await tail.poll();
+  appendFileSync(path, 'c\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b', 'c'], sink.lines);
+  assert.equal(true, sink.errors.includes('sparse_skip'));
+  assert.deepEqual([], sink.errors.filter((e) => e !== 'sparse_skip'));
+  assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
+  await done();
+});
+
+test('sparse_file_without_data_after_the_hole: skipped to its end; a record appended later is read', { timeout: 20_000 }, async () => {
+  const { path, sink, tail, done } = setup();
+  appendFileSync(path, 'a\n');
+  await tail.poll();
+  truncateSync(path, TB);
+  await tail.poll();
+  appendFileSync(path, 'b\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b'], sink.lines);
+  assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
+  await done();
+});
+
+test('sparse_file_at_startup: a 1 TB file present at startup is read from its last window, and the record after the zeros is delivered', { timeout: 20_000 }, async () => {
+  const { path, sink, tail, done } = setup(SYNC_IO, { startAtEnd: true });
+  writeFileSync(path, 'old\n');
+  truncateSync(path, TB);
+  appendFileSync(path, 'new\n');
+  await tail.poll();
+  assert.deepEqual(['new'], sink.lines);
+  assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
+  await done();
+});
+
+test('a short run of NUL bytes between records (a crash left zeros) is skipped and counted; the records around it are delivered', async () => {
+  const { path, sink, tail, done } = setup();
+  appendFileSync(path, Buffer.concat([Buffer.from('a\n'), Buffer.alloc(5000), Buffer.from('b\n')]));
+  await tail.poll();
+  appendFileSync(path, Buffer.concat([Buffer.from('par'), Buffer.alloc(10)]));
+  await tail.poll();
+  appendFileSync(path, 'c\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b', 'c'], sink.lines);
+  assert.deepEqual(['sparse_skip', 'partial_line_dropped', 'sparse_skip'], sink.errors);
   await done();
 });
