@@ -28,7 +28,7 @@ export interface RunLocation {
   ino: number;
 }
 
-/** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone. */
+/** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone; out of descriptors throws DiscoveryRetry. */
 export async function listRunFiles(dir: string): Promise<string[] | undefined> {
   try {
     return runFilesOf(await readdir(dir));
@@ -51,7 +51,29 @@ const runFilesOf = (names: string[]) => names.filter((n) => roleOf(n) !== undefi
 function goneOrThrow(e: unknown): undefined {
   const code = (e as NodeJS.ErrnoException).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-  throw e;
+  throw retryable(e) ?? e;
+}
+
+/**
+ * Discovery could not tell what exists because the process (EMFILE) or the system (ENFILE) is
+ * out of file descriptors. That says nothing about the directory: the caller keeps the runs
+ * and files it knows and retries later, and never takes it for "gone".
+ */
+export class DiscoveryRetry extends Error {
+  constructor(
+    readonly path: string,
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); retrying`);
+    this.name = 'DiscoveryRetry';
+  }
+}
+
+/** A DiscoveryRetry for an out-of-descriptors error, else undefined. */
+function retryable(e: unknown, path = (e as NodeJS.ErrnoException).path ?? ''): DiscoveryRetry | undefined {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'EMFILE' || code === 'ENFILE' ? new DiscoveryRetry(path, code, (e as Error).message) : undefined;
 }
 
 /** One root's listing, reused while the root's entries have not changed. */
@@ -98,6 +120,8 @@ async function resolveRun(name: string, dir: string, onError: (path: string, err
     ino = st.ino;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    const retry = retryable(e, dir);
+    if (retry) throw retry;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
     return undefined;
   }
@@ -117,6 +141,8 @@ async function listRoot(root: string, onError: (path: string, err: Error) => voi
     entries = await readdir(root, { withFileTypes: true });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    const retry = retryable(e, root);
+    if (retry) throw retry; // an empty listing would drop every run under the root
     if (code !== 'ENOENT') onError(root, e as Error);
     return [];
   }
@@ -162,7 +188,8 @@ async function rootRuns(root: string, onError: (path: string, err: Error) => voi
  * each --root (named by its path relative to the root). Symlinked directories are followed
  * once; realpath de-duplication means a symlink loop cannot make a run appear twice, and an
  * entry that resolves to its root or to a parent of it (root/a -> root) is a loop, not a run.
- * With a cache, a root whose entries have not changed is not listed again.
+ * With a cache, a root whose entries have not changed is not listed again. Out of file
+ * descriptors (EMFILE, ENFILE) throws DiscoveryRetry: the runs known so far are still there.
  */
 export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void, cache?: DiscoveryCache): Promise<RunLocation[]> {
   const out: RunLocation[] = [];

@@ -30,6 +30,13 @@
 //   to a cap, each time after sink.reset(). It doubles too while it holds no whole line (the
 //   newest line is longer than the window), up to maxLineBytes. A file that appears after
 //   startup is new: read from 0; so is one that was missing at some poll (created after it).
+// - idle: after opts.idlePolls polls in a row that read nothing (and after a startup window) the
+//   descriptor is released, remembering identity, offset and partial line, exactly as after a
+//   read error (below); an unchanged file is then not even opened. If the path changed identity
+//   meanwhile, the released file is looked for beside it by dev+ino (a rename rotation leaves
+//   it there) and drained; deleted or compressed, its unread end is beyond reach.
+// - EMFILE/ENFILE on open: a read error like any other (counted, retried at the next poll), with
+//   the fix in its detail; never taken for a missing file.
 // - read errors (EACCES, ESTALE, EIO): counted (once per distinct error), the handle is dropped,
 //   the next poll retries; if it reopens the same file (dev+ino) it continues at the offset
 //   where the error struck (with the usual truncation checks), so nothing is read twice.
@@ -38,8 +45,9 @@
 //   some on another thread; the tail awaits sink.settle() after each chunk and at the end of
 //   the read, so a read is over only when every line of it has been applied, in file order.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
-import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync, type Stats } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 
 /** An open file, as a tail uses it: FileHandle's shape, with sync or async results. */
 export interface TailFile {
@@ -50,8 +58,11 @@ export interface TailFile {
 
 /** How a tail reaches the file system. */
 export interface TailIO {
+  /** lstat: a symlink is reported as one */
   stat(path: string): Stats | Promise<Stats>;
   open(path: string): TailFile | Promise<TailFile>;
+  /** the names in a directory (to find a rotated-away file by identity); optional */
+  list?(dir: string): string[] | Promise<string[]>;
 }
 
 /**
@@ -64,7 +75,7 @@ export interface TailIO {
 export const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
 
 /** Thread-pool I/O: a hung NFS server blocks a pool thread, never the event loop (--poll). */
-export const ASYNC_IO: TailIO = { stat: (p) => lstat(p), open: (p) => open(p, OPEN_FLAGS) };
+export const ASYNC_IO: TailIO = { stat: (p) => lstat(p), open: (p) => open(p, OPEN_FLAGS), list: (d) => readdir(d) };
 
 /**
  * Direct system calls: on a local disk a stat or a small read takes microseconds, far less than
@@ -72,6 +83,7 @@ export const ASYNC_IO: TailIO = { stat: (p) => lstat(p), open: (p) => open(p, OP
  */
 export const SYNC_IO: TailIO = {
   stat: (p) => lstatSync(p),
+  list: (d) => readdirSync(d),
   open: (p) => {
     const fd = openSync(p, OPEN_FLAGS);
     return { stat: () => fstatSync(fd), read: (b, o, l, pos) => ({ bytesRead: readSync(fd, b, o, l, pos) }), close: () => closeSync(fd) };
@@ -126,6 +138,11 @@ export interface TailOptions {
   rotateGraceMs?: number;
   /** system calls (SYNC_IO) or the thread pool (ASYNC_IO, the default) */
   io?: TailIO;
+  /**
+   * Release the descriptor after this many polls in a row that found nothing new (default
+   * IDLE_POLLS; 0 keeps it open): one fd per tailed file would run out at tens of thousands.
+   */
+  idlePolls?: number;
 }
 
 /** A rotated-away file still read for a moment (see rotateGraceMs). */
@@ -138,6 +155,10 @@ interface Retired {
 }
 
 const READ_CHUNK = 1 << 20;
+/** Polls without anything new after which a tail releases its descriptor (see park). */
+export const IDLE_POLLS = 2;
+/** At most this many names like `<file>*` are stat()ed when looking for a rotated-away file. */
+const MAX_SIBLINGS = 64;
 /** A read of at least this many NUL bytes is a hole, skipped by probing (see skipHole). */
 const HOLE_BYTES = 64 << 10;
 /** The probe size when looking for the end of a hole. */
@@ -179,6 +200,10 @@ export class FileTail {
   private retired: Retired | undefined;
   /** where a read error left the file: reopening the same file continues there */
   private resume: { dev: number; ino: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  /** the descriptor was released because the file was idle (resume holds where we were) */
+  private parked = false;
+  /** polls in a row that read nothing */
+  private idleCount = 0;
   private running: Promise<void> | undefined;
   private again = false;
   private closed = false;
@@ -241,6 +266,7 @@ export class FileTail {
       // Gone (rotated away or deleted): finish the old file, then wait for a new one. Whatever
       // appears at the path from now on was created after we started: it is read from 0.
       if (this.fh) await this.finishOldFile();
+      else if (this.resume) await this.finishReleased();
       this.startAtEnd = false;
       if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError('read_error', `stat: ${(e as Error).message}`);
       return;
@@ -249,6 +275,7 @@ export class FileTail {
       // Not our file any more (a FIFO, a symlink, a directory renamed over it): finish the old
       // one, refuse this one; a regular file that comes back later is new.
       if (this.fh) await this.finishOldFile();
+      else if (this.resume) await this.finishReleased();
       this.startAtEnd = false;
       this.refuse(st);
       return;
@@ -256,11 +283,20 @@ export class FileTail {
     if (this.fh && (st.ino !== this.ino || st.dev !== this.dev)) {
       await this.finishOldFile();
     }
+    if (!this.fh && this.resume && (st.ino !== this.resume.ino || st.dev !== this.resume.dev)) await this.finishReleased();
     if (!this.fh) {
+      const r = this.resume;
+      // Released while idle and still the same, unchanged file: nothing to read, no open needed.
+      if (this.parked && r && st.size === r.offset && st.mtimeMs === this.mtimeMs && st.ctimeMs === this.ctimeMs) return;
       if (!(await this.openFile())) return;
       if (this.startAtEnd) {
         this.startAtEnd = false;
         await this.readStartupWindow(st.size);
+        this.mtimeMs = st.mtimeMs;
+        this.ctimeMs = st.ctimeMs;
+        // At startup every existing file is read once: holding each one's descriptor after that
+        // would need as many as there are files. The busy ones are reopened at their next change.
+        if (this.fh && (this.opts.idlePolls ?? IDLE_POLLS) > 0) await this.release(true);
         return;
       }
     }
@@ -277,9 +313,65 @@ export class FileTail {
       }
     }
     if (truncated) this.truncated();
+    const before = this.offset;
     if (st.size > this.offset) await this.readTo(st.size);
     this.mtimeMs = st.mtimeMs;
     this.ctimeMs = st.ctimeMs;
+    if (truncated || this.offset !== before) this.idleCount = 0;
+    else if (this.fh && (this.opts.idlePolls ?? IDLE_POLLS) > 0 && ++this.idleCount >= (this.opts.idlePolls ?? IDLE_POLLS)) await this.release(true);
+  }
+
+  /**
+   * The file we released (idle, or after a read error) is no longer at the path. A logrotate
+   * rename leaves it beside the path (`<name>.1`, `<name>-20260101`): found by its identity, it
+   * is drained from where we were, as a held file would be. Otherwise (deleted, compressed)
+   * whatever it got since our last poll is beyond reach.
+   */
+  private async finishReleased(): Promise<void> {
+    const r = this.resume!;
+    this.resume = undefined;
+    this.parked = false;
+    const fh = await this.openSibling((st) => st.dev === r.dev && st.ino === r.ino);
+    if (!fh) {
+      if (r.pending && r.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+      return;
+    }
+    this.fh = fh;
+    this.dev = r.dev;
+    this.ino = r.ino;
+    this.offset = this.markEnd = r.offset;
+    this.mark = r.mark;
+    this.pending = r.pending;
+    this.discarding = r.discarding;
+    await this.finishOldFile();
+  }
+
+  /** Opens the first file beside ours (`<name>` followed by anything) whose lstat `matches`. */
+  private async openSibling(matches: (st: Stats) => boolean): Promise<TailFile | undefined> {
+    const dir = dirname(this.path);
+    const base = basename(this.path);
+    let names: string[];
+    try {
+      names = (await this.io.list?.(dir)) ?? [];
+    } catch {
+      return undefined;
+    }
+    let tried = 0;
+    for (const name of names) {
+      if (name === base || !name.startsWith(base) || name.endsWith('.gz')) continue;
+      if (++tried > MAX_SIBLINGS) break;
+      let fh: TailFile | undefined;
+      try {
+        if (!matches(await this.io.stat(join(dir, name)))) continue;
+        fh = await this.io.open(join(dir, name));
+        const st = await fh.stat();
+        if (st.isFile() && matches(st)) return fh;
+      } catch {
+        // gone meanwhile, or unreadable: not the one
+      }
+      await closeQuietly(fh);
+    }
+    return undefined;
   }
 
   private async openFile(): Promise<boolean> {
@@ -303,6 +395,7 @@ export class FileTail {
       this.lastError = undefined;
       const r = this.resume;
       this.resume = undefined;
+      this.parked = false;
       if (r && r.dev === st.dev && r.ino === st.ino) {
         // The same file after a read error: continue where we were (the truncation check runs as usual).
         this.offset = this.markEnd = r.offset;
@@ -317,7 +410,10 @@ export class FileTail {
       await closeQuietly(this.fh);
       this.fh = undefined;
       // ELOOP from O_NOFOLLOW: a symlink was renamed over the file after our lstat.
-      if ((e as NodeJS.ErrnoException).code === 'ELOOP') this.refuse(undefined);
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP') this.refuse(undefined);
+      // Out of descriptors: not this file's fault, and never "gone"; the next poll retries.
+      else if (code === 'EMFILE' || code === 'ENFILE') this.reportError('read_error', `open: ${(e as Error).message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); idle files are closed, so this takes more files than the limit read at once`);
       else this.reportError('read_error', `open: ${(e as Error).message}`);
       return false;
     }
@@ -508,7 +604,16 @@ export class FileTail {
   // continues here.
   private async readFailed(e: Error): Promise<void> {
     this.reportError('read_error', `read: ${e.message}`);
+    await this.release(false);
+  }
+
+  // Closes the descriptor, remembering where we were: the next poll that finds the same file
+  // changed reopens it (checked by dev+ino) and continues there. `idle`: released because nothing
+  // happened (an unchanged file is then not even opened), not because of an error.
+  private async release(idle: boolean): Promise<void> {
     this.resume = { dev: this.dev, ino: this.ino, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.parked = idle;
+    this.idleCount = 0;
     this.pending = undefined;
     await this.dropHandle();
   }

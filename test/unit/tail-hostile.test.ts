@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, lstatSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ASYNC_IO, FileTail, SYNC_IO, type TailIO, type TailSink } from '../../src/source/tail.js';
 import { requireBinary, tmpDir } from '../helpers/proc.js';
@@ -183,5 +183,86 @@ test('a short run of NUL bytes between records (a crash left zeros) is skipped a
   await tail.poll();
   assert.deepEqual(['a', 'b', 'c'], sink.lines);
   assert.deepEqual(['sparse_skip', 'partial_line_dropped', 'sparse_skip'], sink.errors);
+  await done();
+});
+
+/** Descriptors of this process open on `path` (readlink of /proc/self/fd/*). */
+function fdsOn(path: string): number {
+  return readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === path;
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+test('idle_file_releases_its_descriptor: after two polls with nothing new the fd is closed; an append reopens the same file and continues where it was', async () => {
+  const { path, sink, tail, done } = setup();
+  appendFileSync(path, 'a\npar');
+  await tail.poll();
+  assert.equal(1, fdsOn(path));
+  await tail.poll();
+  await tail.poll();
+  assert.equal(0, fdsOn(path));
+  assert.equal(false, tail.isOpen);
+  await tail.poll(); // unchanged: not even opened
+  assert.equal(false, tail.isOpen);
+  appendFileSync(path, 'tial\nb\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'partial', 'b'], sink.lines);
+  assert.deepEqual([], sink.errors);
+  await done();
+});
+
+/** A tail that read `first` and then released the file (three polls, the last two idle). */
+async function released(first: string) {
+  const t = setup();
+  appendFileSync(t.path, first);
+  for (let i = 0; i < 3; i++) await t.tail.poll();
+  assert.equal(false, t.tail.isOpen);
+  return t;
+}
+
+test('a released file rotated by rename is found beside the path by its identity and drained; the new file is read from 0', async () => {
+  const { d, path, sink, tail, done } = await released('a\n');
+  appendFileSync(path, 'b\n'); // written after our last poll, then rotated away at once
+  writeFileSync(join(d.path, 'heartbeat_rank0.jsonl-20991231'), 'not ours\n'); // a sibling with another identity
+  renameSync(path, `${path}.1`);
+  appendFileSync(path, 'c\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b', 'c'], sink.lines);
+  assert.deepEqual([], sink.errors);
+  await done();
+});
+
+test('a released file truncated and regrown (copytruncate) is detected when reopened: the new content is read from 0', async () => {
+  const { path, sink, tail, done } = await released('first-generation\n');
+  truncateSync(path, 0);
+  appendFileSync(path, 'second-generation-longer\n');
+  await tail.poll();
+  assert.deepEqual(['first-generation', 'second-generation-longer'], sink.lines);
+  await done();
+});
+
+test('emfile_on_open: out of descriptors is a counted read error that names the fix, never "gone"; the next poll retries and reads the file', async () => {
+  let fail = true;
+  const io: TailIO = {
+    stat: (p) => SYNC_IO.stat(p),
+    open: (p) => {
+      if (fail) throw Object.assign(new Error('EMFILE: too many open files, open'), { code: 'EMFILE' });
+      return SYNC_IO.open(p);
+    },
+  };
+  const { path, sink, tail, done } = setup(io);
+  appendFileSync(path, 'a\n');
+  await tail.poll();
+  await tail.poll();
+  assert.deepEqual(['read_error'], sink.errors); // once per failure, not once per poll
+  assert.match(sink.details[0]!, /EMFILE.*Fix: raise the open-files limit/);
+  fail = false;
+  appendFileSync(path, 'b\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b'], sink.lines);
   await done();
 });
