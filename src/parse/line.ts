@@ -22,6 +22,7 @@ export const PARSE_ERROR_REASONS = [
   'too_many_ranks',
   'not_regular_file',
   'sparse_skip',
+  'copytruncate_lost',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 

@@ -6,8 +6,10 @@
 // - append (same file, size > offset): read [offset, size); complete lines are delivered, the
 //   bytes after the last newline wait in `pending` until their newline arrives.
 // - nothing new (size == offset): nothing happens.
-// - copytruncate (same file, size < offset): the pending partial line is dropped (counted),
-//   and reading restarts at offset 0.
+// - copytruncate (same file, size < offset): first what was appended after our last read is
+//   read from the copy, if a sibling `<name>*` holds our mark at our offset (readFromCopy;
+//   otherwise the possible loss is counted as copytruncate_lost); then the pending partial line
+//   is dropped (counted), and reading restarts at offset 0.
 // - truncate and regrow to or past our offset between two polls (same file, size >= offset, and
 //   it grew or mtime/ctime changed): we keep the last bytes read before `offset` (up to
 //   TAIL_MARK_BYTES, a partial line included) and compare them with what the file holds there
@@ -99,7 +101,7 @@ async function closeQuietly(f: TailFile | undefined): Promise<void> {
 }
 
 /** What a tail reports when something could not be delivered as a line (parse error reasons). */
-export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file' | 'sparse_skip';
+export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file' | 'sparse_skip' | 'copytruncate_lost';
 
 /** Receives what a tail reads. */
 export interface TailSink {
@@ -159,6 +161,8 @@ const READ_CHUNK = 1 << 20;
 export const IDLE_POLLS = 2;
 /** At most this many names like `<file>*` are stat()ed when looking for a rotated-away file. */
 const MAX_SIBLINGS = 64;
+/** At most this much of a copytruncate copy is read to recover what the truncation took. */
+const MAX_COPY_BYTES = 16 << 20;
 /** A read of at least this many NUL bytes is a hole, skipped by probing (see skipHole). */
 const HOLE_BYTES = 64 << 10;
 /** The probe size when looking for the end of a hole. */
@@ -169,6 +173,11 @@ const ZEROS = Buffer.alloc(READ_CHUNK);
 function nulIn(buf: Buffer, pos: number, end: number): number {
   const i = buf.indexOf(0, pos);
   return i >= end ? -1 : i;
+}
+
+/** Same device, inode and birth time (0 where the file system keeps none). */
+function sameFile(st: Stats, id: { dev: number; ino: number; birth: number }): boolean {
+  return st.dev === id.dev && st.ino === id.ino && st.birthtimeMs === id.birth;
 }
 
 /** Whether the first n bytes of buf are all NUL. */
@@ -199,7 +208,9 @@ export class FileTail {
   private startAtEnd: boolean;
   private retired: Retired | undefined;
   /** where a read error left the file: reopening the same file continues there */
-  private resume: { dev: number; ino: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  private resume: { dev: number; ino: number; birth: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  /** birth time of the open file: with no descriptor held, a deleted file's inode number is reused at once */
+  private birth = 0;
   /** the descriptor was released because the file was idle (resume holds where we were) */
   private parked = false;
   /** polls in a row that read nothing */
@@ -283,7 +294,7 @@ export class FileTail {
     if (this.fh && (st.ino !== this.ino || st.dev !== this.dev)) {
       await this.finishOldFile();
     }
-    if (!this.fh && this.resume && (st.ino !== this.resume.ino || st.dev !== this.resume.dev)) await this.finishReleased();
+    if (!this.fh && this.resume && !sameFile(st, this.resume)) await this.finishReleased();
     if (!this.fh) {
       const r = this.resume;
       // Released while idle and still the same, unchanged file: nothing to read, no open needed.
@@ -312,7 +323,7 @@ export class FileTail {
         return;
       }
     }
-    if (truncated) this.truncated();
+    if (truncated) await this.truncated();
     const before = this.offset;
     if (st.size > this.offset) await this.readTo(st.size);
     this.mtimeMs = st.mtimeMs;
@@ -331,7 +342,7 @@ export class FileTail {
     const r = this.resume!;
     this.resume = undefined;
     this.parked = false;
-    const fh = await this.openSibling((st) => st.dev === r.dev && st.ino === r.ino);
+    const fh = await this.openSibling((st) => sameFile(st, r));
     if (!fh) {
       if (r.pending && r.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
       return;
@@ -339,6 +350,7 @@ export class FileTail {
     this.fh = fh;
     this.dev = r.dev;
     this.ino = r.ino;
+    this.birth = r.birth;
     this.offset = this.markEnd = r.offset;
     this.mark = r.mark;
     this.pending = r.pending;
@@ -346,8 +358,8 @@ export class FileTail {
     await this.finishOldFile();
   }
 
-  /** Opens the first file beside ours (`<name>` followed by anything) whose lstat `matches`. */
-  private async openSibling(matches: (st: Stats) => boolean): Promise<TailFile | undefined> {
+  /** Opens the first file beside ours (`<name>` followed by anything) whose lstat `matches` (and that passes `verify`). */
+  private async openSibling(matches: (st: Stats) => boolean, verify?: (fh: TailFile) => Promise<boolean>): Promise<TailFile | undefined> {
     const dir = dirname(this.path);
     const base = basename(this.path);
     let names: string[];
@@ -365,7 +377,7 @@ export class FileTail {
         if (!matches(await this.io.stat(join(dir, name)))) continue;
         fh = await this.io.open(join(dir, name));
         const st = await fh.stat();
-        if (st.isFile() && matches(st)) return fh;
+        if (st.isFile() && matches(st) && (!verify || (await verify(fh)))) return fh;
       } catch {
         // gone meanwhile, or unreadable: not the one
       }
@@ -388,6 +400,7 @@ export class FileTail {
       }
       this.dev = st.dev;
       this.ino = st.ino;
+      this.birth = st.birthtimeMs;
       this.offset = 0;
       this.pending = undefined;
       this.discarding = false;
@@ -396,7 +409,7 @@ export class FileTail {
       const r = this.resume;
       this.resume = undefined;
       this.parked = false;
-      if (r && r.dev === st.dev && r.ino === st.ino) {
+      if (r && sameFile(st, r)) {
         // The same file after a read error: continue where we were (the truncation check runs as usual).
         this.offset = this.markEnd = r.offset;
         this.mark = r.mark;
@@ -423,7 +436,7 @@ export class FileTail {
     try {
       const st = await this.fh!.stat();
       // It may have been truncated (copytruncate) and regrown since our last poll, then rotated.
-      if (st.size < this.offset || (this.offset > 0 && !(await this.markStillThere()))) this.truncated();
+      if (st.size < this.offset || (this.offset > 0 && !(await this.markStillThere()))) await this.truncated();
       if (st.size > this.offset) await this.readTo(st.size);
     } catch {
       // ESTALE and friends: what was not read is not readable any more.
@@ -490,12 +503,56 @@ export class FileTail {
     await closeQuietly(fh);
   }
 
-  private truncated(): void {
+  /**
+   * The file was truncated under us (copytruncate, or truncate and regrow). What was appended
+   * between our last read and the truncation is gone from it; copytruncate left it in a copy
+   * beside the path. A sibling `<name>*` (logrotate: `<name>.1`, `<name>-YYYYMMDD`) at least as
+   * long as our offset, holding our mark (the last bytes we read) at the same position, is that
+   * copy: its bytes past our offset are read first (up to MAX_COPY_BYTES). Without one, the
+   * possible loss is counted as copytruncate_lost.
+   */
+  private async truncated(): Promise<void> {
+    if (this.offset > 0) await this.readFromCopy();
     if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
     this.pending = undefined;
     this.discarding = false;
     this.offset = 0;
     this.mark = undefined;
+  }
+
+  private async readFromCopy(): Promise<void> {
+    const mark = this.markEnd === this.offset ? this.mark : undefined;
+    const at = this.offset;
+    const copy = mark && (await this.openSibling(
+      (st) => st.size >= at && !(st.dev === this.dev && st.ino === this.ino),
+      async (fh) => {
+        const buf = Buffer.allocUnsafe(mark.length);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, at - mark.length);
+        return bytesRead === buf.length && buf.equals(mark);
+      },
+    ));
+    if (!copy) {
+      this.sink.error('copytruncate_lost', `${this.path}: truncated, and no copy of it beside it holds what we read last`);
+      return;
+    }
+    try {
+      const end = Math.min((await copy.stat()).size, at + MAX_COPY_BYTES);
+      for (let pos = at; pos < end; ) {
+        const len = Math.min(READ_CHUNK, end - pos);
+        const buf = Buffer.allocUnsafe(len);
+        const n = (await copy.read(buf, 0, len, pos)).bytesRead;
+        if (n === 0 || (n >= HOLE_BYTES && allNul(buf, n))) break;
+        pos += n;
+        this.sink.bytes(n);
+        this.consume(buf, n);
+      }
+      if ((await copy.stat()).size > end) this.sink.error('copytruncate_lost', `${this.path}: more than ${MAX_COPY_BYTES} bytes to recover from its copy`);
+    } catch {
+      this.sink.error('copytruncate_lost', this.path);
+    } finally {
+      await this.sink.settle?.(true);
+      await closeQuietly(copy);
+    }
   }
 
   // Compares the bytes we last consumed (ending at a newline) with what the file holds there now.
@@ -611,7 +668,7 @@ export class FileTail {
   // changed reopens it (checked by dev+ino) and continues there. `idle`: released because nothing
   // happened (an unchanged file is then not even opened), not because of an error.
   private async release(idle: boolean): Promise<void> {
-    this.resume = { dev: this.dev, ino: this.ino, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.resume = { dev: this.dev, ino: this.ino, birth: this.birth, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
     this.parked = idle;
     this.idleCount = 0;
     this.pending = undefined;

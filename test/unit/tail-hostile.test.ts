@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ASYNC_IO, FileTail, SYNC_IO, type TailIO, type TailSink } from '../../src/source/tail.js';
 import { requireBinary, tmpDir } from '../helpers/proc.js';
@@ -264,5 +264,35 @@ test('emfile_on_open: out of descriptors is a counted read error that names the 
   appendFileSync(path, 'b\n');
   await tail.poll();
   assert.deepEqual(['a', 'b'], sink.lines);
+  await done();
+});
+
+for (const suffix of ['.1', '-20261130']) {
+  test(`copytruncate_with_copy (${suffix}): records written after our last read and before the copy are read from the copy, then the truncated file from 0`, async () => {
+    const { path, sink, tail, done } = setup();
+    appendFileSync(path, 'a\nb\n');
+    await tail.poll();
+    appendFileSync(path, 'c\nd\npar'); // not read before the rotation: only the copy has them
+    copyFileSync(path, path + suffix);
+    truncateSync(path, 0);
+    appendFileSync(path, 'e\n');
+    await tail.poll();
+    assert.deepEqual(['a', 'b', 'c', 'd', 'e'], sink.lines);
+    assert.deepEqual(['partial_line_dropped'], sink.errors); // the writer's line cut by the copy
+    await done();
+  });
+}
+
+test('copytruncate with an unrelated sibling: a file that does not hold what we read last is not taken for the copy; the possible loss is counted', async () => {
+  const { path, sink, tail, done } = setup();
+  appendFileSync(path, 'a\nb\n');
+  await tail.poll();
+  appendFileSync(path, 'c\n');
+  writeFileSync(`${path}.1`, 'x\ny\nz\nw\n'); // as long as our offset, other bytes
+  truncateSync(path, 0);
+  appendFileSync(path, 'e\n');
+  await tail.poll();
+  assert.deepEqual(['a', 'b', 'e'], sink.lines);
+  assert.deepEqual(['copytruncate_lost'], sink.errors);
   await done();
 });
