@@ -23,6 +23,7 @@ export const PARSE_ERROR_REASONS = [
   'not_regular_file',
   'sparse_skip',
   'copytruncate_lost',
+  'run_name_not_utf8',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 

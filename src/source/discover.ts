@@ -1,4 +1,5 @@
 // Which files of a run directory trainwatch reads, and which directories are runs.
+import { isUtf8 } from 'node:buffer';
 import { readdirSync } from 'node:fs';
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { basename, join, relative, resolve, sep } from 'node:path';
@@ -132,13 +133,34 @@ async function resolveRun(name: string, dir: string, onError: (path: string, err
   return { name, dir: resolve(dir), real, ino };
 }
 
+/**
+ * A run directory whose name is not valid UTF-8. Every path in trainwatch (run labels, file
+ * events, control files) is a string, which cannot hold such a name: the run is refused, and
+ * reported (its name percent-escaped) instead of silently not watched.
+ */
+export class RunNameNotUtf8 extends Error {
+  constructor(readonly escaped: string) {
+    super(`run directory name is not valid UTF-8 (shown escaped: ${escaped}); not watched. Fix: rename it to a UTF-8 name`);
+    this.name = 'RunNameNotUtf8';
+  }
+}
+
+/** A file name's bytes with '%', control bytes and every byte >= 0x80 as %XX: lossless, printable. */
+export function escapeName(name: Buffer): string {
+  let out = '';
+  for (const b of name) out += b === 0x25 || b < 0x20 || b >= 0x7f ? `%${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
+  return out;
+}
+
 /** Lists one root: each immediate sub-directory (or symlink to one) is a run. */
 async function listRoot(root: string, onError: (path: string, err: Error) => void): Promise<RunLocation[]> {
   let entries;
   let rootReal: string;
   try {
     rootReal = await realpath(root);
-    entries = await readdir(root, { withFileTypes: true });
+    // Names as bytes: a name that is not UTF-8 would come back with U+FFFD in it, a path that
+    // does not exist, and the run would be skipped without a word.
+    entries = await readdir(root, { withFileTypes: true, encoding: 'buffer' });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const retry = retryable(e, root);
@@ -149,8 +171,13 @@ async function listRoot(root: string, onError: (path: string, err: Error) => voi
   const out: RunLocation[] = [];
   for (const ent of entries) {
     if (!ent.isDirectory() && !ent.isSymbolicLink()) continue;
-    if (ent.name.startsWith('.')) continue;
-    const dir = join(root, ent.name);
+    if (ent.name[0] === 0x2e) continue; // '.'
+    if (!isUtf8(ent.name)) {
+      const err = new RunNameNotUtf8(escapeName(ent.name));
+      onError(join(root, err.escaped), err);
+      continue;
+    }
+    const dir = join(root, ent.name.toString());
     const loc = await resolveRun(relative(resolve(root), resolve(dir)), dir, onError, rootReal);
     if (loc) out.push(loc);
   }

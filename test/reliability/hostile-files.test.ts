@@ -121,5 +121,19 @@ describe('hostile files', { concurrency: 2 }, () => {
     assert.equal(0, (await scrapeUntil(tw.url, () => true, 'a scrape')).get('trainwatch_runs_expired_total'));
     await assertServing(tw);
   });
+
+  test('run_dir_name_not_utf8: refused and logged with its escaped name and the fix; the control run is halted', { timeout: 60_000 }, async (t) => {
+    const base = scratch(t);
+    const { control } = twoRuns(base);
+    const bad = Buffer.concat([Buffer.from(join(base, 'run-')), Buffer.from([0xff])]);
+    mkdirSync(bad);
+    appendFileSync(Buffer.concat([bad, Buffer.from('/heartbeat_rank0.jsonl')]), record(0, 1));
+    const tw = await startTw(t, ['--root', base, ...FAST]);
+    await waitFor(() => /not valid UTF-8 \(shown escaped: run-%FF\).*Fix: rename it/.test(tw.logs()), 'the refusal to be logged');
+    await controlHalted(tw, control);
+    await healthy(tw);
+    assert.equal(1, tw.logs().split('not valid UTF-8').length - 1, 'logged once');
+    await assertServing(tw);
+  });
 });
 

@@ -4,6 +4,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import fc from 'fast-check';
+import { DiscoveryCache, discoverRuns, escapeName, RunNameNotUtf8 } from '../../src/source/discover.js';
 import { tmpDir } from '../helpers/proc.js';
 
 const DISCOVER = new URL('../../src/source/discover.js', import.meta.url).href;
@@ -45,3 +47,33 @@ test('emfile_during_discovery: out of descriptors throws DiscoveryRetry (never a
   }
 });
 
+
+test('run_dir_name_not_utf8: refused with a reason that shows the name escaped and names the fix; the other runs are discovered, at every discovery', async () => {
+  const d = tmpDir('tw-disc-');
+  try {
+    mkdirSync(join(d.path, 'ok'));
+    mkdirSync(Buffer.concat([Buffer.from(d.path + '/run-'), Buffer.from([0xff, 0xfe]), Buffer.from('%x')]));
+    const cache = new DiscoveryCache();
+    for (let pass = 0; pass < 2; pass++) {
+      const errors: Array<[string, Error]> = [];
+      const runs = await discoverRuns([], [d.path], (p, e) => errors.push([p, e]), cache);
+      assert.deepEqual(['ok'], runs.map((r) => r.name));
+      assert.equal(1, errors.length);
+      assert.equal(join(d.path, 'run-%FF%FE%25x'), errors[0]![0]);
+      assert.equal(true, errors[0]![1] instanceof RunNameNotUtf8);
+      assert.match(errors[0]![1].message, /not valid UTF-8 \(shown escaped: run-%FF%FE%25x\).*Fix: rename it/);
+    }
+  } finally {
+    d.cleanup();
+  }
+});
+
+test('escapeName is lossless: every byte string maps to a distinct printable name', () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 12 }), fc.uint8Array({ maxLength: 12 }), (a, b) => {
+      const [x, y] = [escapeName(Buffer.from(a)), escapeName(Buffer.from(b))];
+      assert.equal(Buffer.from(a).equals(Buffer.from(b)), x === y);
+      assert.match(x, /^[\x20-\x7e]*$/);
+    }),
+  );
+});
