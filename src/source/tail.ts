@@ -32,8 +32,8 @@
 //   to a cap, each time after sink.reset(). It doubles too while it holds no whole line (the
 //   newest line is longer than the window), up to maxLineBytes. A file that appears after
 //   startup is new: read from 0; so is one that was missing at some poll (created after it).
-// - idle: after opts.idlePolls polls in a row that read nothing (and after a startup window) the
-//   descriptor is released, remembering identity, offset and partial line, exactly as after a
+// - idle: after opts.idlePolls polls in a row that read nothing (and after a startup window), if
+//   the file has not been modified for opts.idleMs, the descriptor is released, remembering identity, offset and partial line, exactly as after a
 //   read error (below); an unchanged file is then not even opened. If the path changed identity
 //   meanwhile, the released file is looked for beside it by dev+ino (a rename rotation leaves
 //   it there) and drained; deleted or compressed, its unread end is beyond reach.
@@ -145,6 +145,12 @@ export interface TailOptions {
    * IDLE_POLLS; 0 keeps it open): one fd per tailed file would run out at tens of thousands.
    */
   idlePolls?: number;
+  /**
+   * ...and only once the file's mtime is at least this old (default IDLE_MS): a file written a
+   * moment ago may be appended to and rotated away (gzip) before the next poll, and only a
+   * held descriptor can still read what it got.
+   */
+  idleMs?: number;
 }
 
 /** A rotated-away file still read for a moment (see rotateGraceMs). */
@@ -157,8 +163,10 @@ interface Retired {
 }
 
 const READ_CHUNK = 1 << 20;
-/** Polls without anything new after which a tail releases its descriptor (see park). */
+/** Polls without anything new after which a tail releases its descriptor (see release). */
 export const IDLE_POLLS = 2;
+/** ...if the file has not been modified for this long. */
+export const IDLE_MS = 30_000;
 /** At most this many names like `<file>*` are stat()ed when looking for a rotated-away file. */
 const MAX_SIBLINGS = 64;
 /** At most this much of a copytruncate copy is read to recover what the truncation took. */
@@ -307,7 +315,7 @@ export class FileTail {
         this.ctimeMs = st.ctimeMs;
         // At startup every existing file is read once: holding each one's descriptor after that
         // would need as many as there are files. The busy ones are reopened at their next change.
-        if (this.fh && (this.opts.idlePolls ?? IDLE_POLLS) > 0) await this.release(true);
+        if (this.fh && this.mayRelease(st)) await this.release(true);
         return;
       }
     }
@@ -329,7 +337,12 @@ export class FileTail {
     this.mtimeMs = st.mtimeMs;
     this.ctimeMs = st.ctimeMs;
     if (truncated || this.offset !== before) this.idleCount = 0;
-    else if (this.fh && (this.opts.idlePolls ?? IDLE_POLLS) > 0 && ++this.idleCount >= (this.opts.idlePolls ?? IDLE_POLLS)) await this.release(true);
+    else if (this.fh && ++this.idleCount >= (this.opts.idlePolls ?? IDLE_POLLS) && this.mayRelease(st)) await this.release(true);
+  }
+
+  /** Whether an idle file may give up its descriptor: idle release is on and the file has been quiet long enough. */
+  private mayRelease(st: Stats): boolean {
+    return (this.opts.idlePolls ?? IDLE_POLLS) > 0 && Date.now() - st.mtimeMs >= (this.opts.idleMs ?? IDLE_MS);
   }
 
   /**

@@ -244,7 +244,7 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
   };
   if (initial > 0) write(() => model.take(initial));
   // A grace far longer than a sequence: the last rotated file stays readable until the next rotation.
-  const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: STARTUP, startAtEnd, rotateGraceMs: grace ? 600_000 : 0, idlePolls: release ? 1 : 0 });
+  const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: STARTUP, startAtEnd, rotateGraceMs: grace ? 600_000 : 0, idlePolls: release ? 1 : 0, idleMs: 0 });
   let startupPending = startAtEnd;
   /** the file rotated away last, while it may still take late lines: its path and generation */
   let lateTarget: { path: string; gen: number } | undefined;

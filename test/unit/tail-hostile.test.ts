@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, copyFileSync, lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, lstatSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ASYNC_IO, FileTail, SYNC_IO, type TailIO, type TailSink } from '../../src/source/tail.js';
 import { requireBinary, tmpDir } from '../helpers/proc.js';
@@ -35,11 +35,12 @@ function mkfifo(path: string): void {
   assert.equal(0, spawnSync('mkfifo', [path]).status);
 }
 
-function setup(io: TailIO = SYNC_IO, opts: Partial<{ startupBytes: number; startAtEnd: boolean }> = {}) {
+function setup(io: TailIO = SYNC_IO, opts: Partial<{ startupBytes: number; startAtEnd: boolean; idleMs: number }> = {}) {
   const d = tmpDir('tw-tailh-');
   const path = join(d.path, 'heartbeat_rank0.jsonl');
   const sink = new Collect();
-  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io, ...opts });
+  // idleMs 0: a file written a moment ago counts as quiet, so idle release can be seen at once.
+  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io, idleMs: 0, ...opts });
   return { d, path, sink, tail, done: async () => (await tail.close(), d.cleanup()) };
 }
 
@@ -196,6 +197,18 @@ function fdsOn(path: string): number {
     }
   }).length;
 }
+
+test('a file modified within idleMs keeps its descriptor however many polls find nothing new (it may be appended to and deleted before the next poll)', async () => {
+  const { path, sink, tail, done } = setup(SYNC_IO, { idleMs: 60_000 });
+  appendFileSync(path, 'a\n');
+  for (let i = 0; i < 5; i++) await tail.poll();
+  assert.equal(1, fdsOn(path));
+  appendFileSync(path, 'b\n');
+  rmSync(path);
+  await tail.poll();
+  assert.deepEqual(['a', 'b'], sink.lines);
+  await done();
+});
 
 test('idle_file_releases_its_descriptor: after two polls with nothing new the fd is closed; an append reopens the same file and continues where it was', async () => {
   const { path, sink, tail, done } = setup();
