@@ -14,7 +14,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 
 // In a fixed order: quick in-process ones first, the 30 s CPU run near the end.
-const BENCHES = ['ingest', 'mtail', 'first-scrape', 'scrape-10k', 'cpu-64', 'detection', 'webhook-load', 'eventloop'];
+const BENCHES = ['ingest', 'step-lags', 'mtail', 'first-scrape', 'scrape-10k', 'cpu-64', 'detection', 'webhook-load', 'eventloop'];
 const TIMEOUT_S = 180;
 // A private snapshot build: a concurrent `tsc` into dist/ (tests, an editor) cannot change the
 // code under measurement halfway through. Laid out like the package (bin/, dist/,

@@ -123,20 +123,93 @@ function stepAt(s: RankState, ts: number): number | undefined {
  * How many steps each rank is behind the most advanced peer, compared at the same moment: the
  * rank's newest record time. Comparing the newest steps instead would flag whichever rank's file
  * happened to be read last, and a hung rank (a stall, not a straggler) would look far behind.
+ *
+ * A peer's step at time T is the step of its newest history entry (in push order) whose ts <= T.
+ * Asking that of every peer for every rank is O(ranks²): 20k ranks took minutes. Instead the
+ * moments asked about (each rank's newest time) are sorted once, and each peer's step-at-time,
+ * a step function with at most one piece per history entry, raises the lead of the range of
+ * moments each piece covers (two binary searches and a segment-tree range update).
+ * O(n·h·log n) for n ranks with h history entries each; no sort of all entries together.
  */
 export function stepLags(ranks: readonly RankState[]): Map<number, number> {
+  const n = ranks.length;
+  const asked: number[] = [];
+  for (let i = 0; i < n; i++) if (ranks[i]!.step !== undefined && ranks[i]!.lastLivenessTs !== undefined) asked.push(i);
   const out = new Map<number, number>();
-  for (const s of ranks) {
-    if (s.step === undefined || s.lastLivenessTs === undefined) continue;
-    let lead = s.step;
-    for (const p of ranks) {
-      if (p === s) continue;
-      const ps = stepAt(p, s.lastLivenessTs);
-      if (ps !== undefined && ps > lead) lead = ps;
+  const q = asked.length;
+  if (q === 0) return out;
+  const times = new Float64Array(q);
+  for (let j = 0; j < q; j++) times[j] = ranks[asked[j]!]!.lastLivenessTs!;
+  times.sort();
+  // lead[q + j] and its ancestors: the largest peer step at times[j] (an iterative segment tree
+  // whose inner nodes hold range updates; a point's value is the max along its path to the root).
+  const lead = new Float64Array(2 * q).fill(-Infinity);
+  let everywhere = -Infinity; // raises of the whole range, the common case, cost O(1)
+  const raise = (from: number, to: number, v: number) => {
+    if (from === 0 && to === q) {
+      if (v > everywhere) everywhere = v;
+      return;
     }
-    out.set(s.rank, lead - s.step);
+    for (let l = from + q, r = to + q; l < r; l >>= 1, r >>= 1) {
+      if (l & 1) lead[l] = Math.max(lead[l]!, v), l++;
+      if (r & 1) --r, (lead[r] = Math.max(lead[r]!, v));
+    }
+  };
+  for (let p = 0; p < n; p++) stepPieces(ranks[p]!.stepHistory, times, raise);
+  for (let i = 0; i < n; i++) {
+    const s = ranks[i]!;
+    if (s.step === undefined || s.lastLivenessTs === undefined) continue;
+    let best = everywhere;
+    for (let k = lowerBound(times, s.lastLivenessTs) + q; k >= 1; k >>= 1) if (lead[k]! > best) best = lead[k]!;
+    out.set(s.rank, best > s.step ? best - s.step : 0);
   }
   return out;
+}
+
+/** The first index of sorted `a` whose value is >= x (a.length if none). */
+function lowerBound(a: Float64Array, x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (a[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/**
+ * One rank's step-at-time as pieces: for T ascending, the entry in force is the newest (in push
+ * order) with ts <= T, so it changes only where the newest index seen so far grows. Each piece
+ * [from ts, to the next piece's ts) raises the lead of the asked moments it covers.
+ */
+function stepPieces(h: readonly number[], times: Float64Array, raise: (from: number, to: number, v: number) => void): void {
+  const m = h.length >> 1;
+  if (m === 0) return;
+  let sorted = true;
+  for (let j = 1; j < m && sorted; j++) sorted = h[2 * j]! >= h[2 * j - 2]!;
+  let idx: number[] | undefined;
+  if (!sorted) {
+    idx = Array.from({ length: m }, (_, j) => j);
+    idx.sort((a, b) => h[2 * a]! - h[2 * b]! || a - b);
+  }
+  const first = times[0]!;
+  const last = times[times.length - 1]!;
+  let best = -1;
+  let from = -1; // index into times where the current piece starts
+  for (let k = 0; k < m; ) {
+    const ts = h[2 * (idx ? idx[k]! : k)]!;
+    if (ts > last) break;
+    // Entries with the same ts take effect together: the newest of them wins.
+    let top = best;
+    for (; k < m && h[2 * (idx ? idx[k]! : k)]! === ts; k++) top = Math.max(top, idx ? idx[k]! : k);
+    if (top <= best) continue;
+    const at = ts <= first ? 0 : lowerBound(times, ts);
+    if (best >= 0 && from < at) raise(from, at, h[2 * best + 1]!);
+    best = top;
+    from = at;
+  }
+  if (best >= 0 && from < times.length) raise(from, times.length, h[2 * best + 1]!);
 }
 
 /** All anomalies of a run at time `now` (seconds), without those an acknowledgement hides. */

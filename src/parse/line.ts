@@ -19,6 +19,11 @@ export const PARSE_ERROR_REASONS = [
   'line_too_long',
   'partial_line_dropped',
   'read_error',
+  'too_many_ranks',
+  'not_regular_file',
+  'sparse_skip',
+  'copytruncate_lost',
+  'run_name_not_utf8',
 ] as const;
 export type ParseErrorReason = (typeof PARSE_ERROR_REASONS)[number];
 

@@ -1,4 +1,5 @@
 // Which files of a run directory trainwatch reads, and which directories are runs.
+import { isUtf8 } from 'node:buffer';
 import { readdirSync } from 'node:fs';
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { basename, join, relative, resolve, sep } from 'node:path';
@@ -28,7 +29,7 @@ export interface RunLocation {
   ino: number;
 }
 
-/** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone. */
+/** The files of a run that trainwatch tails (names only). ENOENT gives undefined: the run is gone; out of descriptors throws DiscoveryRetry. */
 export async function listRunFiles(dir: string): Promise<string[] | undefined> {
   try {
     return runFilesOf(await readdir(dir));
@@ -51,7 +52,29 @@ const runFilesOf = (names: string[]) => names.filter((n) => roleOf(n) !== undefi
 function goneOrThrow(e: unknown): undefined {
   const code = (e as NodeJS.ErrnoException).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-  throw e;
+  throw retryable(e) ?? e;
+}
+
+/**
+ * Discovery could not tell what exists because the process (EMFILE) or the system (ENFILE) is
+ * out of file descriptors. That says nothing about the directory: the caller keeps the runs
+ * and files it knows and retries later, and never takes it for "gone".
+ */
+export class DiscoveryRetry extends Error {
+  constructor(
+    readonly path: string,
+    readonly code: string,
+    message: string,
+  ) {
+    super(`${message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); retrying`);
+    this.name = 'DiscoveryRetry';
+  }
+}
+
+/** A DiscoveryRetry for an out-of-descriptors error, else undefined. */
+function retryable(e: unknown, path = (e as NodeJS.ErrnoException).path ?? ''): DiscoveryRetry | undefined {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'EMFILE' || code === 'ENFILE' ? new DiscoveryRetry(path, code, (e as Error).message) : undefined;
 }
 
 /** One root's listing, reused while the root's entries have not changed. */
@@ -98,6 +121,8 @@ async function resolveRun(name: string, dir: string, onError: (path: string, err
     ino = st.ino;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    const retry = retryable(e, dir);
+    if (retry) throw retry;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') onError(dir, e as Error);
     return undefined;
   }
@@ -108,23 +133,51 @@ async function resolveRun(name: string, dir: string, onError: (path: string, err
   return { name, dir: resolve(dir), real, ino };
 }
 
+/**
+ * A run directory whose name is not valid UTF-8. Every path in trainwatch (run labels, file
+ * events, control files) is a string, which cannot hold such a name: the run is refused, and
+ * reported (its name percent-escaped) instead of silently not watched.
+ */
+export class RunNameNotUtf8 extends Error {
+  constructor(readonly escaped: string) {
+    super(`run directory name is not valid UTF-8 (shown escaped: ${escaped}); not watched. Fix: rename it to a UTF-8 name`);
+    this.name = 'RunNameNotUtf8';
+  }
+}
+
+/** A file name's bytes with '%', control bytes and every byte >= 0x80 as %XX: lossless, printable. */
+export function escapeName(name: Buffer): string {
+  let out = '';
+  for (const b of name) out += b === 0x25 || b < 0x20 || b >= 0x7f ? `%${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
+  return out;
+}
+
 /** Lists one root: each immediate sub-directory (or symlink to one) is a run. */
 async function listRoot(root: string, onError: (path: string, err: Error) => void): Promise<RunLocation[]> {
   let entries;
   let rootReal: string;
   try {
     rootReal = await realpath(root);
-    entries = await readdir(root, { withFileTypes: true });
+    // Names as bytes: a name that is not UTF-8 would come back with U+FFFD in it, a path that
+    // does not exist, and the run would be skipped without a word.
+    entries = await readdir(root, { withFileTypes: true, encoding: 'buffer' });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    const retry = retryable(e, root);
+    if (retry) throw retry; // an empty listing would drop every run under the root
     if (code !== 'ENOENT') onError(root, e as Error);
     return [];
   }
   const out: RunLocation[] = [];
   for (const ent of entries) {
     if (!ent.isDirectory() && !ent.isSymbolicLink()) continue;
-    if (ent.name.startsWith('.')) continue;
-    const dir = join(root, ent.name);
+    if (ent.name[0] === 0x2e) continue; // '.'
+    if (!isUtf8(ent.name)) {
+      const err = new RunNameNotUtf8(escapeName(ent.name));
+      onError(join(root, err.escaped), err);
+      continue;
+    }
+    const dir = join(root, ent.name.toString());
     const loc = await resolveRun(relative(resolve(root), resolve(dir)), dir, onError, rootReal);
     if (loc) out.push(loc);
   }
@@ -162,7 +215,8 @@ async function rootRuns(root: string, onError: (path: string, err: Error) => voi
  * each --root (named by its path relative to the root). Symlinked directories are followed
  * once; realpath de-duplication means a symlink loop cannot make a run appear twice, and an
  * entry that resolves to its root or to a parent of it (root/a -> root) is a loop, not a run.
- * With a cache, a root whose entries have not changed is not listed again.
+ * With a cache, a root whose entries have not changed is not listed again. Out of file
+ * descriptors (EMFILE, ENFILE) throws DiscoveryRetry: the runs known so far are still there.
  */
 export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void, cache?: DiscoveryCache): Promise<RunLocation[]> {
   const out: RunLocation[] = [];

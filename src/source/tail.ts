@@ -6,8 +6,10 @@
 // - append (same file, size > offset): read [offset, size); complete lines are delivered, the
 //   bytes after the last newline wait in `pending` until their newline arrives.
 // - nothing new (size == offset): nothing happens.
-// - copytruncate (same file, size < offset): the pending partial line is dropped (counted),
-//   and reading restarts at offset 0.
+// - copytruncate (same file, size < offset): first what was appended after our last read is
+//   read from the copy, if a sibling `<name>*` holds our mark at our offset (readFromCopy;
+//   otherwise the possible loss is counted as copytruncate_lost); then the pending partial line
+//   is dropped (counted), and reading restarts at offset 0.
 // - truncate and regrow to or past our offset between two polls (same file, size >= offset, and
 //   it grew or mtime/ctime changed): we keep the last bytes read before `offset` (up to
 //   TAIL_MARK_BYTES, a partial line included) and compare them with what the file holds there
@@ -30,6 +32,13 @@
 //   to a cap, each time after sink.reset(). It doubles too while it holds no whole line (the
 //   newest line is longer than the window), up to maxLineBytes. A file that appears after
 //   startup is new: read from 0; so is one that was missing at some poll (created after it).
+// - idle: after opts.idlePolls polls in a row that read nothing (and after a startup window), if
+//   the file has not been modified for opts.idleMs, the descriptor is released, remembering identity, offset and partial line, exactly as after a
+//   read error (below); an unchanged file is then not even opened. If the path changed identity
+//   meanwhile, the released file is looked for beside it by dev+ino (a rename rotation leaves
+//   it there) and drained; deleted or compressed, its unread end is beyond reach.
+// - EMFILE/ENFILE on open: a read error like any other (counted, retried at the next poll), with
+//   the fix in its detail; never taken for a missing file.
 // - read errors (EACCES, ESTALE, EIO): counted (once per distinct error), the handle is dropped,
 //   the next poll retries; if it reopens the same file (dev+ino) it continues at the offset
 //   where the error struck (with the usual truncation checks), so nothing is read twice.
@@ -38,8 +47,9 @@
 //   some on another thread; the tail awaits sink.settle() after each chunk and at the end of
 //   the read, so a read is over only when every line of it has been applied, in file order.
 // Nothing here parses; gz files are never opened because discovery never hands them over.
-import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync, type Stats } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 
 /** An open file, as a tail uses it: FileHandle's shape, with sync or async results. */
 export interface TailFile {
@@ -50,21 +60,34 @@ export interface TailFile {
 
 /** How a tail reaches the file system. */
 export interface TailIO {
+  /** lstat: a symlink is reported as one */
   stat(path: string): Stats | Promise<Stats>;
   open(path: string): TailFile | Promise<TailFile>;
+  /** the names in a directory (to find a rotated-away file by identity); optional */
+  list?(dir: string): string[] | Promise<string[]>;
 }
 
+/**
+ * How every watched file is opened. O_NONBLOCK: a FIFO renamed over the file between our stat
+ * and our open would otherwise block the open until a writer comes (the whole event loop, with
+ * SYNC_IO); on a regular file it changes nothing. O_NOFOLLOW: a heartbeat file is the trainer's
+ * own file, never a link (to another user's file, say). The handle's fstat then decides: only a
+ * regular file is read (see NotRegularFile).
+ */
+export const OPEN_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW;
+
 /** Thread-pool I/O: a hung NFS server blocks a pool thread, never the event loop (--poll). */
-export const ASYNC_IO: TailIO = { stat: (p) => stat(p), open: (p) => open(p, 'r') };
+export const ASYNC_IO: TailIO = { stat: (p) => lstat(p), open: (p) => open(p, OPEN_FLAGS), list: (d) => readdir(d) };
 
 /**
  * Direct system calls: on a local disk a stat or a small read takes microseconds, far less than
  * a round trip through libuv's thread pool, which dominated CPU at 64 busy ranks.
  */
 export const SYNC_IO: TailIO = {
-  stat: (p) => statSync(p),
+  stat: (p) => lstatSync(p),
+  list: (d) => readdirSync(d),
   open: (p) => {
-    const fd = openSync(p, 'r');
+    const fd = openSync(p, OPEN_FLAGS);
     return { stat: () => fstatSync(fd), read: (b, o, l, pos) => ({ bytesRead: readSync(fd, b, o, l, pos) }), close: () => closeSync(fd) };
   },
 };
@@ -77,6 +100,9 @@ async function closeQuietly(f: TailFile | undefined): Promise<void> {
   }
 }
 
+/** What a tail reports when something could not be delivered as a line (parse error reasons). */
+export type TailErrorReason = 'line_too_long' | 'partial_line_dropped' | 'read_error' | 'not_regular_file' | 'sparse_skip' | 'copytruncate_lost';
+
 /** Receives what a tail reads. */
 export interface TailSink {
   /** Called before a startup window is (re)read: forget what this file contributed. */
@@ -84,7 +110,7 @@ export interface TailSink {
   /** One complete line, without its newline: bytes [start, end) of buf. */
   line(buf: Buffer, start: number, end: number): void;
   /** Something that could not be delivered as a line. */
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void;
+  error(reason: TailErrorReason, detail?: string): void;
   /** After a startup window: does the state still reach back past the window's start? */
   wantsMoreHistory(): boolean;
   /** Bytes read from the file (for self-metrics). */
@@ -114,6 +140,17 @@ export interface TailOptions {
   rotateGraceMs?: number;
   /** system calls (SYNC_IO) or the thread pool (ASYNC_IO, the default) */
   io?: TailIO;
+  /**
+   * Release the descriptor after this many polls in a row that found nothing new (default
+   * IDLE_POLLS; 0 keeps it open): one fd per tailed file would run out at tens of thousands.
+   */
+  idlePolls?: number;
+  /**
+   * ...and only once the file's mtime is at least this old (default IDLE_MS): a file written a
+   * moment ago may be appended to and rotated away (gzip) before the next poll, and only a
+   * held descriptor can still read what it got.
+   */
+  idleMs?: number;
 }
 
 /** A rotated-away file still read for a moment (see rotateGraceMs). */
@@ -126,6 +163,35 @@ interface Retired {
 }
 
 const READ_CHUNK = 1 << 20;
+/** Polls without anything new after which a tail releases its descriptor (see release). */
+export const IDLE_POLLS = 2;
+/** ...if the file has not been modified for this long. */
+export const IDLE_MS = 30_000;
+/** At most this many names like `<file>*` are stat()ed when looking for a rotated-away file. */
+const MAX_SIBLINGS = 64;
+/** At most this much of a copytruncate copy is read to recover what the truncation took. */
+const MAX_COPY_BYTES = 16 << 20;
+/** A read of at least this many NUL bytes is a hole, skipped by probing (see skipHole). */
+const HOLE_BYTES = 64 << 10;
+/** The probe size when looking for the end of a hole. */
+const HOLE_PROBE = 4096;
+const ZEROS = Buffer.alloc(READ_CHUNK);
+
+/** The first NUL byte in buf[pos, end), or -1. */
+function nulIn(buf: Buffer, pos: number, end: number): number {
+  const i = buf.indexOf(0, pos);
+  return i >= end ? -1 : i;
+}
+
+/** Same device, inode and birth time (0 where the file system keeps none). */
+function sameFile(st: Stats, id: { dev: number; ino: number; birth: number }): boolean {
+  return st.dev === id.dev && st.ino === id.ino && st.birthtimeMs === id.birth;
+}
+
+/** Whether the first n bytes of buf are all NUL. */
+function allNul(buf: Buffer, n: number): boolean {
+  return buf.compare(ZEROS, 0, n, 0, n) === 0;
+}
 const TAIL_MARK_BYTES = 64;
 const STARTUP_MAX_FACTOR = 64;
 
@@ -150,7 +216,13 @@ export class FileTail {
   private startAtEnd: boolean;
   private retired: Retired | undefined;
   /** where a read error left the file: reopening the same file continues there */
-  private resume: { dev: number; ino: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  private resume: { dev: number; ino: number; birth: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  /** birth time of the open file: with no descriptor held, a deleted file's inode number is reused at once */
+  private birth = 0;
+  /** the descriptor was released because the file was idle (resume holds where we were) */
+  private parked = false;
+  /** polls in a row that read nothing */
+  private idleCount = 0;
   private running: Promise<void> | undefined;
   private again = false;
   private closed = false;
@@ -213,19 +285,37 @@ export class FileTail {
       // Gone (rotated away or deleted): finish the old file, then wait for a new one. Whatever
       // appears at the path from now on was created after we started: it is read from 0.
       if (this.fh) await this.finishOldFile();
+      else if (this.resume) await this.finishReleased();
       this.startAtEnd = false;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError(`stat: ${(e as Error).message}`);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError('read_error', `stat: ${(e as Error).message}`);
       return;
     }
-    if (!st.isFile()) return;
+    if (!st.isFile()) {
+      // Not our file any more (a FIFO, a symlink, a directory renamed over it): finish the old
+      // one, refuse this one; a regular file that comes back later is new.
+      if (this.fh) await this.finishOldFile();
+      else if (this.resume) await this.finishReleased();
+      this.startAtEnd = false;
+      this.refuse(st);
+      return;
+    }
     if (this.fh && (st.ino !== this.ino || st.dev !== this.dev)) {
       await this.finishOldFile();
     }
+    if (!this.fh && this.resume && !sameFile(st, this.resume)) await this.finishReleased();
     if (!this.fh) {
+      const r = this.resume;
+      // Released while idle and still the same, unchanged file: nothing to read, no open needed.
+      if (this.parked && r && st.size === r.offset && st.mtimeMs === this.mtimeMs && st.ctimeMs === this.ctimeMs) return;
       if (!(await this.openFile())) return;
       if (this.startAtEnd) {
         this.startAtEnd = false;
         await this.readStartupWindow(st.size);
+        this.mtimeMs = st.mtimeMs;
+        this.ctimeMs = st.ctimeMs;
+        // At startup every existing file is read once: holding each one's descriptor after that
+        // would need as many as there are files. The busy ones are reopened at their next change.
+        if (this.fh && this.mayRelease(st)) await this.release(true);
         return;
       }
     }
@@ -241,10 +331,72 @@ export class FileTail {
         return;
       }
     }
-    if (truncated) this.truncated();
+    if (truncated) await this.truncated();
+    const before = this.offset;
     if (st.size > this.offset) await this.readTo(st.size);
     this.mtimeMs = st.mtimeMs;
     this.ctimeMs = st.ctimeMs;
+    if (truncated || this.offset !== before) this.idleCount = 0;
+    else if (this.fh && ++this.idleCount >= (this.opts.idlePolls ?? IDLE_POLLS) && this.mayRelease(st)) await this.release(true);
+  }
+
+  /** Whether an idle file may give up its descriptor: idle release is on and the file has been quiet long enough. */
+  private mayRelease(st: Stats): boolean {
+    return (this.opts.idlePolls ?? IDLE_POLLS) > 0 && Date.now() - st.mtimeMs >= (this.opts.idleMs ?? IDLE_MS);
+  }
+
+  /**
+   * The file we released (idle, or after a read error) is no longer at the path. A logrotate
+   * rename leaves it beside the path (`<name>.1`, `<name>-20260101`): found by its identity, it
+   * is drained from where we were, as a held file would be. Otherwise (deleted, compressed)
+   * whatever it got since our last poll is beyond reach.
+   */
+  private async finishReleased(): Promise<void> {
+    const r = this.resume!;
+    this.resume = undefined;
+    this.parked = false;
+    const fh = await this.openSibling((st) => sameFile(st, r));
+    if (!fh) {
+      if (r.pending && r.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+      return;
+    }
+    this.fh = fh;
+    this.dev = r.dev;
+    this.ino = r.ino;
+    this.birth = r.birth;
+    this.offset = this.markEnd = r.offset;
+    this.mark = r.mark;
+    this.pending = r.pending;
+    this.discarding = r.discarding;
+    await this.finishOldFile();
+  }
+
+  /** Opens the first file beside ours (`<name>` followed by anything) whose lstat `matches` (and that passes `verify`). */
+  private async openSibling(matches: (st: Stats) => boolean, verify?: (fh: TailFile) => Promise<boolean>): Promise<TailFile | undefined> {
+    const dir = dirname(this.path);
+    const base = basename(this.path);
+    let names: string[];
+    try {
+      names = (await this.io.list?.(dir)) ?? [];
+    } catch {
+      return undefined;
+    }
+    let tried = 0;
+    for (const name of names) {
+      if (name === base || !name.startsWith(base) || name.endsWith('.gz')) continue;
+      if (++tried > MAX_SIBLINGS) break;
+      let fh: TailFile | undefined;
+      try {
+        if (!matches(await this.io.stat(join(dir, name)))) continue;
+        fh = await this.io.open(join(dir, name));
+        const st = await fh.stat();
+        if (st.isFile() && matches(st) && (!verify || (await verify(fh)))) return fh;
+      } catch {
+        // gone meanwhile, or unreadable: not the one
+      }
+      await closeQuietly(fh);
+    }
+    return undefined;
   }
 
   private async openFile(): Promise<boolean> {
@@ -252,8 +404,16 @@ export class FileTail {
       this.fh = await this.io.open(this.path);
       // The path may have been swapped between stat and open; trust the handle's identity.
       const st = await this.fh.stat();
+      if (!st.isFile()) {
+        await closeQuietly(this.fh);
+        this.fh = undefined;
+        this.startAtEnd = false;
+        this.refuse(st);
+        return false;
+      }
       this.dev = st.dev;
       this.ino = st.ino;
+      this.birth = st.birthtimeMs;
       this.offset = 0;
       this.pending = undefined;
       this.discarding = false;
@@ -261,7 +421,8 @@ export class FileTail {
       this.lastError = undefined;
       const r = this.resume;
       this.resume = undefined;
-      if (r && r.dev === st.dev && r.ino === st.ino) {
+      this.parked = false;
+      if (r && sameFile(st, r)) {
         // The same file after a read error: continue where we were (the truncation check runs as usual).
         this.offset = this.markEnd = r.offset;
         this.mark = r.mark;
@@ -274,7 +435,12 @@ export class FileTail {
     } catch (e) {
       await closeQuietly(this.fh);
       this.fh = undefined;
-      this.reportError(`open: ${(e as Error).message}`);
+      // ELOOP from O_NOFOLLOW: a symlink was renamed over the file after our lstat.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP') this.refuse(undefined);
+      // Out of descriptors: not this file's fault, and never "gone"; the next poll retries.
+      else if (code === 'EMFILE' || code === 'ENFILE') this.reportError('read_error', `open: ${(e as Error).message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); idle files are closed, so this takes more files than the limit read at once`);
+      else this.reportError('read_error', `open: ${(e as Error).message}`);
       return false;
     }
   }
@@ -283,7 +449,7 @@ export class FileTail {
     try {
       const st = await this.fh!.stat();
       // It may have been truncated (copytruncate) and regrown since our last poll, then rotated.
-      if (st.size < this.offset || (this.offset > 0 && !(await this.markStillThere()))) this.truncated();
+      if (st.size < this.offset || (this.offset > 0 && !(await this.markStillThere()))) await this.truncated();
       if (st.size > this.offset) await this.readTo(st.size);
     } catch {
       // ESTALE and friends: what was not read is not readable any more.
@@ -312,6 +478,12 @@ export class FileTail {
         const buf = Buffer.allocUnsafe(len);
         const n = (await r.fh.read(buf, 0, len, r.offset)).bytesRead;
         if (n === 0) break;
+        if (n >= HOLE_BYTES && allNul(buf, n)) {
+          // A hole in a file already rotated away: not worth probing; give up on it.
+          this.sink.error('sparse_skip', this.path);
+          r.until = 0;
+          break;
+        }
         r.offset += n;
         this.sink.bytes(n);
         // The line splitter works on the tail's own state: lend it the old file's.
@@ -344,12 +516,56 @@ export class FileTail {
     await closeQuietly(fh);
   }
 
-  private truncated(): void {
+  /**
+   * The file was truncated under us (copytruncate, or truncate and regrow). What was appended
+   * between our last read and the truncation is gone from it; copytruncate left it in a copy
+   * beside the path. A sibling `<name>*` (logrotate: `<name>.1`, `<name>-YYYYMMDD`) at least as
+   * long as our offset, holding our mark (the last bytes we read) at the same position, is that
+   * copy: its bytes past our offset are read first (up to MAX_COPY_BYTES). Without one, the
+   * possible loss is counted as copytruncate_lost.
+   */
+  private async truncated(): Promise<void> {
+    if (this.offset > 0) await this.readFromCopy();
     if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
     this.pending = undefined;
     this.discarding = false;
     this.offset = 0;
     this.mark = undefined;
+  }
+
+  private async readFromCopy(): Promise<void> {
+    const mark = this.markEnd === this.offset ? this.mark : undefined;
+    const at = this.offset;
+    const copy = mark && (await this.openSibling(
+      (st) => st.size >= at && !(st.dev === this.dev && st.ino === this.ino),
+      async (fh) => {
+        const buf = Buffer.allocUnsafe(mark.length);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, at - mark.length);
+        return bytesRead === buf.length && buf.equals(mark);
+      },
+    ));
+    if (!copy) {
+      this.sink.error('copytruncate_lost', `${this.path}: truncated, and no copy of it beside it holds what we read last`);
+      return;
+    }
+    try {
+      const end = Math.min((await copy.stat()).size, at + MAX_COPY_BYTES);
+      for (let pos = at; pos < end; ) {
+        const len = Math.min(READ_CHUNK, end - pos);
+        const buf = Buffer.allocUnsafe(len);
+        const n = (await copy.read(buf, 0, len, pos)).bytesRead;
+        if (n === 0 || (n >= HOLE_BYTES && allNul(buf, n))) break;
+        pos += n;
+        this.sink.bytes(n);
+        this.consume(buf, n);
+      }
+      if ((await copy.stat()).size > end) this.sink.error('copytruncate_lost', `${this.path}: more than ${MAX_COPY_BYTES} bytes to recover from its copy`);
+    } catch {
+      this.sink.error('copytruncate_lost', this.path);
+    } finally {
+      await this.sink.settle?.(true);
+      await closeQuietly(copy);
+    }
   }
 
   // Compares the bytes we last consumed (ending at a newline) with what the file holds there now.
@@ -382,6 +598,7 @@ export class FileTail {
 
   private async readTo(size: number): Promise<void> {
     this.sink.willRead?.(size - this.offset);
+    let holes = 0;
     try {
       while (this.offset < size && this.fh) {
         const len = Math.min(READ_CHUNK, size - this.offset);
@@ -389,6 +606,13 @@ export class FileTail {
         let n: number;
         try {
           n = (await this.fh.read(buf, 0, len, this.offset)).bytesRead;
+          if (n >= HOLE_BYTES && allNul(buf, n)) {
+            // A hole (truncate -s 1T): skip it by probing instead of reading terabytes of zeros.
+            // One hole per read: a file of many holes waits for the next poll (bulkhead).
+            if (holes++ > 0) return;
+            await this.skipHole(this.offset + n, size);
+            continue;
+          }
         } catch (e) {
           await this.readFailed(e as Error);
           return;
@@ -407,11 +631,59 @@ export class FileTail {
     }
   }
 
+  /**
+   * After a chunk of NUL bytes ending at `from`: finds the first HOLE_PROBE block at or after it
+   * that holds data (galloping, then bisecting: ~60 small reads for a terabyte) and continues
+   * there, or at `size` if none does. Assumes one hole followed by data (what truncate -s or a
+   * crash leaves); data between two holes may be skipped too: counted as sparse_skip either way.
+   */
+  private async skipHole(from: number, size: number): Promise<void> {
+    const fh = this.fh!;
+    const probe = Buffer.allocUnsafe(HOLE_PROBE);
+    const hasData = async (at: number) => {
+      const len = Math.min(HOLE_PROBE, size - at);
+      const n = (await fh.read(probe, 0, len, at)).bytesRead;
+      return !allNul(probe, n);
+    };
+    let lo = from; // everything before lo is taken as NUL
+    let hi = size; // data at hi (or the end)
+    for (let step = HOLE_PROBE; lo < size; step *= 2) {
+      const at = Math.min(from + step - HOLE_PROBE, size - 1);
+      if (await hasData(at)) {
+        hi = at;
+        break;
+      }
+      lo = Math.min(size, at + HOLE_PROBE);
+    }
+    while (hi - lo > HOLE_PROBE) {
+      const mid = lo + Math.floor((hi - lo) / 2 / HOLE_PROBE) * HOLE_PROBE;
+      if (await hasData(mid)) hi = mid;
+      else lo = mid + HOLE_PROBE;
+    }
+    // A line cut by the hole can never complete; what follows the hole starts a line (its
+    // leading NULs are stripped by consume).
+    if (this.pending && this.pending.length > 0) this.sink.error('partial_line_dropped', this.path);
+    this.pending = undefined;
+    this.discarding = false;
+    this.mark = undefined;
+    this.offset = Math.min(lo, size);
+    this.sink.error('sparse_skip', `${this.path}: skipped a hole of NUL bytes up to offset ${this.offset}`);
+  }
+
   // Counts the error and drops the handle; the next poll reopens and, if it is the same file,
   // continues here.
   private async readFailed(e: Error): Promise<void> {
-    this.reportError(`read: ${e.message}`);
-    this.resume = { dev: this.dev, ino: this.ino, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.reportError('read_error', `read: ${e.message}`);
+    await this.release(false);
+  }
+
+  // Closes the descriptor, remembering where we were: the next poll that finds the same file
+  // changed reopens it (checked by dev+ino) and continues there. `idle`: released because nothing
+  // happened (an unchanged file is then not even opened), not because of an error.
+  private async release(idle: boolean): Promise<void> {
+    this.resume = { dev: this.dev, ino: this.ino, birth: this.birth, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.parked = idle;
+    this.idleCount = 0;
     this.pending = undefined;
     await this.dropHandle();
   }
@@ -434,9 +706,23 @@ export class FileTail {
       end = buf.length;
       this.pending = undefined;
     }
+    // NUL bytes are never part of a record: a run of them is a hole (truncate -s, the zeros a
+    // crash leaves) that ends whatever line came before it. One scan per chunk finds them.
+    let nul = nulIn(buf, pos, end);
     for (;;) {
       const nl = buf.indexOf(10, pos);
-      if (nl === -1 || nl >= end) break;
+      const lineEnd = nl === -1 || nl >= end ? end : nl;
+      if (nul !== -1 && nul < lineEnd) {
+        // The line before the hole is cut: it can never complete.
+        if (nul > pos && !this.discarding) this.sink.error('partial_line_dropped', this.path);
+        this.discarding = false;
+        while (nul < end && buf[nul] === 0) nul++;
+        this.sink.error('sparse_skip', this.path);
+        pos = nul;
+        nul = nulIn(buf, pos, end);
+        continue;
+      }
+      if (lineEnd === end) break;
       if (this.discarding) {
         this.discarding = false;
       } else if (nl - pos > this.opts.maxLineBytes) {
@@ -460,10 +746,17 @@ export class FileTail {
     }
   }
 
-  private reportError(detail: string): void {
+  private reportError(reason: TailErrorReason, detail: string): void {
     // One count per distinct failure, not one per poll, so a stuck EACCES does not flood.
     if (this.lastError === detail) return;
     this.lastError = detail;
-    this.sink.error('read_error', detail);
+    this.sink.error(reason, detail);
+  }
+
+  // Something other than a regular file at the path: never read (a FIFO would block, a device
+  // has no end), counted once while it stays.
+  private refuse(st: Stats | undefined): void {
+    const kind = !st || st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'FIFO' : st.isDirectory() ? 'directory' : st.isSocket() ? 'socket' : 'device';
+    this.reportError('not_regular_file', `${this.path} is a ${kind}, not a regular file: not read. Fix: replace it with the trainer's own (regular) file`);
   }
 }

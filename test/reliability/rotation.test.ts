@@ -119,6 +119,36 @@ describe('rotation', { concurrency: 4 }, () => {
     await assertServing(tw);
   });
 
+  test('copytruncate_without_pausing_the_writer: records written just before each copy are read from the copy; every record in a file is read once', { timeout: 60_000 }, async (t) => {
+    const base = scratch(t);
+    const run = join(base, 'ctw');
+    mkdirSync(run);
+    const f = join(run, 'heartbeat_rank0.jsonl');
+    // Between two reads (one window of tail.event-coalesce-ms) records pile up; after the
+    // truncate, the copy is their only home. (A second copytruncate before trainwatch read the
+    // first one's generation would lose that generation: one copy holds our mark, not both.)
+    const tw = await startTw(t, ['--dir', run, '--tail.event-coalesce-ms', '400']);
+    const writer = startWriter(t, f, 0, 1, 100_000, 400);
+    await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= 10, 'the writer to be running');
+    const pace = (ms: number) => new Promise((r) => setTimeout(r, ms)); // the writer's pace between rotations, not a wait for a verdict
+    for (let i = 1; i <= 6; i++) {
+      await pace(1500);
+      // logrotate's copytruncate with dateext: copy, then truncate in place, the writer never stops.
+      copyFileSync(f, `${f}-2026113${i}`);
+      truncateSync(f, 0);
+    }
+    await pace(200);
+    const N = await writer.stop();
+    // Records written between a copy and its truncate are in no file: nobody can read them.
+    const inFiles = linesIn(run, 'heartbeat_rank0.jsonl');
+    const m = await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= inFiles, `the ${inFiles} records in the files (of ${N} written)`).catch(async (e) => {
+      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'ctw', 0)}`);
+    });
+    assert.equal(true, records(m, 'ctw', 0) <= N, 'no record read twice');
+    assert.equal(0, m.get('trainwatch_parse_errors_total{reason="copytruncate_lost"}') ?? 0, 'every truncation found its copy');
+    await assertServing(tw);
+  });
+
   test('gz_rotated_file_beside_live_one: never opened, never counted', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
     const run = join(base, 'gz');

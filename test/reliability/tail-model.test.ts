@@ -10,6 +10,10 @@
 //   preceded by a poll, as the stat sweep or a file event does long before a real rotation);
 // - a file generation rotated or deleted before the tail ever polled it (a poll is inserted
 //   first when that would happen: in reality the create event arrives hours before the rotation).
+// - with idle release (idlePolls > 0: the descriptor of a file that stayed unchanged is closed),
+//   lines appended after the last poll to a file that is then deleted before the next poll (no
+//   descriptor holds it any more; a rename leaves it beside the path, where it is found by its
+//   identity). A poll is inserted before such a delete, as the append's file event does in reality.
 // A writer whose line is cut by a rotation abandons it (as a killed writer does): the fragment
 // must be counted as partial_line_dropped (or line_too_long when it is over the cap).
 // With rotateGraceMs, a 'late' op also appends whole lines to the file rotated away last (a
@@ -96,6 +100,8 @@ class Model {
   private lateNo = 0;
   tooLong = 0;
   dropped = 0;
+  /** truncations without a copy beside the file (copytruncate_lost) */
+  truncLost = 0;
   private lineNo = 0;
   private cur: Buffer | undefined;
   private curPos = 0;
@@ -219,7 +225,7 @@ class Model {
   }
 }
 
-async function runSequence(seed: number, initial: number, startAtEnd: boolean, grace: boolean, ops: Op[]): Promise<void> {
+async function runSequence(seed: number, initial: number, startAtEnd: boolean, grace: boolean, release: boolean, ops: Op[]): Promise<void> {
   const d = tmpDir('tw-model-');
   const path = join(d.path, 'heartbeat_rank0.jsonl');
   const sink = new Sink();
@@ -238,7 +244,7 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
   };
   if (initial > 0) write(() => model.take(initial));
   // A grace far longer than a sequence: the last rotated file stays readable until the next rotation.
-  const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: STARTUP, startAtEnd, rotateGraceMs: grace ? 600_000 : 0 });
+  const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: STARTUP, startAtEnd, rotateGraceMs: grace ? 600_000 : 0, idlePolls: release ? 1 : 0, idleMs: 0 });
   let startupPending = startAtEnd;
   /** the file rotated away last, while it may still take late lines: its path and generation */
   let lateTarget: { path: string; gen: number } | undefined;
@@ -267,7 +273,7 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
         case 'rename':
         case 'delete':
           if (!model.exists) break;
-          if (model.seenGen !== model.gen) await poll();
+          if (model.seenGen !== model.gen || (release && op.k === 'delete')) await poll();
           // Late lines go only after whole lines (a writer's record is one write) and only into
           // the newest rotated file: the tail keeps one rotated file, the one it saw go last.
           lateTarget = op.k === 'rename' && !model.midLine ? { path: `${path}.${rotations + 1}`, gen: model.gen } : undefined;
@@ -292,6 +298,8 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
         case 'truncRegrow':
           if (!model.exists) break;
           await poll();
+          // No copy is left: the tail cannot know that nothing was lost, and counts it.
+          if (Buffer.concat(model.content).length > 0) model.truncLost++;
           model.abandon();
           model.epoch++;
           truncateSync(path, 0);
@@ -305,14 +313,14 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
     await poll();
     await tail.close(); // ends a rotated file still in its grace: its unfinished line is counted then
     assert.deepEqual(sink.lines, model.expected, 'delivered lines');
-    assert.deepEqual(sink.errors, Object.fromEntries(Object.entries({ line_too_long: model.tooLong + model.pendingTooLong(), partial_line_dropped: model.dropped }).filter(([, v]) => v > 0)), 'error counts');
+    assert.deepEqual(sink.errors, Object.fromEntries(Object.entries({ line_too_long: model.tooLong + model.pendingTooLong(), partial_line_dropped: model.dropped, copytruncate_lost: model.truncLost }).filter(([, v]) => v > 0)), 'error counts');
   } finally {
     await tail.close();
     d.cleanup();
   }
 }
 
-test('model: random appends, partial lines, rotations, copytruncate, truncate-regrow and polls deliver every line exactly once, in order', { timeout: 90_000 }, async () => {
+test('model: random appends, partial lines, rotations, copytruncate, truncate-regrow and polls (descriptors held or released when idle) deliver every line exactly once, in order', { timeout: 90_000 }, async () => {
   const seed = process.env.TW_MODEL_SEED ? Number(process.env.TW_MODEL_SEED) : undefined;
   await fc.assert(
     fc.asyncProperty(
@@ -320,8 +328,9 @@ test('model: random appends, partial lines, rotations, copytruncate, truncate-re
       fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 5000 })),
       fc.boolean(),
       fc.boolean(),
+      fc.boolean(),
       fc.array(opArb, { minLength: 1, maxLength: 60 }),
-      (lineSeed, initial, startAtEnd, grace, ops) => runSequence(lineSeed, initial, startAtEnd, grace, ops),
+      (lineSeed, initial, startAtEnd, grace, release, ops) => runSequence(lineSeed, initial, startAtEnd, grace, release, ops),
     ),
     { numRuns: 500, seed, verbose: 1, includeErrorInReport: true },
   );

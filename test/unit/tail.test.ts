@@ -62,7 +62,7 @@ test('a partial line is held across many writes until its newline arrives', asyn
   await done();
 });
 
-test('copytruncate: reading restarts at 0 and the unfinished partial line is dropped and counted', async () => {
+test('copytruncate without a copy: reading restarts at 0, the unfinished partial line is dropped and counted, and the possible loss is counted', async () => {
   const { path, sink, tail, done } = setup();
   appendFileSync(path, 'a\nb\npart');
   await tail.poll();
@@ -71,7 +71,7 @@ test('copytruncate: reading restarts at 0 and the unfinished partial line is dro
   appendFileSync(path, 'c\n');
   await tail.poll();
   assert.deepEqual(['a', 'b', 'c'], sink.lines);
-  assert.deepEqual(['partial_line_dropped'], sink.errors);
+  assert.deepEqual(['copytruncate_lost', 'partial_line_dropped'], sink.errors);
   await done();
 });
 
