@@ -25,14 +25,23 @@ import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
 import { readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
-import { AppendLog, CONTROL_FILES, ConfinementError, holdsSince, stage, writeAtomic, type Staged } from './files.js';
-import { processStartTime, sendSignal } from './signals.js';
+import { AppendLog, CONTROL_FILES, ConfinementError, holdsSince, removeIfHolds, stage, writeAtomic, type Staged } from './files.js';
+import { sendSignal } from './signals.js';
+import { acknowledge as ackMemory } from './audit.js';
+import { primaryOf } from '../detect/detect.js';
+import type { ProcFact } from '../state/lifecycle.js';
 
 /** A watched run directory, as discovery resolved it. */
 export interface RunRef {
   name: string;
   dir: string;
   real: string;
+  /** .HALT is there now: new episodes are audited, but the control files keep the halt's reason */
+  halted?: boolean;
+  /** the trainer is known to have exited: .HALT is never written */
+  exited?: boolean;
+  /** the trainer attempt the records belong to (state/lifecycle.ts) */
+  attemptKey?: string;
 }
 
 /** Options of the actions module. */
@@ -42,6 +51,10 @@ export interface ActionOptions {
   by: string;
   escalateS: number;
   escalateTermS: number;
+  /** seconds after SIGTERM before SIGKILL; 0 never */
+  escalateKillS: number;
+  /** remove our own .HALT once the trainer it addressed exited */
+  autoClearHalt: boolean;
   log: Logger;
   stats: Stats;
 }
@@ -64,8 +77,10 @@ export interface TrainerProc {
   pid: number;
   /** trainer ts of the rank's newest liveness record */
   lastLivenessTs?: number;
-  /** trainer ts of the first record seen from this pid: the process must be older than this */
-  pidSinceTs?: number;
+  /** whether the process is the trainer that wrote the records, as the shell verified it (see signals.ts verifyTrainer) */
+  verified: boolean;
+  /** what the shell sees of it now */
+  fact: ProcFact;
 }
 
 /** How much older than its episode a predecessor's .HALT may look (file-system clock granularity). */
@@ -84,10 +99,14 @@ export class Actions {
   constructor(private readonly o: ActionOptions) {}
 
   /**
-   * Embedded mode: make the episodes of `run` match the anomalies detected now. `halted` says
-   * .HALT exists: kinds that are quiet while halted then neither start nor end an episode.
+   * Embedded mode: make the episodes of `run` match the anomalies detected now. Kinds that are
+   * quiet while halted neither start nor end an episode while .HALT exists. Episodes of an
+   * earlier attempt end (`superseded`). Only the primary episode (kinds.ts priority) writes the
+   * control files, so `.anomaly_type`, `.anomaly.json` and `.HALT` name the same kind; while
+   * .HALT is there, no episode rewrites them.
    */
-  reconcile(run: RunRef, anomalies: Anomaly[], now: number, halted: boolean, procs: TrainerProc[] = []): Promise<void> {
+  reconcile(run: RunRef, anomalies: Anomaly[], now: number, procs: TrainerProc[] = []): Promise<void> {
+    const halted = run.halted ?? false;
     return this.serial(run, async (mem) => {
       const batch = new Batch();
       let err: unknown;
@@ -95,40 +114,80 @@ export class Actions {
         const active = new Map<string, Anomaly>();
         for (const a of anomalies) if (!active.has(a.kind)) active.set(a.kind, a);
         const open = new Map<string, [string, OpenEpisode]>();
-        for (const [id, ep] of mem.open) if (ep.source === 'embedded') open.set(ep.kind, [id, ep]);
+        for (const [id, ep] of mem.open) {
+          if (ep.source !== 'embedded') continue;
+          if (run.attemptKey !== undefined && ep.attempt !== undefined && ep.attempt !== run.attemptKey) {
+            batch.push({ ts: now, event: 'resolved', episode: id, kind: ep.kind, source: 'embedded', rank: ep.rank, reason: 'superseded', attempt: ep.attempt });
+            mem.open.delete(id);
+            continue;
+          }
+          open.set(ep.kind, [id, ep]);
+        }
         for (const [kind, [id, ep]] of open) {
           if (active.has(kind) || (halted && kindOf(kind)?.quietWhileHalted)) continue;
           batch.push({ ts: now, event: 'resolved', episode: id, kind, source: 'embedded', rank: ep.rank });
           mem.open.delete(id);
+          open.delete(kind);
         }
-        // Lowest priority first, so the most important kind is the one left in .anomaly_type.
-        const order = [...ANOMALY_KINDS].reverse();
-        for (const k of order) {
-          const a = active.get(k.name);
-          if (!a) continue;
-          let ep = open.get(k.name);
-          if (!ep) {
-            const id = randomUUID();
-            batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message });
-            const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map() };
-            mem.open.set(id, opened);
-            ep = [id, opened];
-            this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
-          }
-          await this.ensureActions(run, mem, ep[0], ep[1], k.halts, a.message, now, batch);
+        for (const a of active.values()) {
+          if (open.has(a.kind)) continue;
+          const id = randomUUID();
+          batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message, attempt: run.attemptKey });
+          const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map(), attempt: run.attemptKey };
+          mem.open.set(id, opened);
+          open.set(a.kind, [id, opened]);
+          this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, value: a.value, threshold: a.threshold }, a.message);
         }
+        const primary = primaryOf([...active.values()]);
+        const ep = primary && open.get(primary.kind);
+        // While .HALT is there nothing is rewritten, except to record what a predecessor killed
+        // mid-episode already wrote (see the header).
+        if (ep && (!halted || (ep[1].restored && !ep[1].done.has('halt')))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
       } catch (e) {
         err = e;
       }
       await this.flush(run, batch).catch((e: unknown) => (err ??= e));
       if (err) throw err;
-      if (halted) await this.escalate(run, mem, procs, now);
+      if (halted) await this.afterHalt(run, mem, procs, now);
     });
   }
 
-  /** Mode alertmanager, .HALT present: only the escalation of a hung trainer after our own .HALT. */
+  /**
+   * An operator removed .HALT or .anomaly_type (or trainwatch removed its own .HALT): nothing
+   * recorded before `now` may open a new episode; removing .HALT also ends the open episodes,
+   * so the run waits for a new trainer. Recorded, so that a restart keeps it.
+   */
+  acknowledge(run: RunRef, now: number, reason: 'halt_removed' | 'anomaly_type_removed'): Promise<void> {
+    return this.serial(run, async (mem) => {
+      if (reason === 'anomaly_type_removed' && mem.open.size === 0) return; // nothing to acknowledge
+      ackMemory(mem, now, reason);
+      this.o.log.info({ run: run.name, reason }, reason === 'halt_removed' ? '.HALT removed: the run is cleared for a resume; waiting for a new trainer' : '.anomaly_type removed: the episode is acknowledged');
+      await this.audit(run, { ts: now, event: 'acknowledged', episode: '', reason });
+    });
+  }
+
+  /** The kind named by the .HALT trainwatch wrote into a run, if its audit memory is loaded and says so. */
+  haltKind(real: string): string | undefined {
+    return this.runs.get(real)?.mem?.halt?.kind;
+  }
+
+  /** The time of the run's newest acknowledgement, read back from the audit log on first use. */
+  async ackTs(run: RunRef): Promise<number | undefined> {
+    return this.serial(run, async (mem) => mem.ackTs);
+  }
+
+  /** What the audit memory says of the run's .HALT and .anomaly_type, for telling an operator's removal after a restart. */
+  async expected(run: RunRef): Promise<{ halt: boolean; anomalyType: boolean; haltKind?: string }> {
+    return this.serial(run, async (mem) => {
+      const ours = mem.halt !== undefined && (run.attemptKey === undefined || mem.halt.attempt === undefined || mem.halt.attempt === run.attemptKey);
+      const typed = [...mem.open.values()].some((ep) => ep.done.has('anomaly_type') && (run.attemptKey === undefined || ep.attempt === undefined || ep.attempt === run.attemptKey));
+      return { halt: ours, anomalyType: typed, haltKind: mem.halt?.kind };
+    });
+  }
+
+  /** Mode alertmanager, .HALT present: only escalation and the auto-clear after our own .HALT. */
   escalateOnly(run: RunRef, now: number, procs: TrainerProc[]): Promise<void> {
-    return this.serial(run, (mem) => this.escalate(run, mem, procs, now));
+    return this.serial(run, (mem) => this.afterHalt(run, mem, procs, now));
   }
 
   /**
@@ -143,17 +202,33 @@ export class Actions {
     return this.serial(run, async (mem) => {
       const batch = new Batch();
       const out: Array<AlertOutcome | Error> = [];
+      const halts = new Map<string, boolean>();
       for (const [i, a] of inputs.entries()) {
         batch.owner = i;
-        out.push(await this.alert(run, mem, a, now, batch).catch((e: Error) => e));
+        halts.set(a.kind, kindOf(a.kind)?.halts ?? a.halts);
+        out.push(this.alert(run, mem, a, now, batch));
+      }
+      // One primary episode writes the control files (see reconcile); a failure there fails
+      // the alerts of that episode, so Alertmanager retries them.
+      const firing = [...mem.open].filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0).map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
+      const primary = primaryOf(firing);
+      if (primary && !run.halted) {
+        batch.owner = -1;
+        const mine = inputs.flatMap((a, i) => (primary.ep.keys.has(a.key) ? [i] : []));
+        try {
+          await this.ensureActions(run, mem, primary.id, primary.ep, halts.get(primary.kind) ?? kindOf(primary.kind)?.halts ?? false, inputs.find((a) => primary.ep.keys.has(a.key))?.message ?? primary.kind, now, batch);
+        } catch (e) {
+          for (const i of mine) out[i] = e as Error;
+        }
+        for (const i of mine) if (batch.failed.has(-1)) out[i] = batch.failed.get(-1)!;
       }
       await this.flush(run, batch).catch(() => undefined);
-      for (const [i, e] of batch.failed) if (!(out[i] instanceof Error)) out[i] = e;
+      for (const [i, e] of batch.failed) if (i >= 0 && !(out[i] instanceof Error)) out[i] = e;
       return out;
     });
   }
 
-  private async alert(run: RunRef, mem: AuditMemory, a: AlertInput, now: number, batch: Batch): Promise<AlertOutcome> {
+  private alert(run: RunRef, mem: AuditMemory, a: AlertInput, now: number, batch: Batch): AlertOutcome {
     const mine = [...mem.open].find(([, ep]) => ep.keys.has(a.key));
     if (a.status === 'resolved') {
       if (!mine) return 'resolved_duplicate';
@@ -168,10 +243,7 @@ export class Actions {
       mem.open.delete(id);
       return 'resolved';
     }
-    if (mine) {
-      await this.ensureActions(run, mem, mine[0], mine[1], a.halts, a.message, now, batch);
-      return 'duplicate';
-    }
+    if (mine) return 'duplicate';
     if (mem.keys.has(a.key)) return 'duplicate'; // fired, acted on and resolved already
     mem.keys.add(a.key);
     const same = [...mem.open].find(([, ep]) => ep.source === 'alertmanager' && ep.kind === a.kind);
@@ -179,15 +251,13 @@ export class Actions {
       const [id, ep] = same;
       ep.keys.add(a.key);
       batch.push({ ts: now, event: 'joined', episode: id, kind: a.kind, rank: a.rank, source: 'alertmanager', key: a.key });
-      await this.ensureActions(run, mem, id, ep, a.halts, a.message, now, batch);
       return 'joined';
     }
     const id = randomUUID();
-    batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message });
-    const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map() };
+    batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message, attempt: run.attemptKey });
+    const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map(), attempt: run.attemptKey };
     mem.open.set(id, ep);
     this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
-    await this.ensureActions(run, mem, id, ep, a.halts, a.message, now, batch);
     return 'acted';
   }
 
@@ -231,7 +301,8 @@ export class Actions {
   // batch. Throws if any failed with an error a retry could fix, so that the webhook can answer 5xx.
   private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch): Promise<void> {
     const kind = ep.kind;
-    const halting = this.o.halt && kindHalts && !ep.done.has('halt');
+    // Never into a run whose trainer is known to have exited: it would stop the next resume.
+    const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
     if (!halting && ep.done.has('anomaly_type') && ep.done.has('details')) return;
     // The intent (the `anomaly` entry) is durable before any file is written.
     await this.flush(run, batch);
@@ -244,10 +315,10 @@ export class Actions {
         ep.done.set(action, now);
         this.o.stats.action(action, result);
         if (action === 'halt' && result === 'ok') {
-          mem.halt = { episode: id, at: now, done: new Map() };
+          mem.halt = { episode: id, at: now, done: new Map(), kind, attempt: ep.attempt };
           if (got === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
         }
-        return { ts: now, event: 'action', episode: id, kind, action, result, ...(got === 'recovered' ? { recovered: true } : {}) };
+        return { ts: now, event: 'action', episode: id, kind, action, result, ...(ep.attempt ? { attempt: ep.attempt } : {}), ...(got === 'recovered' ? { recovered: true } : {}) };
       } catch (e) {
         this.o.stats.action(action, 'failed');
         const err = e as NodeJS.ErrnoException;
@@ -283,32 +354,70 @@ export class Actions {
     return 'exists';
   }
 
-  // A hung training loop never polls .HALT: some time after we wrote it, ask a trainer that has
-  // not beaten since for its stacks (SIGUSR1), then to stop (SIGTERM). Each signal goes once.
-  private async escalate(run: RunRef, mem: AuditMemory, procs: TrainerProc[], now: number): Promise<void> {
+  // After our .HALT: escalation for a hung trainer, and the opt-in auto-clear once it exited.
+  private async afterHalt(run: RunRef, mem: AuditMemory, procs: TrainerProc[], now: number): Promise<void> {
     const h = mem.halt;
-    if (this.o.escalateS <= 0 || !h || now - h.at < this.o.escalateS) return;
+    if (!h) return;
+    await this.escalate(run, h, procs, now);
+    if (this.o.autoClearHalt && run.exited && procs.every((p) => p.fact !== 'alive')) await this.autoClear(run, mem, h, now);
+  }
+
+  // A hung training loop never polls .HALT: some time after we halted a stalled run, ask each
+  // verified trainer process that has not written since for its stacks (SIGUSR1), then to stop
+  // (SIGTERM), then (opt-in) SIGKILL, because the NSA trainer catches SIGTERM and runs on. Each
+  // signal goes once; the result is whether the process is gone, recorded when it is seen gone.
+  // Only stalls escalate: any other kind's trainer still runs its loop and reads .HALT.
+  private async escalate(run: RunRef, h: HaltRecord, procs: TrainerProc[], now: number): Promise<void> {
+    if (this.o.escalateS <= 0 || now - h.at < this.o.escalateS || h.kind !== 'heartbeat_stall') return;
     for (const p of procs) {
-      if (p.lastLivenessTs !== undefined && p.lastLivenessTs > h.at) continue; // still beating: not hung
-      const usr1 = `sigusr1:${p.pid}`;
-      const term = `sigterm:${p.pid}`;
-      if (!h.done.has(usr1)) await this.signal(run, h, p, 'SIGUSR1', usr1, now);
-      else if (this.o.escalateTermS > 0 && !h.done.has(term) && now - h.done.get(usr1)! >= this.o.escalateTermS) await this.signal(run, h, p, 'SIGTERM', term, now);
+      const sent = ESCALATION.filter((sig) => h.done.has(`${sig.toLowerCase()}:${p.pid}`));
+      if (sent.length > 0 && p.fact === 'gone') {
+        const exit = `exit:${p.pid}`;
+        if (h.done.has(exit)) continue;
+        h.done.set(exit, now);
+        const after = sent[sent.length - 1]!;
+        this.o.stats.action('trainer_exit', 'exited');
+        await this.audit(run, { ts: now, event: 'action', episode: h.episode, action: exit, result: 'exited', pid: p.pid, signal: after });
+        this.o.log.warn({ run: run.name, pid: p.pid, after }, `escalation ended the hung trainer: pid ${p.pid} exited after ${after}`);
+        continue;
+      }
+      if (p.fact !== 'alive') continue;
+      if (p.lastLivenessTs !== undefined && p.lastLivenessTs > h.at) continue; // still writing: not hung
+      const next = ESCALATION[sent.length];
+      if (!next) continue;
+      const prev = sent.length > 0 ? h.done.get(`${sent[sent.length - 1]!.toLowerCase()}:${p.pid}`)! : h.at;
+      const wait = next === 'SIGUSR1' ? 0 : next === 'SIGTERM' ? this.o.escalateTermS : this.o.escalateKillS;
+      if (next !== 'SIGUSR1' && (wait <= 0 || now - prev < wait)) continue;
+      await this.signal(run, h, p, next, now);
     }
   }
 
-  private async signal(run: RunRef, h: HaltRecord, p: TrainerProc, sig: 'SIGUSR1' | 'SIGTERM', action: string, now: number): Promise<void> {
-    // Only a process on this host that is older than its first record can be the trainer:
-    // a recycled pid belongs to a process started later.
-    const started = await processStartTime(p.pid);
-    let result: string;
-    if (started === undefined) result = 'not_running';
-    else if (p.pidSinceTs === undefined || started > p.pidSinceTs + 5) result = 'unverified';
-    else result = sendSignal(p.pid, sig);
-    h.done.set(action, now);
+  private async signal(run: RunRef, h: HaltRecord, p: TrainerProc, sig: (typeof ESCALATION)[number], now: number): Promise<void> {
+    // Only a verified process gets a signal: on this host, started shortly before its own boot
+    // record (signals.ts verifyTrainer). A pid in a record is otherwise anybody's.
+    const result = p.verified ? (sendSignal(p.pid, sig) === 'ok' ? 'sent' : 'not_running') : 'unverified';
+    h.done.set(`${sig.toLowerCase()}:${p.pid}`, now);
     this.o.stats.action(sig.toLowerCase(), result);
-    await this.audit(run, { ts: now, event: 'action', episode: h.episode, action, result, pid: p.pid, signal: sig });
+    await this.audit(run, { ts: now, event: 'action', episode: h.episode, action: `${sig.toLowerCase()}:${p.pid}`, result, pid: p.pid, signal: sig });
     this.o.log.warn({ run: run.name, pid: p.pid, signal: sig, result }, 'escalation for a hung trainer');
+  }
+
+  // The trainer that our .HALT addressed has exited: remove that .HALT (only if it still holds
+  // our line), so that an automated restart trains. It counts as an acknowledgement.
+  private async autoClear(run: RunRef, mem: AuditMemory, h: HaltRecord, now: number): Promise<void> {
+    let result: string;
+    try {
+      result = (await removeIfHolds(run.real, CONTROL_FILES.halt, haltLine(h.kind ?? ''))) ? 'ok' : 'not_ours';
+    } catch (e) {
+      result = 'failed';
+      this.o.log.error({ run: run.name, err: (e as Error).message }, `cannot remove .HALT: ${fixFor(e as NodeJS.ErrnoException)}`);
+    }
+    this.o.stats.action('halt_cleared', result);
+    if (result === 'failed') return; // retried at the next evaluation
+    await this.audit(run, { ts: now, event: 'action', episode: h.episode, action: 'halt_cleared', result, kind: h.kind });
+    if (result === 'ok') this.o.log.warn({ run: run.name }, 'removed our .HALT: the trainer it addressed has exited (watch.auto-clear-halt)');
+    ackMemory(mem, now, 'halt_removed');
+    await this.audit(run, { ts: now, event: 'acknowledged', episode: h.episode, reason: 'halt_cleared' });
   }
 
   // Appends the batch's entries to the run's audit log in one write (one fdatasync).
@@ -361,6 +470,9 @@ class Batch {
     }
   }
 }
+
+/** The escalation signals, in order. */
+const ESCALATION = ['SIGUSR1', 'SIGTERM', 'SIGKILL'] as const;
 
 /** What .HALT holds: the trainer reads the kind from it. */
 const haltLine = (kind: string) => `halt: ${kind}\n`;

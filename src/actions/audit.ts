@@ -9,7 +9,7 @@ import { CONTROL_FILES } from './files.js';
 export interface AuditEntry {
   ts: number;
   iso?: string;
-  event: 'anomaly' | 'action' | 'resolved' | 'joined' | 'alert_resolved';
+  event: 'anomaly' | 'action' | 'resolved' | 'joined' | 'alert_resolved' | 'acknowledged';
   episode: string;
   kind?: string;
   run?: string;
@@ -28,6 +28,10 @@ export interface AuditEntry {
   signal?: string;
   /** on a `halt` action: the .HALT found was created by a predecessor killed before recording it */
   recovered?: boolean;
+  /** the trainer attempt (state/lifecycle.ts attemptKeyOf) an episode belongs to */
+  attempt?: string;
+  /** why an episode was resolved or acknowledged (`superseded`, `halt_removed`, `anomaly_type_removed`, `halt_cleared`) */
+  reason?: string;
 }
 
 /** An episode the audit log shows as not yet resolved; `done` maps each completed action to its time. */
@@ -41,6 +45,8 @@ export interface OpenEpisode {
   done: Map<string, number>;
   /** read back from the audit log: an earlier process opened it */
   restored?: boolean;
+  /** the trainer attempt it belongs to; a new attempt supersedes it */
+  attempt?: string;
 }
 
 /** What the audit log says is still going on. */
@@ -53,6 +59,8 @@ export interface AuditMemory {
   recent: AuditEntry[];
   /** the newest .HALT this trainwatch wrote, and the escalation signals sent since */
   halt?: HaltRecord;
+  /** the newest acknowledgement (an operator removed .HALT or .anomaly_type): older evidence opens nothing */
+  ackTs?: number;
 }
 
 /** When .HALT was written (by which episode), and which signals followed it. */
@@ -60,6 +68,10 @@ export interface HaltRecord {
   episode: string;
   at: number;
   done: Map<string, number>;
+  /** the kind its line names */
+  kind?: string;
+  /** the attempt it addressed */
+  attempt?: string;
 }
 
 /** How many recent audit entries are kept in memory per run. */
@@ -69,6 +81,19 @@ export const RECENT_AUDIT = 20;
 export function remember(mem: AuditMemory, e: AuditEntry): void {
   mem.recent.push(e);
   if (mem.recent.length > RECENT_AUDIT) mem.recent.shift();
+}
+
+/**
+ * Applies an acknowledgement to the memory. Removing .HALT (by an operator, or trainwatch's
+ * own auto-clear) clears the run for a resume: every open episode ends and the halt is
+ * forgotten. Removing .anomaly_type only marks the time: open episodes stay open (so they are
+ * not rewritten), and evidence from before it opens nothing new.
+ */
+export function acknowledge(mem: AuditMemory, ts: number, reason: string | undefined): void {
+  mem.ackTs = Math.max(mem.ackTs ?? ts, ts);
+  if (reason === 'anomaly_type_removed') return;
+  mem.open.clear();
+  mem.halt = undefined;
 }
 
 /** The newest bytes of the audit log read on startup: bounded, like the heartbeat tail. */
@@ -104,7 +129,7 @@ export async function readAudit(real: string): Promise<AuditMemory> {
     }
     remember(mem, e);
     if (e.event === 'anomaly') {
-      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map(), restored: true });
+      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map(), restored: true, attempt: e.attempt });
       if (e.key) mem.keys.add(e.key);
     } else if (e.event === 'joined' && e.key) {
       mem.open.get(e.episode)?.keys.add(e.key);
@@ -113,10 +138,13 @@ export async function readAudit(real: string): Promise<AuditMemory> {
       mem.open.get(e.episode)?.keys.delete(e.key);
     } else if (e.event === 'action' && e.result !== 'failed') {
       mem.open.get(e.episode)?.done.set(e.action ?? '', e.ts);
-      if (e.action === 'halt' && e.result === 'ok') mem.halt = { episode: e.episode, at: e.ts, done: new Map() };
+      if (e.action === 'halt' && e.result === 'ok') mem.halt = { episode: e.episode, at: e.ts, done: new Map(), kind: e.kind, attempt: e.attempt ?? mem.open.get(e.episode)?.attempt };
+      else if (e.action === 'halt_cleared') mem.halt = undefined;
       else if (e.signal && mem.halt?.episode === e.episode) mem.halt.done.set(e.action ?? '', e.ts);
     } else if (e.event === 'resolved') {
       mem.open.delete(e.episode);
+    } else if (e.event === 'acknowledged') {
+      acknowledge(mem, e.ts, e.reason);
     }
   }
   return mem;

@@ -253,3 +253,16 @@ export class AppendLog {
     await Promise.all(closing);
   }
 }
+
+/** Removes `name` if it is a regular file holding exactly `content` (what we wrote); false if it holds anything else or is gone. */
+export async function removeIfHolds(real: string, name: string, content: string): Promise<boolean> {
+  if (!(await holdsSince(real, name, content, 0))) return false;
+  try {
+    await unlink(join(real, name));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+  await syncDir(real).catch(() => undefined);
+  return true;
+}

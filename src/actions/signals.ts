@@ -1,5 +1,7 @@
 // Process facts and signals for crash detection and escalation (Linux /proc).
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import type { ProcFact } from '../state/lifecycle.js';
 
 let bootTimeS: number | undefined;
 const TICKS = 100; // USER_HZ: 100 on every mainstream Linux build
@@ -39,4 +41,60 @@ export function sendSignal(pid: number, sig: NodeJS.Signals): string {
   } catch (e) {
     return ((e as NodeJS.ErrnoException).code ?? 'error').toLowerCase();
   }
+}
+
+/** processStartTime with a direct system call: /proc is in memory, and this runs per quiet run, not per record. */
+export function processStartTimeSync(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (bootTimeS === undefined) {
+      const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+      bootTimeS = m ? Number(m[1]) : 0;
+    }
+    return bootTimeS + Number(fields[19]) / TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Seconds a trainer may take from process start to its boot record (imports, CUDA and NCCL init). */
+export const BOOT_WINDOW_S = 900;
+/** Clock slack between /proc start times (10 ms ticks, boot-time rounding) and record timestamps. */
+const START_SLACK_S = 5;
+
+/** What the records say about the process that wrote them. */
+export interface WriterFacts {
+  pid: number;
+  /** trainer ts of the first record seen from this pid */
+  sinceTs?: number;
+  /** trainer ts of its boot record, when it was read */
+  bootTs?: number;
+}
+
+/**
+ * Whether a process that started at `start` can be the writer: it started before its first
+ * record (a recycled pid belongs to a process started later), and, for `strict` (signals), no
+ * more than BOOT_WINDOW_S before its own boot record (an unrelated long-running process whose
+ * pid a record names started long before). Without a boot record, strict is never satisfied.
+ */
+export function startedAsWriter(start: number, w: WriterFacts, strict: boolean): boolean {
+  if (w.sinceTs === undefined || start > w.sinceTs + START_SLACK_S) return false;
+  if (!strict) return true;
+  return w.bootTs !== undefined && start <= w.bootTs + START_SLACK_S && start >= w.bootTs - BOOT_WINDOW_S;
+}
+
+/**
+ * Sees one writer's process (watch.pid-check): `alive` if a process with its pid started as
+ * the writer did; otherwise `gone` if it was seen alive before (or `on` says trainwatch shares
+ * the trainers' pid namespace), else `unknown`.
+ */
+export function procFact(w: WriterFacts, mode: 'auto' | 'on' | 'off', seenAlive: Set<number>): ProcFact {
+  if (mode === 'off') return 'unknown';
+  const start = processStartTimeSync(w.pid);
+  if (start !== undefined && startedAsWriter(start, w, false)) {
+    seenAlive.add(w.pid);
+    return 'alive';
+  }
+  return seenAlive.has(w.pid) || mode === 'on' ? 'gone' : 'unknown';
 }

@@ -44,10 +44,13 @@ export const SETTINGS = [
   { key: 'watch.startup-grace-s', env: 'NSA_WATCH_STARTUP_GRACE_S', type: 'number', default: 900, min: 0, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'After a boot record and until the first progress record, the stall threshold is at least this (loaders and compilation are slow).' },
   { key: 'watch.straggler-steps', env: 'NSA_WATCH_STRAGGLER_STEPS', type: 'int', default: 200, min: 0, max: 1e9, group: 'Detection (NSA_WATCH_*)', help: 'straggler: a rank whose step is this many steps behind the run\'s most advanced rank; 0 disables.' },
   { key: 'watch.crash-detect', env: 'NSA_WATCH_CRASH_DETECT', type: 'bool', default: false, group: 'Detection (NSA_WATCH_*)', help: 'trainer_crash: the trainer\'s pid is gone on this host while no .HALT asked it to stop. Opt-in: only right when trainwatch shares the trainer\'s pid namespace.' },
+  { key: 'watch.pid-check', env: 'NSA_WATCH_PID_CHECK', type: 'enum', choices: ['auto', 'on', 'off'], default: 'auto', group: 'Detection (NSA_WATCH_*)', help: 'Tell a finished trainer from a hung one by its pid (the trainer writes no final record). auto: a pid seen alive on this host (and started when its records say) that is gone ends the run: no stall, no .HALT. on: also a pid never seen alive (trainwatch shares the trainers\' pid namespace, e.g. after a trainwatch restart). off: liveness unknown; silence is judged as a stall.' },
   // Actions
   { key: 'halt', env: 'NSA_WATCH_HALT', type: 'bool', default: false, arg: '0|1', group: 'Actions', help: 'Write .HALT (the trainer stops gracefully) on a halting anomaly. .anomaly_type is written either way.' },
   { key: 'watch.escalate-s', env: 'NSA_WATCH_ESCALATE_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'Hung trainers never read .HALT: this many seconds after halting a stalled run, send SIGUSR1 (stack dump) to its pid on this host. 0 disables.' },
   { key: 'watch.escalate-term-s', env: 'NSA_WATCH_ESCALATE_TERM_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGUSR1, send SIGTERM. 0 never sends SIGTERM.' },
+  { key: 'watch.escalate-kill-s', env: 'NSA_WATCH_ESCALATE_KILL_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGTERM, send SIGKILL if the trainer still runs (the NSA trainer catches SIGTERM, dumps stacks and runs on). 0 never sends SIGKILL.' },
+  { key: 'watch.auto-clear-halt', env: 'NSA_WATCH_AUTO_CLEAR_HALT', type: 'bool', default: false, group: 'Actions', help: 'Once the trainer that a .HALT written by trainwatch addressed has exited, remove that .HALT (audited), so an automated restart trains instead of stopping at step 1.' },
   // Web
   { key: 'web.listen-address', env: 'TRAINWATCH_WEB_LISTEN_ADDRESS', type: 'string', default: ':9465', arg: 'host:port', group: 'Web', help: 'Address to serve /metrics, the status page and the webhook on (port 0 picks a free port).' },
   { key: 'web.telemetry-path', type: 'string', default: '/metrics', arg: 'path', group: 'Web', help: 'Path under which to expose metrics.' },
@@ -94,9 +97,12 @@ export interface Config {
   'watch.startup-grace-s': number;
   'watch.straggler-steps': number;
   'watch.crash-detect': boolean;
+  'watch.pid-check': 'auto' | 'on' | 'off';
   halt: boolean;
   'watch.escalate-s': number;
   'watch.escalate-term-s': number;
+  'watch.escalate-kill-s': number;
+  'watch.auto-clear-halt': boolean;
   'web.listen-address': string;
   'web.telemetry-path': string;
   'web.config.file': string | undefined;

@@ -4,6 +4,7 @@
 import type { Thresholds } from '../config/settings.js';
 import type { RankState } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
+import type { Liveness } from '../state/lifecycle.js';
 import { kindOf, type AnomalyName } from './kinds.js';
 
 /** One detected anomaly on one rank of a run. */
@@ -13,8 +14,10 @@ export interface Anomaly {
   /** the observed value that crossed the threshold */
   value: number;
   threshold: number;
-  /** one human sentence */
+  /** one human sentence: the threshold crossing, not how much was read at once */
   message: string;
+  /** trainer ts of the newest evidence; an acknowledgement at or after it hides the anomaly */
+  evidenceTs?: number;
 }
 
 /** What detection needs to know about a run. */
@@ -25,12 +28,87 @@ export interface RunFacts {
   halted: boolean;
   /** pid → alive on this host; only consulted when crash detection is on */
   pidAlive?: (pid: number) => boolean | undefined;
+  /** whether the trainer runs (see state/lifecycle.ts); `exited` ends stall detection */
+  liveness?: Liveness;
+  /** an operator removed .HALT or .anomaly_type at this time: older evidence opens nothing */
+  ackTs?: number;
+  /** trainer ts of the newest training.csv row, its evidence time */
+  csvTs?: number;
 }
 
 /** The stall threshold in force for a rank: raised to the startup grace between boot and first progress. */
 export function effectiveStallS(s: RankState, t: Thresholds): number {
   const booting = s.bootTs !== undefined && s.lastProgressTs === undefined;
   return booting ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
+}
+
+/** Why a rank's deadline is what it is. */
+export type StallBasis = 'silence' | 'startup' | 'acknowledged' | 'own_dump' | 'peer_dump';
+
+/** When a rank counts as stalled if nothing new arrives, and why. */
+export interface StallDeadline {
+  /** seconds (trainer clock); in the past once stalled */
+  at: number;
+  basis: StallBasis;
+  /** the silence or dump it is measured from */
+  from: number;
+}
+
+/** Run-wide facts that every rank's deadline depends on; see stallDeadlines. */
+interface StallContext {
+  trains: boolean;
+  /** newest liveness ts of any periodic writer */
+  periodicNewest?: number;
+  /** the smallest learned cadence of the periodic writers */
+  periodicGap?: number;
+}
+
+/**
+ * The liveness rules (docs/detection.md, "Liveness"). A periodic writer (progress, beats or
+ * step_end since its boot) is stalled when silent past the stall threshold, or at once when
+ * its own process's watchdog dumped after its last record. Before any rank of the run trains,
+ * every rank is judged by silence under the startup grace, and dumps count for nothing (the
+ * trainer's watchdog also dumps during a long compile). Once the run trains, a boot-only rank
+ * is not judged by its own silence: synchronous DDP needs every rank for rank 0's next logging
+ * step, so rank 0's progress proves it alive. Its dump counts only when the periodic writers
+ * have been silent since before the dump, for longer than their cadence allows (3 gaps, at
+ * least a third of the threshold). After an acknowledgement, silence is measured from it under
+ * the startup grace: the run waits for a new trainer. No deadline when the trainer exited or
+ * .HALT is there.
+ */
+export function stallDeadlines(run: RunFacts, t: Thresholds): Map<number, StallDeadline> {
+  const out = new Map<number, StallDeadline>();
+  if (run.halted || run.liveness === 'exited') return out;
+  const ranks = [...run.ranks];
+  const ctx: StallContext = { trains: false };
+  for (const s of ranks) {
+    if (s.lastPeriodicTs === undefined) continue;
+    ctx.trains = true;
+    if (s.lastLivenessTs !== undefined && (ctx.periodicNewest === undefined || s.lastLivenessTs > ctx.periodicNewest)) ctx.periodicNewest = s.lastLivenessTs;
+    if (s.periodicGapS !== undefined && (ctx.periodicGap === undefined || s.periodicGapS < ctx.periodicGap)) ctx.periodicGap = s.periodicGapS;
+  }
+  for (const s of ranks) {
+    const d = rankDeadline(s, ctx, t, run.ackTs);
+    if (d) out.set(s.rank, d);
+  }
+  return out;
+}
+
+function rankDeadline(s: RankState, ctx: StallContext, t: Thresholds, ackTs: number | undefined): StallDeadline | undefined {
+  const last = s.lastLivenessTs;
+  const acked = ackTs !== undefined && (last === undefined || last <= ackTs);
+  if (acked) return { at: ackTs + Math.max(t.stallS, t.startupGraceS), basis: 'acknowledged', from: ackTs };
+  if (last === undefined) return undefined;
+  const dump = s.lastDumpTs !== undefined && s.lastDumpTs > last && (ackTs === undefined || s.lastDumpTs > ackTs) ? s.lastDumpTs : undefined;
+  if (!ctx.trains) return { at: last + Math.max(t.stallS, t.startupGraceS), basis: 'startup', from: last };
+  if (s.lastPeriodicTs !== undefined) {
+    if (dump !== undefined) return { at: dump, basis: 'own_dump', from: dump };
+    return { at: last + t.stallS, basis: 'silence', from: last };
+  }
+  // Boot-only while the run trains: only a dump, confirmed by the periodic writers' silence.
+  if (dump === undefined || ctx.periodicNewest === undefined || ctx.periodicNewest >= dump) return undefined;
+  const window = Math.min(t.stallS, Math.max(t.stallS / 3, 3 * (ctx.periodicGap ?? t.stallS)));
+  return { at: Math.max(dump, ctx.periodicNewest + window), basis: 'peer_dump', from: dump };
 }
 
 /** A rank's step at trainer time `ts` from its recent history; undefined if `ts` is older than it. */
@@ -60,42 +138,71 @@ export function stepLags(ranks: readonly RankState[]): Map<number, number> {
   return out;
 }
 
-/** All anomalies of a run at time `now` (seconds). */
+/** All anomalies of a run at time `now` (seconds), without those an acknowledgement hides. */
 export function detectRun(run: RunFacts, t: Thresholds, now: number): Anomaly[] {
   const out: Anomaly[] = [];
   const ranks = [...run.ranks];
   const lags = t.stragglerSteps > 0 && ranks.length > 1 ? stepLags(ranks) : undefined;
-  for (const s of ranks) detectRank(s, t, now, run, lags?.get(s.rank), out);
+  const deadlines = stallDeadlines({ ...run, ranks }, t);
+  for (const s of ranks) detectRank(s, t, now, run, deadlines.get(s.rank), lags?.get(s.rank), out);
   if (run.csv && t.flatlineN > 0 && run.csv.throughputZero >= t.flatlineN) {
-    out.push({ kind: 'throughput_flatline', rank: 0, value: run.csv.throughputZero, threshold: t.flatlineN, message: `training.csv: ${run.csv.throughputZero} rows in a row with toks_per_s <= 0` });
+    out.push({ kind: 'throughput_flatline', rank: 0, value: run.csv.throughputZero, threshold: t.flatlineN, message: `training.csv: toks_per_s <= 0 in ${t.flatlineN} rows in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`, evidenceTs: run.csvTs });
   }
-  return run.halted ? out.filter((a) => !kindOf(a.kind)?.quietWhileHalted) : out;
+  const ack = run.ackTs;
+  const seen = ack === undefined ? out : out.filter((a) => a.evidenceTs === undefined || a.evidenceTs > ack);
+  return run.halted ? seen.filter((a) => !kindOf(a.kind)?.quietWhileHalted) : seen;
 }
 
-function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, lag: number | undefined, out: Anomaly[]): void {
-  const push = (kind: AnomalyName, value: number, threshold: number, message: string) => out.push({ kind, rank: s.rank, value, threshold, message });
-  const stallS = effectiveStallS(s, t);
-  if (s.lastDumpTs !== undefined && (s.lastLivenessTs === undefined || s.lastDumpTs > s.lastLivenessTs)) {
-    const age = s.lastLivenessTs === undefined ? 0 : now - s.lastLivenessTs;
-    push('heartbeat_stall', age, stallS, `the trainer's own watchdog dumped stacks (hung training loop); last liveness ${fmtAge(age)} ago`);
-  } else if (s.lastLivenessTs !== undefined && now - s.lastLivenessTs > stallS) {
-    push('heartbeat_stall', now - s.lastLivenessTs, stallS, `no heartbeat for ${fmtAge(now - s.lastLivenessTs)} (threshold ${stallS}s)`);
+/** The most important of a run's anomalies (kinds.ts priority, then the lowest rank). */
+export function primaryOf<A extends { kind: string; rank?: number }>(anomalies: readonly A[]): A | undefined {
+  let best: A | undefined;
+  for (const a of anomalies) {
+    if (!best) {
+      best = a;
+      continue;
+    }
+    const pa = kindOf(a.kind)?.priority ?? 99;
+    const pb = kindOf(best.kind)?.priority ?? 99;
+    if (pa < pb || (pa === pb && (a.rank ?? 0) < (best.rank ?? 0))) best = a;
   }
-  if (t.crashDetect && s.pid !== undefined && run.pidAlive?.(s.pid) === false) {
-    push('trainer_crash', s.pid, 0, `trainer pid ${s.pid} is gone and no .HALT asked it to stop`);
+  return best;
+}
+
+const BASIS_TEXT: Record<StallBasis, string> = {
+  silence: 'no heartbeat',
+  startup: 'no heartbeat since boot (startup grace)',
+  acknowledged: 'no new trainer since the halt was cleared (startup grace)',
+  own_dump: "the trainer's own watchdog dumped stacks (hung training loop)",
+  peer_dump: "this rank's watchdog dumped stacks and the ranks that log progress went silent before it",
+};
+
+function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: StallDeadline | undefined, lag: number | undefined, out: Anomaly[]): void {
+  const push = (kind: AnomalyName, value: number, threshold: number, message: string, evidenceTs?: number) => out.push({ kind, rank: s.rank, value, threshold, message, evidenceTs });
+  // Silence is a stall once strictly older than the threshold; a dump is evidence at once.
+  const dumped = d !== undefined && (d.basis === 'own_dump' || d.basis === 'peer_dump');
+  if (d && (dumped ? now >= d.at : now > d.at)) {
+    const silent = now - (s.lastLivenessTs ?? d.from);
+    const thr = d.basis === 'startup' || d.basis === 'acknowledged' ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
+    const text = d.basis === 'own_dump' || d.basis === 'peer_dump' ? `${BASIS_TEXT[d.basis]}; last liveness ${fmtAge(silent)} ago` : `${BASIS_TEXT[d.basis]} for more than ${thr}s (last ${fmtAge(silent)} ago)`;
+    // Silence has no record to date it; it is new evidence by definition (the deadline already counts from an acknowledgement).
+    push('heartbeat_stall', silent, thr, text, d.basis === 'own_dump' || d.basis === 'peer_dump' ? d.from : undefined);
+  }
+  if (t.crashDetect && s.endTs === undefined && s.pid !== undefined && run.pidAlive?.(s.pid) === false) {
+    push('trainer_crash', s.pid, 0, `trainer pid ${s.pid} is gone and no .HALT asked it to stop`, s.lastLivenessTs);
   }
   const st = s.streaks;
-  if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN) push('throughput_flatline', st.throughputZero, t.flatlineN, `${st.throughputZero} progress records in a row with toks_per_s <= 0`);
-  if (t.lossFlatlineN > 0 && st.lossSame >= t.lossFlatlineN) push('loss_flatline', st.lossSame, t.lossFlatlineN, `loss stuck at ${s.loss} for ${st.lossSame} progress records`);
-  if (t.gradZeroN > 0 && st.gradZero >= t.gradZeroN) push('zero_grad', st.gradZero, t.gradZeroN, `grad_norm == 0 for ${st.gradZero} progress records`);
-  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed for ${st.gateCollapse} progress records`);
-  if (t.nonfiniteN > 0 && st.nonfinite >= t.nonfiniteN) push('nonfinite_loss', st.nonfinite, t.nonfiniteN, `loss=${s.loss} grad_norm=${s.gradNorm}: not finite for ${st.nonfinite} progress records`);
+  const at = s.lastProgressTs;
+  if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN) push('throughput_flatline', st.throughputZero, t.flatlineN, `toks_per_s <= 0 in ${t.flatlineN} progress records in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`, at);
+  if (t.lossFlatlineN > 0 && st.lossSame >= t.lossFlatlineN) push('loss_flatline', st.lossSame, t.lossFlatlineN, `loss stuck at ${s.loss} in ${t.lossFlatlineN} progress records in a row (NSA_WATCH_LOSS_FLATLINE_N=${t.lossFlatlineN})`, at);
+  if (t.gradZeroN > 0 && st.gradZero >= t.gradZeroN) push('zero_grad', st.gradZero, t.gradZeroN, `grad_norm == 0 in ${t.gradZeroN} progress records in a row (NSA_WATCH_GRAD_ZERO_N=${t.gradZeroN})`, at);
+  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`, at);
+  if (t.nonfiniteN > 0 && st.nonfinite >= t.nonfiniteN) push('nonfinite_loss', st.nonfinite, t.nonfiniteN, `loss=${s.loss} grad_norm=${s.gradNorm}: not finite in ${t.nonfiniteN} progress record${t.nonfiniteN === 1 ? '' : 's'} in a row (NSA_WATCH_NONFINITE_N=${t.nonfiniteN})`, at);
   if (t.fetchStallRatio > 0 && s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchSamples >= t.fetchWarmupN && s.dtFetchS > t.fetchStallRatio * s.fetchBaseline) {
     const ratio = s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : Infinity;
-    push('fetch_stall', ratio, t.fetchStallRatio, `dt_fetch_s ${s.dtFetchS.toFixed(3)}s is ${ratio.toFixed(1)}x its baseline ${s.fetchBaseline.toFixed(3)}s`);
+    push('fetch_stall', ratio, t.fetchStallRatio, `dt_fetch_s ${s.dtFetchS.toFixed(3)}s is more than ${t.fetchStallRatio}x its baseline ${s.fetchBaseline.toFixed(3)}s (NSA_WATCH_FETCH_STALL_RATIO)`, at);
   }
   if (lag !== undefined && lag >= t.stragglerSteps) {
-    push('straggler', lag, t.stragglerSteps, `step ${s.step} is ${lag} steps behind the most advanced rank at the same moment`);
+    push('straggler', lag, t.stragglerSteps, `step ${s.step} is ${t.stragglerSteps} or more steps behind the most advanced rank at the same moment (NSA_WATCH_STRAGGLER_STEPS=${t.stragglerSteps})`, s.lastLivenessTs);
   }
 }
 
@@ -104,13 +211,8 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, lag
  * so that the shell can set one timer for exactly then. Undefined if none is pending.
  */
 export function nextStallDeadline(run: RunFacts, t: Thresholds, now: number): number | undefined {
-  if (run.halted) return undefined;
   let next: number | undefined;
-  for (const s of run.ranks) {
-    if (s.lastLivenessTs === undefined) continue;
-    const at = s.lastLivenessTs + effectiveStallS(s, t);
-    if (at >= now && (next === undefined || at < next)) next = at;
-  }
+  for (const d of stallDeadlines(run, t).values()) if (d.at >= now && (next === undefined || d.at < next)) next = d.at;
   return next;
 }
 

@@ -16,6 +16,7 @@ import { Document } from 'yaml';
 import { SETTINGS, type SettingKey } from '../config/settings.js';
 import { ANOMALY_KINDS, type AnomalyName } from '../detect/kinds.js';
 import { METRICS, type MetricKey } from '../metrics/names.js';
+import { OVER_STATES } from '../state/lifecycle.js';
 
 /** Where the generated rules live, relative to the repository root. */
 export const ALERTS_FILE = 'alerts/trainwatch.rules.yml';
@@ -85,39 +86,23 @@ function unlessHalted(expr: string): string {
   return ['(', indent(expr, 2), ')', 'unless on(job, instance, run)', `  ${m('runHalted')} == 1`].join('\n');
 }
 
+/** The lifecycle states in which a run's trainer is over: every training alert is silent (state/lifecycle.ts OVER_STATES). */
+const OVER = [...OVER_STATES].join('|');
+
+/** Silences an expression for runs whose trainer is over (halted, finished; expired runs have no series at all). */
+function unlessOver(expr: string): string {
+  return ['(', indent(expr, 2), ')', 'unless on(job, instance, run)', `  ${m('runState')}{state=~"${OVER}"} == 1`].join('\n');
+}
+
 const RANK = 'rank {{ $labels.rank }} of run {{ $labels.run }}';
 const RANK_UC = 'Rank {{ $labels.rank }} of run {{ $labels.run }}';
 
 /** The expression and description of each anomaly kind's alert. Keyed by name, so none is forgotten. */
 function kindRules(): Record<AnomalyName, { expr: string; description: string }> {
-  const last = m('heartbeatLastTs');
-  const dump = m('dumpLastTs');
-  const age = `time() - ${last}`;
-  const stall = [
-    `${age}`,
-    '  >',
-    '(',
-    `  ${m('stallThreshold')}`,
-    '  or',
-    `  ${last} * 0 + ${def('watch.heartbeat-stall-s')}`,
-    ')',
-  ].join('\n');
-  const heartbeat = unlessHalted(
-    [
-      '# no liveness record for longer than the rank\'s stall threshold (startup grace included)',
-      '(',
-      indent(stall, 2),
-      ')',
-      'or',
-      '# the trainer\'s own watchdog dumped stacks after the last liveness record: a hung loop',
-      `(${age})`,
-      '  and',
-      `(${dump} > ${last})`,
-      'or',
-      '# a dump and no liveness record at all',
-      `time() - (${dump} unless ${last})`,
-    ].join('\n'),
-  );
+  // The exporter applies the liveness rules (roles, startup grace, dumps, acknowledgements,
+  // exited trainers) and exports each rank's deadline; the rule only compares it with time(),
+  // so Prometheus and the embedded detector judge silence identically.
+  const heartbeat = unlessHalted(`time() - ${m('stallDeadline')} > 0`);
   const csv = m('csvFlatline');
   const throughput = [
     '# per rank, from progress records',
@@ -134,7 +119,7 @@ function kindRules(): Record<AnomalyName, { expr: string; description: string }>
   return {
     heartbeat_stall: {
       expr: heartbeat,
-      description: `${RANK_UC} has sent no heartbeat for {{ $value | humanizeDuration }}: longer than its stall threshold, or the trainer's own watchdog dumped stacks (a hung training loop).`,
+      description: `${RANK_UC} is {{ $value | humanizeDuration }} past its stall deadline: silent longer than its stall threshold, or the trainer's own watchdog dumped stacks (a hung training loop). See trainwatch's status page for which rule applied.`,
     },
     throughput_flatline: {
       expr: throughput,
@@ -177,7 +162,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
   const specs = kindRules();
   const training: AlertRule[] = ANOMALY_KINDS.map((k) => ({
     alert: k.alert,
-    expr: specs[k.name].expr,
+    expr: unlessOver(specs[k.name].expr),
     // The embedded detector acts on the first evaluation that crosses a threshold; the
     // thresholds already count records or seconds, so a `for` would only add delay.
     for: '0s',
@@ -186,12 +171,14 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
   }));
   training.push({
     alert: 'TrainingRunHalted',
-    expr: `${m('runHalted')} == 1`,
+    // Only while the trainer still runs: once it stopped (state halted) there is nothing to
+    // watch for, and a finished halt must not alert until the run expires.
+    expr: `${m('runState')}{state="halt_requested"} == 1`,
     for: '0s',
     labels: { severity: 'info' },
     annotations: {
-      summary: 'A training run holds a .HALT file: its trainer was asked to stop.',
-      description: 'Run {{ $labels.run }} holds a .HALT file, so its trainer stops (or stopped) at its next step. .anomaly_type in the run directory names the reason; delete .HALT before restarting the run.',
+      summary: 'A training run holds a .HALT file and its trainer has not stopped yet.',
+      description: 'Run {{ $labels.run }} holds a .HALT file, so its trainer stops at its next step; it has not stopped yet. .anomaly_type in the run directory names the reason; delete .HALT before restarting the run.',
       runbook_url: runbookUrl('TrainingRunHalted'),
     },
   });

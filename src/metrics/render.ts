@@ -10,6 +10,7 @@
 // renderer keeps the values it wrote last time and where their bytes are: if none changed, the
 // bytes are copied instead of formatted again (at 10,000 ranks that is most rows of a quiet
 // fleet; heartbeat_age changes at every scrape and is always written afresh).
+import { RUN_STATES } from '../state/lifecycle.js';
 import type { Thresholds } from '../config/settings.js';
 import { effectiveStallS, stepLags } from '../detect/detect.js';
 import { MSG_CLASSES, type RankState } from '../state/rank.js';
@@ -35,6 +36,7 @@ export function esc(v: string): string {
 interface RankView {
   s: RankState;
   stallS: number;
+  deadline?: number;
   lag?: number;
   alive?: boolean;
   anomalies?: Set<string>;
@@ -42,7 +44,7 @@ interface RankView {
 
 /** The per-rank gauges, in exposition order: each family is written whole, then the next. */
 const RANK_GAUGES = [
-  'heartbeatLastTs', 'heartbeatAge', 'stallThreshold', 'dumpLastTs', 'bootTs', 'progressLastTs', 'step', 'stepChangeTs', 'stepLag',
+  'heartbeatLastTs', 'heartbeatAge', 'stallThreshold', 'stallDeadline', 'dumpLastTs', 'bootTs', 'progressLastTs', 'step', 'stepChangeTs', 'stepLag',
   'toks', 'throughputFlatline', 'loss', 'lossFlatline', 'gradNorm', 'gradZero', 'nonfinite', 'fetch', 'fetchBaseline', 'fetchRatio',
   'gpuAlloc', 'gpuReserved', 'gateEntropyMean', 'gateEntropyMin', 'gateMax', 'gateCollapseFrac', 'gateCollapse', 'trainerUp',
 ] as const satisfies readonly MetricKey[];
@@ -58,6 +60,7 @@ function rankValue(key: RankGauge, v: RankView, now: number, warm: number): numb
     case 'heartbeatLastTs': return s.lastLivenessTs;
     case 'heartbeatAge': return s.lastLivenessTs === undefined ? undefined : Math.max(0, now - s.lastLivenessTs);
     case 'stallThreshold': return v.stallS;
+    case 'stallDeadline': return v.deadline;
     case 'dumpLastTs': return s.lastDumpTs;
     case 'bootTs': return s.bootTs;
     case 'progressLastTs': return s.lastProgressTs;
@@ -232,7 +235,11 @@ class RunRows {
   private readonly segOff = new Int32Array(SLOTS);
   private readonly segLen = new Int32Array(SLOTS).fill(-1);
 
+  /** the run name the labels were built for (a name can change when another run takes the same one) */
+  readonly name: string;
+
   constructor(readonly run: Run) {
+    this.name = run.name;
     this.runLabel = `run="${esc(run.name)}"`;
     this.runOnly = `{${this.runLabel}}`;
   }
@@ -254,7 +261,7 @@ class RunRows {
       this.states = [...run.ranks.values()];
       this.labels = this.states.map((s) => Buffer.from(`{${this.runLabel},rank="${s.rank}"`));
       this.labelBytes = this.labels.reduce((a, b) => a + b.length, 0);
-      this.views = this.states.map((s) => ({ s, stallS: 0, lag: undefined, alive: undefined, anomalies: undefined }));
+      this.views = this.states.map((s) => ({ s, stallS: 0, deadline: undefined, lag: undefined, alive: undefined, anomalies: undefined }));
       this.vals = new Float64Array((RANK_GAUGES.length + MSG_CLASSES.length) * this.states.length);
       this.has = new Uint8Array(this.vals.length);
       this.segLen.fill(-1);
@@ -276,7 +283,10 @@ class RunRows {
       const s = v.s;
       v.stallS = effectiveStallS(s, t);
       v.lag = lags.get(s.rank);
-      v.alive = t.crashDetect && s.pid !== undefined ? run.alive.get(s.pid) : undefined;
+      v.deadline = run.deadlines.get(s.rank)?.at;
+      const proc = s.pid === undefined ? undefined : run.procs.get(s.pid);
+      // Only with crash detection: the crash rule reads `== 0` as a crash.
+      v.alive = !t.crashDetect ? undefined : proc === 'alive' ? true : proc === 'gone' ? false : undefined;
       v.anomalies = active?.get(s.rank);
       for (let k = 0; k < g; k++) this.note(k, k * n + i, rankValue(RANK_GAUGES[k]!, v, now, t.fetchWarmupN));
       const base = g * n + i * MSG_CLASSES.length;
@@ -401,7 +411,8 @@ export class MetricsRenderer {
     // Runs not rendered now (expired, dropped) lose their cache: it would pin old chunks.
     const rows = new Map<Run, RunRows>();
     for (const run of live) {
-      const rr = this.rows.get(run) ?? new RunRows(run);
+      const kept = this.rows.get(run);
+      const rr = kept && kept.name === run.name ? kept : new RunRows(run);
       rr.sync(t, now);
       rows.set(run, rr);
     }
@@ -414,6 +425,9 @@ export class MetricsRenderer {
       for (const v of rr.views) for (const k of v.anomalies ?? []) out.add('anomaly', `{${rr.runLabel},rank="${v.s.rank}",anomaly_type="${k}"}`, 1);
     }
     for (const rr of rows.values()) out.add('runHalted', rr.runOnly, rr.run.halted ? 1 : 0);
+    // A state set: one series per state, 1 for the current one (OpenMetrics StateSet as gauges).
+    for (const rr of rows.values()) for (const st of RUN_STATES) out.add('runState', `{${rr.runLabel},state="${st}"}`, rr.run.life.state === st ? 1 : 0);
+    for (const rr of rows.values()) out.add('runAttempts', rr.runOnly, rr.run.attempt);
     for (const rr of rows.values()) out.add('runRanks', rr.runOnly, rr.run.ranks.size);
     for (const [key, field] of [['csvStep', 'step'], ['csvToks', 'toksPerS'], ['csvLoss', 'loss'], ['csvFlatline', 'throughputZero']] as const) {
       for (const rr of rows.values()) if (rr.run.csv) out.add(key, rr.runOnly, rr.run.csv[field]);

@@ -5,11 +5,21 @@
 import type { HeartbeatRecord } from '../parse/line.js';
 
 /** The msg kinds counted separately; anything else is counted as `other` (bounded labels). */
-export const MSG_CLASSES = ['boot', 'beat', 'progress', 'step_end', 'watchdog_dump', 'fineweb_loader_ready', 'fineweb_loader_error', 'other'] as const;
+export const MSG_CLASSES = ['boot', 'beat', 'progress', 'step_end', 'watchdog_dump', 'run_end', 'fineweb_loader_ready', 'fineweb_loader_error', 'other'] as const;
 export type MsgClass = (typeof MSG_CLASSES)[number];
 
 /** How many recent toks_per_s values the status page's sparkline keeps. */
 export const TOKS_HISTORY = 40;
+/** The record kinds that a trainer writes at a cadence: a rank that wrote one is a periodic writer. */
+export const PERIODIC_MSGS: ReadonlySet<string> = new Set(['progress', 'beat', 'step_end']);
+
+/**
+ * What a rank's silence means. `periodic`: it writes progress, beats or step_end at a cadence,
+ * so silence past the threshold is a stall. `boot_only`: since its newest boot it wrote nothing
+ * periodic (ranks >= 1 of the real trainer by default): silent by design, judged through the run.
+ */
+export type RankRole = 'periodic' | 'boot_only';
+
 /** How many recent step changes are kept, to compare ranks' steps at the same moment. */
 export const STEP_HISTORY = 32;
 
@@ -30,9 +40,20 @@ export interface Streaks {
 /** Everything trainwatch knows about one rank of one run. */
 export interface RankState {
   rank: number;
+  /** the pid of the newest liveness record (watchdog_dump records never change it) */
   pid?: number;
   /** trainer ts of the first record seen from the current pid */
   pidSinceTs?: number;
+  /** trainer ts of the boot record of the current pid, if it was read */
+  pidBootTs?: number;
+  /** trainer ts of the newest periodic record (progress, beat, step_end) since the newest boot */
+  lastPeriodicTs?: number;
+  /** smoothed seconds between progress (or beat) records: the rank's learned cadence */
+  periodicGapS?: number;
+  /** trainer ts of the newest progress or beat record, for the cadence */
+  lastCadenceTs?: number;
+  /** trainer ts of an explicit end record (`msg: "run_end"`) of the current pid */
+  endTs?: number;
   /** trainer ts of the newest liveness record (anything but watchdog_dump) */
   lastLivenessTs?: number;
   /** trainer ts of the newest watchdog_dump record */
@@ -73,6 +94,9 @@ export interface ReduceParams {
   fetchWarmupN: number;
 }
 
+/** EWMA weight of a new gap between periodic records. */
+const GAP_EWMA_ALPHA = 0.2;
+
 /** EWMA weight of a new normal dt_fetch_s sample once the warm-up is over. */
 const FETCH_EWMA_ALPHA = 0.1;
 
@@ -88,6 +112,11 @@ export function newRankState(rank: number): RankState {
   };
 }
 
+/** The rank's role now (see RankRole). */
+export function rankRole(s: RankState): RankRole {
+  return s.lastPeriodicTs !== undefined ? 'periodic' : 'boot_only';
+}
+
 /** A deep copy, for callers that need the state before a reduce. */
 export function cloneRankState(s: RankState): RankState {
   return { ...s, streaks: { ...s.streaks }, records: { ...s.records }, toksHistory: [...s.toksHistory], stepHistory: [...s.stepHistory] };
@@ -97,14 +126,24 @@ export function cloneRankState(s: RankState): RankState {
 export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankState {
   const cls: MsgClass = (MSG_CLASSES as readonly string[]).includes(r.msg) ? (r.msg as MsgClass) : 'other';
   s.records[cls]++;
+  if (cls === 'watchdog_dump') {
+    // The trainer's own hang detector: evidence of a stall, never a sign of life. Only a dump
+    // of the process the rank's records come from counts: a stale process writing into the
+    // same directory says nothing about the new trainer.
+    if (r.pid !== undefined && s.pid !== undefined && r.pid !== s.pid) return s;
+    if (s.lastDumpTs === undefined || r.ts > s.lastDumpTs) s.lastDumpTs = r.ts;
+    return s;
+  }
   if (r.pid !== undefined && r.pid !== s.pid) {
     s.pid = r.pid;
     s.pidSinceTs = r.ts;
-  }
-  if (cls === 'watchdog_dump') {
-    // The trainer's own hang detector: evidence of a stall, never a sign of life.
-    if (s.lastDumpTs === undefined || r.ts > s.lastDumpTs) s.lastDumpTs = r.ts;
-    return s;
+    s.pidBootTs = undefined;
+    s.endTs = undefined;
+    // A new process: the old one's dumps and cadence are not its own.
+    s.lastDumpTs = undefined;
+    s.lastPeriodicTs = undefined;
+    s.periodicGapS = undefined;
+    s.lastCadenceTs = undefined;
   }
   if (s.lastLivenessTs === undefined || r.ts >= s.lastLivenessTs) s.lastLivenessTs = r.ts;
   if (s.step === undefined || r.step !== s.step) {
@@ -115,10 +154,28 @@ export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankS
   }
   if (r.gpu_mem_alloc !== undefined) s.gpuMemAllocMiB = r.gpu_mem_alloc;
   if (r.gpu_mem_reserved !== undefined) s.gpuMemReservedMiB = r.gpu_mem_reserved;
+  if (PERIODIC_MSGS.has(r.msg)) {
+    // step_end follows its progress record at once: only progress and beats teach the cadence.
+    if (cls !== 'step_end') {
+      if (s.lastCadenceTs !== undefined && r.ts > s.lastCadenceTs) {
+        const gap = r.ts - s.lastCadenceTs;
+        s.periodicGapS = s.periodicGapS === undefined ? gap : s.periodicGapS + GAP_EWMA_ALPHA * (gap - s.periodicGapS);
+      }
+      s.lastCadenceTs = r.ts;
+    }
+    s.lastPeriodicTs = r.ts;
+  }
+  if (cls === 'run_end') s.endTs = r.ts;
   if (cls === 'boot') {
     // A (re)started trainer: streaks of the previous process no longer apply.
     s.bootTs = r.ts;
+    s.pidBootTs = r.ts;
     s.lastProgressTs = undefined;
+    s.lastPeriodicTs = undefined;
+    s.periodicGapS = undefined;
+    s.lastCadenceTs = undefined;
+    s.endTs = undefined;
+    s.lastDumpTs = undefined;
     s.streaks = { throughputZero: 0, lossSame: 0, gradZero: 0, gateCollapse: 0, nonfinite: 0 };
     s.fetchSamples = 0;
     s.fetchBaseline = undefined;

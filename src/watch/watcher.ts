@@ -11,19 +11,22 @@
 // safety net with a budget (see pickRuns); with --poll it is the witness and visits everything.
 import { hostname } from 'node:os';
 import { basename, join, sep } from 'node:path';
-import { existsSync, statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { constants as fsc, existsSync, statSync, watch as fsWatch, type FSWatcher as DirWatcher } from 'node:fs';
+import { lstat, open, stat } from 'node:fs/promises';
 import { watch as chokidarWatch, type FSWatcher } from 'chokidar';
 import type { Config, Thresholds } from '../config/settings.js';
 import { thresholdsOf } from '../config/settings.js';
-import { detectRun, nextStallDeadline, type Anomaly } from '../detect/detect.js';
+import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type Anomaly, type RunFacts, type StallDeadline } from '../detect/detect.js';
+import { kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import { Actions, type RunRef, type TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
-import { pidAlive } from '../actions/signals.js';
+import { BOOT_WINDOW_S, procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
 import { DiscoveryCache, discoverRuns, listRunFiles, listRunFilesSync, roleOf } from '../source/discover.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
+import { attemptKeyOf, haltAuthor, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact, type Liveness, type ProcFact, type StateOf } from '../state/lifecycle.js';
 import type { RankState, ReduceParams } from '../state/rank.js';
+import { nameApart } from '../source/names.js';
 import type { CsvState } from '../state/run.js';
 import { ParsePool } from './parse-pool.js';
 import { CsvSink, HeartbeatSink, type ParallelParse, type RankTable } from './sinks.js';
@@ -49,18 +52,49 @@ const DIR_SETTLE_MS = 2000;
  */
 const ROTATE_GRACE_MS = 1000;
 
+/** A run with no record for this long has its trainers' processes looked at on each evaluation. */
+const QUIET_S = 1;
+/**
+ * The longest timer set: a deadline further ahead (a clock far off, `ts` in milliseconds) is
+ * re-armed from there. setTimeout takes at most 2^31-1 ms and fires at once (every 1 ms, for
+ * ever) past that.
+ */
+const MAX_TIMER_MS = 3_600_000;
+/** Rotated copies that keep a gone rank file's rank: the trainer's next append re-creates the file. */
+const ROTATED_SUFFIXES = ['.gz', '.1', '.1.gz', '.old'];
+
 /** One watched run: its files, its ranks and what detection sees now. */
 export class Run implements RankTable, RunRef {
   ranks = new Map<number, RankState>();
   csv?: CsvState;
   tails = new Map<string, FileTail>();
+  /** each tail's sink, to forget a deleted rank file's ranks */
+  sinks = new Map<string, { reset(): void }>();
+  /** .HALT exists (see `halt` for what it says) */
   halted = false;
+  halt: HaltFact = { present: false };
+  /** .anomaly_type exists */
+  anomalyType = false;
+  /** the control files as the last evaluation saw them; undefined before the first */
+  lastControl: { halt: boolean; anomalyType: boolean } | undefined;
+  /** the newest acknowledgement (state/lifecycle.ts) */
+  ackTs: number | undefined;
+  /** the trainer attempt the records belong to, and how many this trainwatch has seen */
+  attemptKey: string | undefined;
+  attempt = 0;
+  /** what the shell sees of each trainer pid */
+  procs = new Map<number, ProcFact>();
+  liveness: Liveness = 'unknown';
+  life: StateOf = { state: 'starting', reason: 'not evaluated yet' };
+  primary: Anomaly | undefined;
+  /** each rank's stall deadline, as detection judged it last */
+  deadlines = new Map<number, StallDeadline>();
+  /** the directory inode this run instance lives in; a re-created directory is a new instance */
+  instanceIno = -1;
   expired = false;
   anomalies: Anomaly[] = [];
   dirty = false;
   timer: NodeJS.Timeout | undefined;
-  /** pid → alive, refreshed each sweep when crash detection is on */
-  alive = new Map<number, boolean>();
   /** the inotify watch on the directory, and the directory inode it is on */
   dirWatch: DirWatcher | undefined;
   dirIno = -1;
@@ -78,7 +112,7 @@ export class Run implements RankTable, RunRef {
   sweptAt = -1;
 
   constructor(
-    readonly name: string,
+    public name: string,
     readonly dir: string,
     readonly real: string,
     private readonly onTouched: (run: Run) => void,
@@ -93,11 +127,12 @@ export class Run implements RankTable, RunRef {
 
   /** The trainer ts of the newest record of any rank. */
   newestTs(): number | undefined {
-    let t: number | undefined;
-    for (const s of this.ranks.values()) {
-      for (const v of [s.lastLivenessTs, s.lastDumpTs]) if (v !== undefined && (t === undefined || v > t)) t = v;
-    }
-    return t;
+    return newestRecordTs(this.ranks.values());
+  }
+
+  /** The trainer is known to have exited (RunRef). */
+  get exited(): boolean {
+    return this.liveness === 'exited';
   }
 }
 
@@ -151,6 +186,8 @@ export class Watcher {
   /** warnings already logged (key → error), so that a lasting problem is logged once, not every sweep */
   private readonly warned = new Map<string, string>();
   private warnedNow = new Set<string>();
+  /** trainer pids seen alive on this host (watch.pid-check auto: only those can be seen gone) */
+  private readonly seenAlive = new Set<number>();
 
   constructor(
     readonly config: Config,
@@ -173,6 +210,8 @@ export class Watcher {
       by: `trainwatch@${hostname()}:${process.pid}`,
       escalateS: config['watch.escalate-s'],
       escalateTermS: config['watch.escalate-term-s'],
+      escalateKillS: config['watch.escalate-kill-s'],
+      autoClearHalt: config['watch.auto-clear-halt'],
       log,
       stats: this.stats,
     });
@@ -268,13 +307,27 @@ export class Watcher {
       events ? this.discovery : undefined,
     );
     const seen = new Set<string>();
+    const names = nameApart(locs);
     for (const loc of locs) {
       seen.add(loc.real);
       let run = this.runs.get(loc.real);
-      if (run) run.seenIno = loc.ino;
-      if (!run) {
-        run = new Run(loc.name, loc.dir, loc.real, (r) => this.markDirty(r));
+      const name = names.get(loc) ?? loc.name;
+      if (run && run.instanceIno !== loc.ino) {
+        // Deleted and re-created (rm -rf, then a new trainer): nothing of the old run applies.
+        await this.dropRun(run, 'directory re-created');
+        run = undefined;
+      }
+      if (run) {
         run.seenIno = loc.ino;
+        if (run.name !== name) {
+          this.log.info({ run: name, was: run.name, dir: run.dir }, 'another watched run has the same name: labelled by its parent directories');
+          run.name = name;
+        }
+      }
+      if (!run) {
+        run = new Run(name, loc.dir, loc.real, (r) => this.markDirty(r));
+        run.seenIno = loc.ino;
+        run.instanceIno = loc.ino;
         this.runs.set(loc.real, run);
         this.byDir.set(run.dir, run);
         if (this.started) this.log.info({ run: run.name, dir: run.dir }, 'new run');
@@ -299,15 +352,12 @@ export class Watcher {
       );
       if (i + SWEEP_BATCH < runs.length) await new Promise<void>((r) => setImmediate(r));
     }
-    // Only the sweep sees a trainer die: every run, every sweep.
+    // Only a look at the processes sees a trainer exit: every quiet run, every sweep.
     const changed = new Set(runs);
-    if (this.thresholds.crashDetect) {
-      for (const run of this.runs.values()) {
-        const was = run.alive;
-        run.alive = new Map();
-        for (const s of run.ranks.values()) if (s.pid !== undefined) run.alive.set(s.pid, pidAlive(s.pid));
-        if (was.size !== run.alive.size || [...run.alive].some(([pid, up]) => was.get(pid) !== up)) changed.add(run);
-      }
+    const now = this.now();
+    for (const run of this.runs.values()) {
+      const newest = run.newestTs();
+      if (newest !== undefined && now - newest > QUIET_S && this.refreshProcs(run, true)) changed.add(run);
     }
     // A discovery problem not seen in this sweep is over: if it comes back, it is logged again.
     // (Listing problems end when that run's listing works again.)
@@ -368,17 +418,25 @@ export class Watcher {
       if (run.seenIno !== run.dirIno || !run.dirWatch) this.watchDir(run);
     }
     for (const name of names) if (!run.tails.has(name)) this.addTail(run, name);
-    const halt = join(run.dir, CONTROL_FILES.halt);
-    run.halted = local ? existsSync(halt) : await exists(halt);
+    await this.observeControl(run);
     await Promise.all([...run.tails.values()].map((t) => t.poll()));
     if (listed) {
       // Files that are gone (rotated away, deleted) and were released: forget their tails, so
       // that churn cannot grow the table. A file that comes back later is new: read from 0.
+      // A deleted rank file takes its ranks with it; a rotated one (a copy beside it) keeps
+      // them, since the trainer's next append re-creates it.
       const present = new Set(names);
       for (const [name, tail] of run.tails) {
         if (present.has(name) || !tail.idle) continue;
         run.tails.delete(name);
         void tail.close();
+        const sink = run.sinks.get(name);
+        run.sinks.delete(name);
+        if (sink && !ROTATED_SUFFIXES.some((x) => existsSync(join(run.dir, name + x)))) {
+          sink.reset();
+          this.log.info({ run: run.name, file: name }, 'rank file deleted: its ranks are no longer watched');
+          run.touched();
+        }
       }
     }
   }
@@ -398,7 +456,48 @@ export class Watcher {
       io: this.config.poll ? ASYNC_IO : SYNC_IO,
     });
     run.tails.set(name, tail);
+    run.sinks.set(name, sink);
     return tail;
+  }
+
+  /**
+   * Looks at .HALT (is it there, what it says, since when) and .anomaly_type. Opened with
+   * O_NONBLOCK and O_NOFOLLOW: a FIFO or symlink planted there must not block or redirect us.
+   */
+  private async observeControl(run: Run): Promise<void> {
+    const halt: HaltFact = { present: false };
+    try {
+      const st = await stat(join(run.dir, CONTROL_FILES.halt)); // follows a symlink, as the trainer's exists() does
+      halt.present = true;
+      halt.since = st.mtimeMs / 1000;
+      if (st.isFile() && st.size <= 4096) halt.kind = parseHaltLine(await readSmall(join(run.dir, CONTROL_FILES.halt)));
+    } catch {
+      // gone, or not readable: not there for the trainer either
+    }
+    halt.by = haltAuthor(halt.kind, halt.present && this.actions.haltKind(run.real) === halt.kind && halt.kind !== undefined);
+    run.halt = halt;
+    run.halted = halt.present;
+    run.anomalyType = await lexists(join(run.dir, CONTROL_FILES.anomalyType));
+  }
+
+  /**
+   * Looks at the trainer processes of a run (watch.pid-check): every pid when `all` (a quiet
+   * run), otherwise only pids not looked at yet. Returns whether any fact changed.
+   */
+  private refreshProcs(run: Run, all: boolean): boolean {
+    const mode = this.config['watch.pid-check'];
+    let changed = false;
+    const pids = new Set<number>();
+    for (const s of run.ranks.values()) {
+      if (s.pid === undefined) continue;
+      pids.add(s.pid);
+      if (!all && run.procs.has(s.pid)) continue;
+      const f = procFact({ pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, mode, this.seenAlive);
+      if (run.procs.get(s.pid) !== f) changed = true;
+      run.procs.set(s.pid, f);
+    }
+    for (const pid of run.procs.keys()) if (!pids.has(pid)) run.procs.delete(pid);
+    return changed;
   }
 
   private async dropRun(run: Run, why: string): Promise<void> {
@@ -437,33 +536,106 @@ export class Watcher {
     await Promise.all([...this.runs.values()].map((r) => this.evaluate(r)));
   }
 
-  /** Runs detection on one run, acts on it, and arms its stall timer. */
+  /**
+   * Runs detection on one run, works out its lifecycle state, acts on it, and arms its stall
+   * timer. The order matters: acknowledgements first (an operator's removal of .HALT must be
+   * known before old evidence is judged), then the processes, then detection.
+   */
   async evaluate(run: Run): Promise<void> {
     if (this.stopped) return;
     run.dirty = false;
     const now = this.now();
-    const newest = run.newestTs();
+    const ranks = [...run.ranks.values()];
+    const newest = newestRecordTs(ranks);
     run.expired = newest !== undefined && now - newest > this.config['run.ttl-s'];
-    const facts = { ranks: run.ranks.values(), csv: run.csv, halted: run.halted, pidAlive: (pid: number) => run.alive.get(pid) };
+    const key = attemptKeyOf(ranks);
+    if (key !== undefined && key !== run.attemptKey) {
+      if (run.attemptKey !== undefined) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt (a new process wrote boot)');
+      run.attemptKey = key;
+      run.attempt++;
+    }
+    await this.checkAcks(run, now);
+    // An active run's pids were looked at when they first wrote; a quiet one's every time.
+    this.refreshProcs(run, newest === undefined || now - newest > QUIET_S);
+    run.liveness = livenessOf(ranks, run.procs);
+    const facts: RunFacts = {
+      ranks,
+      csv: run.csv,
+      halted: run.halt.present,
+      pidAlive: (pid: number) => (run.procs.get(pid) === 'alive' ? true : run.procs.get(pid) === 'gone' ? false : undefined),
+      liveness: run.liveness,
+      ackTs: run.ackTs,
+      csvTs: run.ranks.get(0)?.lastProgressTs ?? newest,
+    };
     run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    run.deadlines = run.expired ? new Map() : stallDeadlines(facts, this.thresholds);
+    run.primary = primaryOf(run.anomalies);
+    const p = run.primary;
+    run.life = runStateOf(
+      { ranks, liveness: run.liveness, halt: run.halt, primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' }, expired: run.expired, crashDetect: this.thresholds.crashDetect, stallS: this.thresholds.stallS, ackTs: run.ackTs },
+      now,
+    );
     clearTimeout(run.timer);
     run.timer = undefined;
     if (!run.expired) {
-      const deadline = nextStallDeadline({ ranks: run.ranks.values(), halted: run.halted }, this.thresholds, now);
+      const deadline = nextStallDeadline(facts, this.thresholds, now);
       if (deadline !== undefined) {
         // Fire just after the deadline: the rule is "older than", not "as old as".
-        run.timer = setTimeout(() => void this.evaluate(run), Math.max(0, (deadline - now) * 1000) + 20);
+        run.timer = setTimeout(() => void this.evaluate(run), Math.min(MAX_TIMER_MS, Math.max(0, (deadline - now) * 1000) + 20));
         run.timer.unref();
       }
     }
     const procs: TrainerProc[] = [];
-    for (const s of run.ranks.values()) if (s.pid !== undefined) procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, pidSinceTs: s.pidSinceTs });
+    for (const s of ranks) {
+      if (s.pid === undefined) continue;
+      const start = processStartTimeSync(s.pid);
+      const verified = start !== undefined && startedAsWriter(start, { pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, true);
+      procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, verified, fact: run.procs.get(s.pid) ?? 'unknown' });
+    }
+    if (run.anomalies.length > 0 && !this.sameInstance(run)) return; // re-created under us: the next discovery starts it afresh
+    const escalating = this.config['watch.escalate-s'] > 0 || this.config['watch.auto-clear-halt'];
     try {
-      if (this.acting) await this.actions.reconcile(run, run.anomalies, now, run.halted, procs);
-      else if (run.halted && this.config['watch.escalate-s'] > 0) await this.actions.escalateOnly(run, now, procs);
+      if (this.acting) await this.actions.reconcile(run, run.anomalies, now, procs);
+      else if (run.halted && escalating) await this.actions.escalateOnly(run, now, procs);
     } catch {
       // Already logged and counted with its fix; the next evaluation retries.
     }
+    if (run.halted && this.config['watch.auto-clear-halt']) {
+      // The auto-clear may have removed our .HALT (and recorded the acknowledgement itself).
+      await this.observeControl(run);
+      if (!run.halt.present) {
+        run.lastControl = { halt: false, anomalyType: run.anomalyType };
+        run.ackTs = await this.actions.ackTs(run);
+        this.markDirty(run);
+      }
+    }
+  }
+
+  /**
+   * Operators acknowledge by removing .HALT or .anomaly_type (docs/runbook.md). A removal seen
+   * since the last evaluation, or, on the first evaluation after a start, a file the audit log
+   * says trainwatch wrote for this attempt that is no longer there, is recorded as one.
+   */
+  private async checkAcks(run: Run, now: number): Promise<void> {
+    const cur = { halt: run.halt.present, anomalyType: run.anomalyType };
+    const prev = run.lastControl ?? (await this.actions.expected(run));
+    const first = run.lastControl === undefined;
+    run.lastControl = cur;
+    if (prev.halt && !cur.halt) await this.actions.acknowledge(run, now, 'halt_removed');
+    else if (prev.anomalyType && !cur.anomalyType) await this.actions.acknowledge(run, now, 'anomaly_type_removed');
+    else if (!first) return;
+    run.ackTs = await this.actions.ackTs(run);
+  }
+
+  /** Whether the run's directory is still the instance this run was created for. */
+  private sameInstance(run: Run): boolean {
+    try {
+      if (statSync(run.dir).ino === run.instanceIno) return true;
+    } catch {
+      // gone
+    }
+    this.rediscover(run);
+    return false;
   }
 
   /** Polls the tail of a path reported by a file event, if it belongs to a watched run. */
@@ -474,11 +646,8 @@ export class Watcher {
       return;
     }
     const name = path.slice(run.dir.length + 1);
-    if (name === CONTROL_FILES.halt) {
-      void exists(path).then((h) => {
-        run.halted = h;
-        this.markDirty(run);
-      });
+    if (name === CONTROL_FILES.halt || name === CONTROL_FILES.anomalyType) {
+      void this.observeControl(run).then(() => this.markDirty(run));
       return;
     }
     if (roleOf(name) === undefined) return;
@@ -530,7 +699,7 @@ export class Watcher {
       ignored: (p: string, st?: { isFile(): boolean }) => {
         if (!st || !st.isFile()) return false;
         const base = p.slice(p.lastIndexOf(sep) + 1);
-        return roleOf(base) === undefined && base !== CONTROL_FILES.halt;
+        return roleOf(base) === undefined && base !== CONTROL_FILES.halt && base !== CONTROL_FILES.anomalyType;
       },
     });
     fsw.on('add', (p) => this.onFileEvent(p));
@@ -714,6 +883,30 @@ function dirUnchanged(dir: string, was: { ino: number; mtimeMs: number; ctimeMs:
     return st.ino === was.ino && st.mtimeMs === was.mtimeMs && st.ctimeMs === was.ctimeMs;
   } catch {
     return false; // gone: the sweep that follows drops it
+  }
+}
+
+/** Reads a small file without following a symlink or waiting on a FIFO. */
+async function readSmall(path: string): Promise<string> {
+  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return '';
+    const buf = Buffer.alloc(Math.min(st.size, 4096));
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
+/** Whether a name exists in a directory (a dangling symlink counts). */
+async function lexists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -20,7 +20,7 @@ function setup(halt = true) {
   mkdirSync(dir);
   const run: RunRef = { name: 'run', dir, real: realpathSync(dir) };
   const stats = new Stats();
-  const mk = () => new Actions({ halt, by: 'test', escalateS: 0, escalateTermS: 0, log: quiet, stats });
+  const mk = () => new Actions({ halt, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
   const audit = () => (existsSync(join(dir, '.trainwatch-audit.jsonl')) ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : []);
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : undefined);
   return { d, dir, run, stats, actions: mk(), mk, audit, read };
@@ -28,14 +28,14 @@ function setup(halt = true) {
 
 test('an episode writes once; a deleted .anomaly_type stays deleted while it lasts; after recovery the next episode writes again', async () => {
   const { d, run, actions, audit, read, dir } = setup();
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
   assert.equal('halt: heartbeat_stall\n', read('.HALT'));
   rmSync(join(dir, '.anomaly_type'));
-  await actions.reconcile(run, [stall], 1010, false);
+  await actions.reconcile(run, [stall], 1010);
   assert.equal(undefined, read('.anomaly_type'));
-  await actions.reconcile(run, [], 1020, false);
-  await actions.reconcile(run, [stall], 1030, false);
+  await actions.reconcile(run, [], 1020);
+  await actions.reconcile(run, [stall], 1030);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
   assert.deepEqual(['anomaly', 'resolved', 'anomaly'], audit().filter((e) => e.event !== 'action').map((e) => e.event));
   assert.deepEqual(['ok', 'exists'], audit().filter((e) => e.action === 'halt').map((e) => e.result));
@@ -44,15 +44,15 @@ test('an episode writes once; a deleted .anomaly_type stays deleted while it las
 
 test('a kind that is quiet while halted keeps its episode open instead of resolving when .HALT appears', async () => {
   const { d, run, actions, audit } = setup();
-  await actions.reconcile(run, [stall], 1000, false);
-  await actions.reconcile(run, [], 1001, true);
+  await actions.reconcile(run, [stall], 1000);
+  await actions.reconcile({ ...run, halted: true }, [], 1001);
   assert.equal(0, audit().filter((e) => e.event === 'resolved').length);
   d.cleanup();
 });
 
 test('two kinds at once: both are audited, and the more important one is left in .anomaly_type', async () => {
   const { d, run, actions, audit, read } = setup(false);
-  await actions.reconcile(run, [flat, stall], 1000, false);
+  await actions.reconcile(run, [flat, stall], 1000);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
   assert.equal(undefined, read('.HALT'));
   assert.deepEqual(['throughput_flatline', 'heartbeat_stall'], audit().filter((e) => e.event === 'anomaly').map((e) => e.kind));
@@ -62,11 +62,11 @@ test('two kinds at once: both are audited, and the more important one is left in
 test('a failed write is counted, audited and retried at the next evaluation until it succeeds', async () => {
   const { d, run, actions, audit, read, dir, stats } = setup();
   mkdirSync(join(dir, '.anomaly_type'));
-  await assert.rejects(actions.reconcile(run, [stall], 1000, false));
+  await assert.rejects(actions.reconcile(run, [stall], 1000));
   assert.equal(1, stats.actions.get('anomaly_type|failed'));
   assert.equal('halt: heartbeat_stall\n', read('.HALT')); // the other actions still went ahead
   rmdirSync(join(dir, '.anomaly_type'));
-  await actions.reconcile(run, [stall], 1010, false);
+  await actions.reconcile(run, [stall], 1010);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
   assert.deepEqual(['failed', 'ok'], audit().filter((e) => e.action === 'anomaly_type').map((e) => e.result));
   assert.equal(1, audit().filter((e) => e.event === 'anomaly').length);
@@ -75,10 +75,10 @@ test('a failed write is counted, audited and retried at the next evaluation unti
 
 test('a restart reads the audit log back: the open episode continues and nothing is written twice', async () => {
   const { d, run, actions, mk, audit, dir } = setup();
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   rmSync(join(dir, '.anomaly_type'));
   const again = mk();
-  await again.reconcile(run, [stall], 1100, false);
+  await again.reconcile(run, [stall], 1100);
   assert.equal(false, existsSync(join(dir, '.anomaly_type')));
   assert.equal(1, audit().filter((e) => e.event === 'anomaly').length);
   assert.equal(3, audit().filter((e) => e.event === 'action').length);
@@ -91,7 +91,7 @@ test('symlinks planted at .HALT and at the temp paths are never followed', async
   writeFileSync(victim, 'keep\n');
   symlinkSync(victim, join(dir, '.HALT'));
   symlinkSync(victim, join(dir, '.anomaly_type'));
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   assert.equal('keep\n', readFileSync(victim, 'utf8'));
   // .anomaly_type's symlink was replaced by a file; .HALT's was left alone and counted as present.
   assert.equal('heartbeat_stall\n', readFileSync(join(dir, '.anomaly_type'), 'utf8'));
@@ -105,7 +105,7 @@ test('a run directory swapped for a symlink elsewhere is refused: nothing is wri
   mkdirSync(elsewhere);
   renameSync(dir, join(d.path, 'moved'));
   symlinkSync(elsewhere, dir);
-  await actions.reconcile(run, [stall], 1000, false).catch(() => undefined);
+  await actions.reconcile(run, [stall], 1000).catch(() => undefined);
   assert.equal(false, existsSync(join(elsewhere, '.HALT')));
   assert.equal(false, existsSync(join(elsewhere, '.anomaly_type')));
   d.cleanup();
@@ -114,19 +114,19 @@ test('a run directory swapped for a symlink elsewhere is refused: nothing is wri
 test('an audit log deleted while trainwatch runs is re-created by the next entry, and the open episode is remembered', async (t) => {
   const { d, run, actions, audit, dir } = setup();
   t.after(() => actions.close().then(() => d.cleanup()));
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   rmSync(join(dir, '.trainwatch-audit.jsonl'));
-  await actions.reconcile(run, [], 1010, false);
+  await actions.reconcile(run, [], 1010);
   assert.deepEqual(['resolved'], audit().map((e) => e.event));
 });
 
 test('a rotated audit log (renamed away) gets no more entries: they go to a new file under the name', async (t) => {
   const { d, run, actions, audit, dir } = setup();
   t.after(() => actions.close().then(() => d.cleanup()));
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   renameSync(join(dir, '.trainwatch-audit.jsonl'), join(dir, '.trainwatch-audit.jsonl.1'));
   const rotated = readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8');
-  await actions.reconcile(run, [], 1010, false);
+  await actions.reconcile(run, [], 1010);
   assert.equal(rotated, readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8'));
   assert.deepEqual(['resolved'], audit().map((e) => e.event));
 });
@@ -134,43 +134,43 @@ test('a rotated audit log (renamed away) gets no more entries: they go to a new 
 test('a run directory swapped for a symlink after its audit log was opened: the next entry is refused, nothing is written outside', async (t) => {
   const { d, run, actions, dir } = setup();
   t.after(() => actions.close().then(() => d.cleanup()));
-  await actions.reconcile(run, [stall], 1000, false);
+  await actions.reconcile(run, [stall], 1000);
   const elsewhere = join(d.path, 'elsewhere');
   mkdirSync(elsewhere);
   renameSync(dir, join(d.path, 'moved'));
   symlinkSync(elsewhere, dir);
-  await assert.rejects(actions.reconcile(run, [], 1010, false), ConfinementError);
+  await assert.rejects(actions.reconcile(run, [], 1010), ConfinementError);
   assert.deepEqual([], readdirSync(elsewhere));
 });
 
 test('killed between the control-file writes and their audit entries: the restart records each action once, .HALT as written, and escalation follows', async (t) => {
   const { d, run, stats, dir, audit } = setup();
-  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, log: quiet, stats });
+  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
   const first = mk();
   t.after(() => first.close().then(() => d.cleanup()));
-  await first.reconcile(run, [stall], 1000, false);
+  await first.reconcile(run, [stall], 1000);
   // What a kill -9 before the one append of the action entries leaves: the intent only.
   const log = join(dir, '.trainwatch-audit.jsonl');
   writeFileSync(log, readFileSync(log, 'utf8').split('\n')[0] + '\n');
   const again = mk();
   t.after(() => again.close());
-  const procs = [{ pid: 2 ** 22 + 17 }]; // above pid_max: no such process
-  await again.reconcile(run, [stall], 1010, true, procs);
+  const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
+  await again.reconcile({ ...run, halted: true }, [stall], 1010, procs);
   const actions = audit().filter((e) => e.event === 'action');
   assert.deepEqual(['anomaly_type', 'details', 'halt'], actions.map((e) => e.action));
   assert.deepEqual({ result: 'ok', recovered: true }, { result: actions[2]!.result, recovered: actions[2]!.recovered });
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
-  await again.reconcile(run, [stall], 1010 + 60, true, procs);
-  assert.equal('not_running', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+  await again.reconcile({ ...run, halted: true }, [stall], 1010 + 60, procs);
+  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
 });
 
 test('a .HALT older than the restored episode, or with another reason, is not taken for its own: it counts as found', async (t) => {
   for (const [content, ageS] of [['halt: heartbeat_stall\n', 3600], ['halt: by hand\n', 0]] as const) {
     const { d, run, stats, dir, audit } = setup();
-    const mk = () => new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, log: quiet, stats });
+    const mk = () => new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
     const now = Date.now() / 1000;
     const first = mk();
-    await first.reconcile(run, [stall], now, false);
+    await first.reconcile(run, [stall], now);
     await first.close();
     const log = join(dir, '.trainwatch-audit.jsonl');
     writeFileSync(log, readFileSync(log, 'utf8').split('\n')[0] + '\n');
@@ -178,7 +178,7 @@ test('a .HALT older than the restored episode, or with another reason, is not ta
     utimesSync(join(dir, '.HALT'), now - ageS, now - ageS);
     const again = mk();
     t.after(() => again.close().then(() => d.cleanup()));
-    await again.reconcile(run, [stall], now + 10, false);
+    await again.reconcile(run, [stall], now + 10);
     const halt = audit().find((e) => e.action === 'halt')!;
     assert.deepEqual({ result: 'exists', recovered: undefined }, { result: halt.result, recovered: halt.recovered }, JSON.stringify(content));
     assert.equal(content, readFileSync(join(dir, '.HALT'), 'utf8'));
@@ -210,6 +210,6 @@ test('a symlink planted at the audit log is never followed: the entry is refused
   const victim = join(d.path, 'victim');
   writeFileSync(victim, 'keep\n');
   symlinkSync(victim, join(dir, '.trainwatch-audit.jsonl'));
-  await assert.rejects(actions.reconcile(run, [stall], 1000, false), /ELOOP/);
+  await assert.rejects(actions.reconcile(run, [stall], 1000), /ELOOP/);
   assert.equal('keep\n', readFileSync(victim, 'utf8'));
 });

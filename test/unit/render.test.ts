@@ -94,7 +94,7 @@ function apply(w: Watcher, op: Op): void {
   else if (op.k === 'dropRank') run.ranks.delete(op.rank);
   else if (op.k === 'expire') run.expired = !run.expired;
   else if (op.k === 'anomalies') run.anomalies = op.ranks.map((rank) => ({ kind: ANOMALY_KINDS[op.kind]!.name, rank, value: 1, threshold: 1, message: '' }));
-  else if (op.k === 'alive') run.alive.set(op.pid, op.alive);
+  else if (op.k === 'alive') run.procs.set(op.pid, op.alive ? 'alive' : 'gone');
   else if (op.k === 'halted') run.halted = !run.halted;
   else run.csv = { rows: op.step + 1, step: op.step, loss: op.loss, throughputZero: 0 };
 }
