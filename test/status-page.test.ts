@@ -4,6 +4,7 @@
 // server-rendered (usable with JavaScript off).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
@@ -103,10 +104,13 @@ test('status page at 200 runs: the worst run comes first, a state filter shows o
   const later = teardown(t);
   const d = tmpDir('tw-page200-');
   later(() => d.cleanup());
-  const expected = writeRuns(d.path);
+  // The running trainers' stand-in: a process that started before their records.
+  const trainer = spawn('sleep', ['600'], { stdio: 'ignore' });
+  later(() => trainer.kill('SIGKILL'));
+  const expected = writeRuns(d.path, trainer.pid!);
   const browser = await launchChromium();
   later(() => browser.close());
-  const tw = await startTrainwatch(['--root', d.path], { NSA_WATCH_HEARTBEAT_STALL_S: '300', NSA_WATCH_STARTUP_GRACE_S: '600' });
+  const tw = await startTrainwatch(['--root', d.path], { NSA_WATCH_HEARTBEAT_STALL_S: '300', NSA_WATCH_STARTUP_GRACE_S: '600', NSA_WATCH_PID_CHECK: 'on' });
   later(() => tw.stop());
   const doc = await waitFor(
     async () => {

@@ -45,6 +45,14 @@ const VIEW = {
   ],
   /** states that need nobody: one line each unless opened */
   COLLAPSED: ['halted', 'finished', 'expired'],
+  /** what a rank's stall deadline is measured from (detect.ts stallDeadlines) */
+  BASIS: {
+    silence: 'Stalled once silent for the stall threshold.',
+    startup: 'No rank trains yet: silence is judged under the startup grace.',
+    acknowledged: 'Cleared by an operator: waiting for a new trainer under the startup grace.',
+    own_dump: "The trainer's own watchdog dumped stacks after this rank's last record: a hang.",
+    peer_dump: 'This boot-only rank dumped stacks while the periodic writers went silent too.',
+  } as Record<string, string>,
   LIVENESS: {
     verified: ['pid alive', "The trainer's pid is alive on this host."],
     exited: ['trainer exited', "The trainer's pid is gone on this host."],
@@ -91,14 +99,24 @@ function streakCell(s: { value: number; threshold: number } | undefined): string
   return '<td class="' + cls + '">' + s.value + ' / ' + s.threshold + '</td>';
 }
 
+/** Heartbeat age against the rank's stall deadline, or a muted age where silence is not judged. */
+function ageCell(k: RankDoc): string {
+  if (!k.basis) {
+    const why = k.role === 'boot_only' ? 'Boot-only rank: not judged by its own silence while the run trains (rank 0\'s progress needs every rank).' : 'No stall deadline: the trainer exited, .HALT is there, or no record yet.';
+    return '<td class="off" title="' + esc(why) + '">' + fmtAge(k.age) + ' / –</td>';
+  }
+  const why = VIEW.BASIS[k.basis] || k.basis;
+  const cls = isNum(k.stallIn) && k.stallIn <= 0 ? 'bad' : isNum(k.age) && k.age > k.stallS / 2 ? 'warn' : '';
+  return '<td class="' + cls + '" title="' + esc(why) + '">' + fmtAge(k.age) + ' / ' + (k.basis === 'own_dump' || k.basis === 'peer_dump' ? 'dump' : fmtAge(k.stallS)) + '</td>';
+}
+
 function rankRow(k: RankDoc): string {
-  const ageCls = k.age === undefined || k.age === null ? '' : k.age > k.stallS ? 'bad' : k.age > k.stallS / 2 ? 'warn' : '';
   const st = k.streaks || {};
   const lossCls = typeof k.loss === 'string' ? 'bad' : '';
   const role = k.role === 'boot_only' ? ' <span class="role" title="Writes boot records only (silent by design); rank 0\'s progress shows it is alive">boot-only</span>' : '';
   return '<tr data-rank="' + esc(k.rank) + '" data-state="' + esc(k.anomalies.length ? k.anomalies.join(' ') : 'ok') + '">' +
     '<td class="l">' + esc(k.rank) + role + '</td>' +
-    '<td class="' + ageCls + '">' + fmtAge(k.age) + ' / ' + fmtAge(k.stallS) + '</td>' +
+    ageCell(k) +
     '<td>' + fmtInt(k.step) + '</td><td>' + fmtReal(k.toksPerS) + '</td><td>' + spark(k.toksHistory) + '</td>' +
     '<td class="' + lossCls + '">' + fmtReal(k.loss) + '</td>' +
     streakCell(st.throughput_flatline) + streakCell(st.loss_flatline) + streakCell(st.zero_grad) + streakCell(st.nonfinite_loss) + streakCell(st.gate_collapse) +
@@ -116,7 +134,7 @@ function tableHead(): string {
   return '<colgroup><col class="c-rank"><col class="c-age"><col class="c-step"><col class="c-toks"><col class="c-hist"><col class="c-loss">' +
     '<col class="c-streak"><col class="c-streak"><col class="c-streak"><col class="c-streak"><col class="c-streak"><col></colgroup>' +
     '<thead><tr><th class="l" title="DDP rank; boot-only ranks write no periodic records by design">rank</th>' +
-    '<th title="Seconds since the newest liveness record / the stall threshold in force (the startup grace until the first progress record)">heartbeat / limit</th>' +
+    '<th title="Seconds since the newest liveness record / the stall threshold in force (the startup grace until the run trains); &quot;dump&quot;: judged by a stack dump of the trainer\'s watchdog; &quot;–&quot;: not judged by silence now">heartbeat / limit</th>' +
     '<th title="Newest training step">step</th><th title="Global tokens per second from the newest progress record">tokens/s</th>' +
     '<th title="tokens/s over the last progress records, from 0 to the window maximum">history</th><th title="Loss from the newest progress record">loss</th>' +
     '<th title="Progress records in a row with toks_per_s <= 0 / records that raise throughput_flatline">tput flat</th>' +
@@ -225,7 +243,7 @@ function titleText(d: Doc): string {
   return (problems(d) ? '(' + problems(d) + ') ' : '') + 'trainwatch';
 }
 
-const SHARED = [esc, isNum, fmtAge, fmtInt, fmtReal, fmtClock, spark, streakCell, rankRow, visibleRanks, tableHead, rankTable, stateLabel, isOpen, renderRun, parseFilter, filterHref, renderSummary, runPieces, problems, modeText, iconHref, titleText];
+const SHARED = [esc, isNum, fmtAge, fmtInt, fmtReal, fmtClock, spark, streakCell, ageCell, rankRow, visibleRanks, tableHead, rankTable, stateLabel, isOpen, renderRun, parseFilter, filterHref, renderSummary, runPieces, problems, modeText, iconHref, titleText];
 
 /** JSON that is safe inside a <script> element: no "</script", no HTML comment openers. */
 function scriptJson(v: unknown): string {
