@@ -287,7 +287,7 @@ summary::before{content:'▸';color:var(--muted);font-size:11px;width:8px}
 .name{flex:none;width:26ch;overflow:hidden;text-overflow:ellipsis;font-weight:600}
 .reason{flex:1;min-width:0;overflow:hidden;text-overflow:ellipsis;color:var(--muted)}
 .run[data-state=anomalous] .reason,.run[data-state=halt_requested] .reason,.run[data-state=crashed] .reason{color:var(--fg)}
-.live{flex:none;font-size:12px;color:var(--muted)}
+.live{flex:none;font-size:12px;color:var(--muted);white-space:nowrap}
 .live.unknown{color:var(--warn);background:var(--warnbg);padding:0 6px;border-radius:8px;font-weight:600}
 .body{padding:4px 12px 8px 30px;border-top:1px solid var(--line)}
 .line{padding:1px 0;font-size:13px}
@@ -312,6 +312,7 @@ td.more{text-align:left;color:var(--muted)}
 button{font:inherit;font-size:12px;padding:1px 8px;margin-left:8px;cursor:pointer}
 svg{display:block;margin-left:auto}
 .audit{margin-top:6px;font:12px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;color:var(--muted);max-height:calc(3 * 1.45em + 7px);overflow:auto;border-top:1px dashed var(--line);padding-top:6px;white-space:pre-wrap}
+@media (max-width:820px){body{padding:12px 10px 30px}summary{gap:8px;padding:3px 6px}.badge{width:auto;padding:1px 8px}.name{width:auto;max-width:38%}.body{padding-left:14px}.line .k{width:auto;margin-right:8px}}
 .empty{padding:16px;background:var(--card);border:1px dashed var(--line);border-radius:6px;color:var(--muted)}
 `;
 
