@@ -20,6 +20,8 @@
 // fought with; the next episode writes it again. On restart the audit log is read back, so
 // open episodes continue and no completed action is repeated.
 import { randomUUID } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Anomaly } from '../detect/detect.js';
 import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
@@ -131,6 +133,8 @@ export class Actions {
         }
         for (const a of active.values()) {
           if (open.has(a.kind)) continue;
+          // An operator removed .anomaly_type after this evidence: it opens nothing new.
+          if (mem.typeAckTs !== undefined && a.evidenceTs !== undefined && a.evidenceTs <= mem.typeAckTs) continue;
           const id = randomUUID();
           batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message, attempt: run.attemptKey });
           const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map(), attempt: run.attemptKey };
@@ -142,7 +146,7 @@ export class Actions {
         const ep = primary && open.get(primary.kind);
         // While .HALT is there nothing is rewritten, except to record what a predecessor killed
         // mid-episode already wrote (see the header).
-        if (ep && (!halted || (ep[1].restored && !ep[1].done.has('halt')))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
+        if (ep && (!(halted || (await haltThere(run))) || (ep[1].restored && !ep[1].done.has('halt')))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
       } catch (e) {
         err = e;
       }
@@ -212,7 +216,7 @@ export class Actions {
       // the alerts of that episode, so Alertmanager retries them.
       const firing = [...mem.open].filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0).map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
       const primary = primaryOf(firing);
-      if (primary && !run.halted) {
+      if (primary && !run.halted && !(await haltThere(run))) {
         batch.owner = -1;
         const mine = inputs.flatMap((a, i) => (primary.ep.keys.has(a.key) ? [i] : []));
         try {
@@ -468,6 +472,16 @@ class Batch {
       for (const o of owners) this.failed.set(o, e as Error);
       throw e;
     }
+  }
+}
+
+/** Whether .HALT is there now (the watcher's view can trail our own write by an event). */
+async function haltThere(run: RunRef): Promise<boolean> {
+  try {
+    await stat(join(run.real, CONTROL_FILES.halt));
+    return true;
+  } catch {
+    return false;
   }
 }
 

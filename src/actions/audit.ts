@@ -59,8 +59,10 @@ export interface AuditMemory {
   recent: AuditEntry[];
   /** the newest .HALT this trainwatch wrote, and the escalation signals sent since */
   halt?: HaltRecord;
-  /** the newest acknowledgement (an operator removed .HALT or .anomaly_type): older evidence opens nothing */
+  /** the newest removal of .HALT (an operator's, or the auto-clear): older evidence is not judged at all */
   ackTs?: number;
+  /** the newest removal of .HALT or .anomaly_type: older evidence opens no new episode */
+  typeAckTs?: number;
 }
 
 /** When .HALT was written (by which episode), and which signals followed it. */
@@ -90,8 +92,9 @@ export function remember(mem: AuditMemory, e: AuditEntry): void {
  * not rewritten), and evidence from before it opens nothing new.
  */
 export function acknowledge(mem: AuditMemory, ts: number, reason: string | undefined): void {
-  mem.ackTs = Math.max(mem.ackTs ?? ts, ts);
+  mem.typeAckTs = Math.max(mem.typeAckTs ?? ts, ts);
   if (reason === 'anomaly_type_removed') return;
+  mem.ackTs = Math.max(mem.ackTs ?? ts, ts);
   mem.open.clear();
   mem.halt = undefined;
 }

@@ -100,23 +100,23 @@ function streakCell(s: { value: number; threshold: number } | undefined): string
 }
 
 /** Heartbeat age against the rank's stall deadline, or a muted age where silence is not judged. */
-function ageCell(k: RankDoc): string {
-  if (!k.basis) {
+function ageCell(k: RankDoc, now: number): string {
+  if (!k.deadline) {
     const why = k.role === 'boot_only' ? 'Boot-only rank: not judged by its own silence while the run trains (rank 0\'s progress needs every rank).' : 'No stall deadline: the trainer exited, .HALT is there, or no record yet.';
     return '<td class="off" title="' + esc(why) + '">' + fmtAge(k.age) + ' / –</td>';
   }
-  const why = VIEW.BASIS[k.basis] || k.basis;
-  const cls = isNum(k.stallIn) && k.stallIn <= 0 ? 'bad' : isNum(k.age) && k.age > k.stallS / 2 ? 'warn' : '';
-  return '<td class="' + cls + '" title="' + esc(why) + '">' + fmtAge(k.age) + ' / ' + (k.basis === 'own_dump' || k.basis === 'peer_dump' ? 'dump' : fmtAge(k.stallS)) + '</td>';
+  const basis = k.deadline.basis;
+  const cls = k.deadline.at <= now ? 'bad' : isNum(k.age) && k.age > k.stallS / 2 ? 'warn' : '';
+  return '<td class="' + cls + '" title="' + esc(VIEW.BASIS[basis] || basis) + '">' + fmtAge(k.age) + ' / ' + (basis === 'own_dump' || basis === 'peer_dump' ? 'dump' : fmtAge(k.stallS)) + '</td>';
 }
 
-function rankRow(k: RankDoc): string {
+function rankRow(k: RankDoc, now: number): string {
   const st = k.streaks || {};
   const lossCls = typeof k.loss === 'string' ? 'bad' : '';
   const role = k.role === 'boot_only' ? ' <span class="role" title="Writes boot records only (silent by design); rank 0\'s progress shows it is alive">boot-only</span>' : '';
   return '<tr data-rank="' + esc(k.rank) + '" data-state="' + esc(k.anomalies.length ? k.anomalies.join(' ') : 'ok') + '">' +
     '<td class="l">' + esc(k.rank) + role + '</td>' +
-    ageCell(k) +
+    ageCell(k, now) +
     '<td>' + fmtInt(k.step) + '</td><td>' + fmtReal(k.toksPerS) + '</td><td>' + spark(k.toksHistory) + '</td>' +
     '<td class="' + lossCls + '">' + fmtReal(k.loss) + '</td>' +
     streakCell(st.throughput_flatline) + streakCell(st.loss_flatline) + streakCell(st.zero_grad) + streakCell(st.nonfinite_loss) + streakCell(st.gate_collapse) +
@@ -145,9 +145,9 @@ function tableHead(): string {
     '<th class="l" title="Anomalies the detector sees now">anomaly</th></tr></thead>';
 }
 
-function rankTable(r: RunDoc, ui: Ui): string {
+function rankTable(r: RunDoc, ui: Ui, now: number): string {
   const shown = visibleRanks(r, ui);
-  let rows = shown.map(rankRow).join('');
+  let rows = shown.map((k) => rankRow(k, now)).join('');
   if (shown.length < r.ranks.length || (ui.expanded.has(r.run) && r.ranks.length > VIEW.MAX_ROWS)) {
     rows += '<tr><td class="more" colspan="12">' + (shown.length < r.ranks.length
       ? 'Showing ' + shown.length + ' of ' + r.ranks.length + ' ranks: those with anomalies first, then the oldest heartbeats.<button type="button" data-expand="' + esc(r.run) + '">show all</button>'
@@ -167,7 +167,7 @@ function isOpen(r: RunDoc, ui: Ui): boolean {
   return mine === undefined ? VIEW.COLLAPSED.indexOf(r.state) < 0 : mine;
 }
 
-function renderRun(r: RunDoc, ui: Ui): string {
+function renderRun(r: RunDoc, ui: Ui, now: number): string {
   const open = isOpen(r, ui);
   const sev = r.primary ? r.primary.severity : '';
   const live = VIEW.LIVENESS[r.liveness] || [String(r.liveness), ''];
@@ -181,7 +181,7 @@ function renderRun(r: RunDoc, ui: Ui): string {
     body += '<div class="line halt-reason"><span class="k">halt reason</span><b>' + esc(r.halt.kind || 'not given in .HALT') + '</b>, .HALT written by ' + esc(r.halt.by) + '</div>';
   }
   body += '<div class="line"><span class="k">directory</span><code class="dir">' + esc(r.dir) + '</code> · attempt ' + esc(r.attempt) + ' · ' + info + ' · <span class="live ' + esc(r.liveness) + '" title="' + esc(live[1]) + '">' + esc(live[0]) + '</span></div>';
-  if (open) body += rankTable(r, ui);
+  if (open) body += rankTable(r, ui, now);
   const audit = (r.audit || []).slice(-VIEW.AUDIT_LINES).reverse()
     .map((e) => esc([e.iso, e.event, e.kind, e.action ? e.action + '=' + e.result : '', e.message].filter(Boolean).join(' '))).join('\n');
   if (audit) body += '<div class="audit" title="Newest actions and anomalies first">' + audit + '</div>';
@@ -223,7 +223,7 @@ function runPieces(d: Doc, ui: Ui): string[] {
   const note = ui.filter.size
     ? ['<div class="filtered">Showing ' + runs.length + ' of ' + d.runs.length + ' runs: ' + [...ui.filter].map(stateLabel).map(esc).join(', ') + '. <a href="./" data-filter="">Show all</a></div>']
     : [];
-  return note.concat(runs.map((r) => renderRun(r, ui)));
+  return note.concat(runs.map((r) => renderRun(r, ui, d.now)));
 }
 
 /** How many runs need a human now (page title and tab icon). */

@@ -1,54 +1,27 @@
 // The status page's JSON: every run and rank at a glance, built from current state. Runs come
 // sorted by how urgently they need a human (see SEVERITY_ORDER), so the JSON, the
 // server-rendered page and its refreshes all agree on the order.
-import { effectiveStallS, type StallBasis } from '../detect/detect.js';
+import { effectiveStallS } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
-import { RUN_STATES, type HaltBy, type Liveness, type RunState } from '../state/lifecycle.js';
-import { rankRole, type RankRole } from '../state/rank.js';
-import type { Run, Watcher } from '../watch/watcher.js';
-
-/** The run's most important anomaly. */
-export interface Primary {
-  kind: string;
-  severity: 'critical' | 'warning' | 'info';
-  rank: number;
-  message: string;
-}
-
-/** Who wrote the .HALT that is there, and for what. */
-export interface HaltInfo {
-  kind?: string;
-  by: HaltBy;
-}
+import { RUN_STATES, type RunState } from '../state/lifecycle.js';
+import { rankRole } from '../state/rank.js';
+import type { Watcher } from '../watch/watcher.js';
 
 /** One rank row of the status page. */
 export interface RankStatus {
   rank: number;
-  /** periodic: writes progress, beats or step_end; boot_only: silent by design after boot */
-  role: RankRole;
   age?: number;
   stallS: number;
-  /** what the rank's stall deadline is measured from (detect.ts stallDeadlines); absent: not judged by silence now */
-  basis?: StallBasis;
-  /** seconds until that deadline; 0 or less once past */
-  stallIn?: number;
   step?: number;
   toksPerS?: number;
   toksHistory: number[];
   loss?: number | string;
   streaks: Record<string, { value: number; threshold: number }>;
   anomalies: string[];
-}
-
-/** A run's lifecycle as the page shows it. */
-export interface Lifecycle {
-  state: RunState;
-  /** one human sentence: why the run is in this state */
-  reason: string;
-  primary?: Primary;
-  liveness: Liveness;
-  attempt: number;
-  halt?: HaltInfo;
+  /** periodic (its silence is judged) or boot_only (judged through the run) */
+  role: string;
+  /** when its silence becomes a stall, and which liveness rule set it */
+  deadline?: { at: number; basis: string };
 }
 
 /**
@@ -58,7 +31,7 @@ export interface Lifecycle {
 const SEVERITY_ORDER = ['anomalous:critical', 'halt_requested', 'anomalous', 'crashed', 'starting', 'training', 'halted', 'finished', 'expired'];
 
 /** A run's place in SEVERITY_ORDER (lower is more urgent). */
-export function severityRank(r: { state: RunState; primary?: Primary }): number {
+export function severityRank(r: { state: RunState; primary?: { severity: string } }): number {
   const key = r.state === 'anomalous' && r.primary?.severity === 'critical' ? 'anomalous:critical' : r.state;
   return SEVERITY_ORDER.indexOf(key);
 }
@@ -68,34 +41,18 @@ function num(v: number | undefined): number | string | undefined {
   return v === undefined || Number.isFinite(v) ? v : String(v);
 }
 
-/** A run's lifecycle fields, as state/lifecycle.ts and detection decided them at the last evaluation. */
-function lifecycleOf(run: Run): Lifecycle {
-  const p = run.primary;
-  return {
-    state: run.life.state,
-    reason: run.life.reason,
-    primary: p && { kind: p.kind, severity: kindOf(p.kind)?.severity ?? 'warning', rank: p.rank, message: p.message },
-    liveness: run.liveness,
-    attempt: run.attempt,
-    halt: run.halt.present ? { kind: run.halt.kind, by: run.halt.by ?? 'unknown' } : undefined,
-  };
-}
-
 /** The status page's data. */
 export function statusJson(w: Watcher, now: number, version: string) {
   const t = w.thresholds;
   const runs = [];
+  const states = Object.fromEntries(RUN_STATES.map((st) => [st, 0])) as Record<RunState, number>;
   for (const run of w.runs.values()) {
     const ranks: RankStatus[] = [];
     for (const s of [...run.ranks.values()].sort((a, b) => a.rank - b.rank)) {
-      const deadline = run.deadlines.get(s.rank);
       ranks.push({
         rank: s.rank,
-        role: rankRole(s),
         age: s.lastLivenessTs === undefined ? undefined : Math.max(0, now - s.lastLivenessTs),
         stallS: effectiveStallS(s, t),
-        basis: deadline?.basis,
-        stallIn: deadline && deadline.at - now,
         step: s.step,
         toksPerS: s.toksPerS,
         toksHistory: s.toksHistory.filter(Number.isFinite),
@@ -108,12 +65,21 @@ export function statusJson(w: Watcher, now: number, version: string) {
           nonfinite_loss: { value: s.streaks.nonfinite, threshold: t.nonfiniteN },
         },
         anomalies: run.anomalies.filter((a) => a.rank === s.rank).map((a) => a.kind),
+        role: rankRole(s),
+        deadline: run.deadlines.has(s.rank) ? { at: run.deadlines.get(s.rank)!.at, basis: run.deadlines.get(s.rank)!.basis } : undefined,
       });
     }
+    states[run.life.state]++;
+    const p = run.primary;
     runs.push({
       run: run.name,
       dir: run.dir,
-      ...lifecycleOf(run),
+      state: run.life.state,
+      reason: run.life.reason,
+      primary: p && { kind: p.kind, severity: kindOf(p.kind)?.severity ?? 'warning', rank: p.rank, message: p.message },
+      liveness: run.liveness,
+      attempt: run.attempt,
+      halt: run.halt.present ? { kind: run.halt.kind, by: run.halt.by ?? 'unknown' } : undefined,
       expired: run.expired,
       halted: run.halted,
       anomalies: [...new Set(run.anomalies.map((a) => a.kind))],
@@ -123,8 +89,6 @@ export function statusJson(w: Watcher, now: number, version: string) {
     });
   }
   runs.sort((a, b) => severityRank(a) - severityRank(b) || (a.run < b.run ? -1 : a.run > b.run ? 1 : 0));
-  const states = Object.fromEntries(RUN_STATES.map((s) => [s, 0])) as Record<RunState, number>;
-  for (const r of runs) states[r.state]++;
   return { version, now, mode: w.config.mode, halt: w.config.halt, thresholds: t, states, runs };
 }
 

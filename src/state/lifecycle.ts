@@ -88,7 +88,15 @@ export function attemptKeyOf(ranks: Iterable<RankState>): string | undefined {
   let low: RankState | undefined;
   for (const s of ranks) if ((s.pid !== undefined || s.bootTs !== undefined) && (low === undefined || s.rank < low.rank)) low = s;
   if (!low) return undefined;
-  return low.pid !== undefined ? `pid:${low.pid}` : `boot:${low.bootTs}`;
+  return `${low.rank}/${low.pid !== undefined ? `pid:${low.pid}` : `boot:${low.bootTs}`}`;
+}
+
+/**
+ * Whether moving from attempt key `was` to `now` is a new attempt: the same rank has a new
+ * process. A key that moves to another rank only means a lower rank's file was read later.
+ */
+export function isNewAttempt(was: string | undefined, now: string): boolean {
+  return was !== undefined && was !== now && was.split('/')[0] === now.split('/')[0];
 }
 
 /** Whether any rank of the run has written a periodic record since its boot: the run trains. */

@@ -24,7 +24,7 @@ import { CONTROL_FILES } from '../actions/files.js';
 import { BOOT_WINDOW_S, procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
 import { DiscoveryCache, discoverRuns, listRunFiles, listRunFilesSync, roleOf } from '../source/discover.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
-import { attemptKeyOf, haltAuthor, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact, type Liveness, type ProcFact, type StateOf } from '../state/lifecycle.js';
+import { attemptKeyOf, haltAuthor, isNewAttempt, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact, type Liveness, type ProcFact, type StateOf } from '../state/lifecycle.js';
 import type { RankState, ReduceParams } from '../state/rank.js';
 import { nameApart } from '../source/names.js';
 import type { CsvState } from '../state/run.js';
@@ -550,9 +550,10 @@ export class Watcher {
     run.expired = newest !== undefined && now - newest > this.config['run.ttl-s'];
     const key = attemptKeyOf(ranks);
     if (key !== undefined && key !== run.attemptKey) {
-      if (run.attemptKey !== undefined) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt (a new process wrote boot)');
+      const fresh = isNewAttempt(run.attemptKey, key);
+      if (fresh) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt: a new process on the same rank');
+      if (fresh || run.attempt === 0) run.attempt++;
       run.attemptKey = key;
-      run.attempt++;
     }
     await this.checkAcks(run, now);
     // An active run's pids were looked at when they first wrote; a quiet one's every time.

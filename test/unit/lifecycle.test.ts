@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { defaultConfig, thresholdsOf, type Thresholds } from '../../src/config/settings.js';
 import { detectRun, primaryOf, stallDeadlines, type RunFacts } from '../../src/detect/detect.js';
 import type { HeartbeatRecord } from '../../src/parse/line.js';
-import { attemptKeyOf, livenessOf, parseHaltLine, runStateOf, type HaltFact, type LifeFacts, type ProcFact, type RunState } from '../../src/state/lifecycle.js';
+import { attemptKeyOf, isNewAttempt, livenessOf, parseHaltLine, runStateOf, type HaltFact, type LifeFacts, type ProcFact, type RunState } from '../../src/state/lifecycle.js';
 import { newRankState, rankRole, reduce, type RankState } from '../../src/state/rank.js';
 
 const T: Thresholds = { ...thresholdsOf(defaultConfig()), stallS: 180, startupGraceS: 900 };
@@ -159,12 +159,14 @@ test('the primary anomaly is the highest-priority kind: halting critical kinds b
 test('a new process on the lowest rank is a new attempt; the key does not depend on reading order', () => {
   const tr = new Trainer(2, 1000);
   tr.boot();
-  assert.equal('pid:100', attemptKeyOf(tr.ranks));
-  assert.equal('pid:100', attemptKeyOf([...tr.ranks].reverse()));
+  assert.equal('0/pid:100', attemptKeyOf(tr.ranks));
+  assert.equal('0/pid:100', attemptKeyOf([...tr.ranks].reverse()));
+  assert.equal(false, isNewAttempt(attemptKeyOf([tr.ranks[1]!]), attemptKeyOf(tr.ranks)!), 'rank 0 read after rank 1 is the same attempt');
   tr.pids = [200, 201];
   tr.t += 500;
   tr.boot();
-  assert.equal('pid:200', attemptKeyOf(tr.ranks));
+  assert.equal('0/pid:200', attemptKeyOf(tr.ranks));
+  assert.equal(true, isNewAttempt('0/pid:100', attemptKeyOf(tr.ranks)!));
   assert.equal(undefined, attemptKeyOf([newRankState(0)]));
 });
 
