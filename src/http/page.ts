@@ -270,7 +270,7 @@ a.chip:hover{border-color:var(--muted)}
 .chip.zero{color:var(--muted);opacity:.6}
 #err{display:none;margin:0 0 12px;padding:8px 12px;border-radius:6px;background:var(--badbg);color:var(--bad);font-weight:600}
 body.stale #err{display:block} body.stale #runs{opacity:.55}
-.filtered{margin:0 0 8px;color:var(--muted);font-size:13px}
+.filtered{margin:0 0 8px;color:var(--muted);font-size:13px}.filtered.bad{color:var(--bad)}
 .anomalous{--c:var(--s-anomalous)}.anomalous.warning,.anomalous.info{--c:var(--s-warning)}.halt_requested{--c:var(--s-halt_requested)}.crashed{--c:var(--s-crashed)}
 .starting{--c:var(--s-starting)}.training{--c:var(--s-training)}.halted{--c:var(--s-halted)}.finished{--c:var(--s-finished)}.expired{--c:var(--s-expired)}
 .run{--c:var(--s-training);background:var(--card);border:1px solid var(--line);border-left:5px solid var(--c);border-radius:5px;margin:0 0 3px;content-visibility:auto;contain-intrinsic-size:auto 30px}
@@ -379,6 +379,7 @@ document.addEventListener('click', e => {
   if (f && !(e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || e.button)) {
     e.preventDefault();
     ui.filter = parseFilter(f.dataset.filter);
+    document.getElementById('note')?.remove();
     history.replaceState(null, '', ui.filter.size ? filterHref([...ui.filter]) : location.pathname);
     draw();
     return;
@@ -414,7 +415,11 @@ if (/<\/script|<!--/i.test(BROWSER_JS)) throw new Error('page.ts: the browser sc
 /** The status page HTML, with `doc` rendered in and embedded; `stateQuery` is the ?state= filter. */
 export function statusPageHtml(version: string, metricsPath: string, doc: Doc, stateQuery?: unknown): string {
   const metricsHref = metricsPath.startsWith('/') ? '.' + metricsPath : metricsPath;
-  const ui: Ui = { expanded: new Set(), open: new Map(), filter: parseFilter(typeof stateQuery === 'string' ? stateQuery : '') };
+  const q = typeof stateQuery === 'string' ? stateQuery : '';
+  const ui: Ui = { expanded: new Set(), open: new Map(), filter: parseFilter(q) };
+  const known = VIEW.STATES.map((s) => s[0]!);
+  const unknown = q.split(',').map((s) => s.trim()).filter((s) => s && !known.includes(s));
+  const note = unknown.length ? `<div id="note" class="filtered bad">Ignored unknown state ${unknown.map((s) => `"${esc(s)}"`).join(', ')} in ?state=. The states are: ${known.join(', ')}.</div>` : '';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${esc(titleText(doc))}</title>
@@ -425,7 +430,7 @@ export function statusPageHtml(version: string, metricsPath: string, doc: Doc, s
 <noscript><span class="meta">JavaScript is off: reload to refresh.</span></noscript></header>
 <div id="err" role="alert"></div>
 <nav id="summary" aria-label="runs by state (links filter)">${renderSummary(doc, ui)}</nav>
-<main id="runs">${runPieces(doc, ui).join('')}</main>
+${note}<main id="runs">${runPieces(doc, ui).join('')}</main>
 <script type="application/json" id="status-data">${scriptJson(doc)}</script>
 <script>${BROWSER_JS}</script></body></html>
 `;
