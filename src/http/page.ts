@@ -45,6 +45,21 @@ const VIEW = {
   ],
   /** states that need nobody: one line each unless opened */
   COLLAPSED: ['halted', 'finished', 'expired'],
+  /** rank table columns: label, what it means (the legend), class */
+  COLUMNS: [
+    ['rank', 'DDP rank; boot-only ranks write no periodic records by design (rank 0\'s progress needs every rank).', 'l'],
+    ['heartbeat / limit', 'Age of the newest liveness record / the stall threshold in force (the startup grace until the run trains). "dump": judged by a stack dump of the trainer\'s own watchdog. "–": silence is not judged now.', ''],
+    ['step', 'Newest training step.', ''],
+    ['tokens/s', 'Global tokens per second from the newest progress record.', ''],
+    ['history', 'tokens/s over the last progress records, from 0 to the window maximum.', ''],
+    ['loss', 'Loss from the newest progress record.', ''],
+    ['tput flat', 'Progress records in a row with toks_per_s <= 0 / records that raise throughput_flatline.', ''],
+    ['loss flat', 'Progress records in a row with the identical loss / records that raise loss_flatline.', ''],
+    ['zero grad', 'Progress records in a row with grad_norm == 0 / records that raise zero_grad.', ''],
+    ['non-finite', 'Progress records in a row with a NaN or infinite loss or grad_norm / records that raise nonfinite_loss.', ''],
+    ['gate', 'Progress records in a row with collapsed NSA gates / records that raise gate_collapse.', ''],
+    ['anomaly', 'Anomalies the detector sees now on this rank.', 'l'],
+  ],
   /** what a rank's stall deadline is measured from (detect.ts stallDeadlines) */
   BASIS: {
     silence: 'Stalled once silent for the stall threshold.',
@@ -131,18 +146,9 @@ function visibleRanks(r: RunDoc, ui: Ui): RankDoc[] {
 }
 
 function tableHead(): string {
-  return '<colgroup><col class="c-rank"><col class="c-age"><col class="c-step"><col class="c-toks"><col class="c-hist"><col class="c-loss">' +
-    '<col class="c-streak"><col class="c-streak"><col class="c-streak"><col class="c-streak"><col class="c-streak"><col></colgroup>' +
-    '<thead><tr><th class="l" title="DDP rank; boot-only ranks write no periodic records by design">rank</th>' +
-    '<th title="Seconds since the newest liveness record / the stall threshold in force (the startup grace until the run trains); &quot;dump&quot;: judged by a stack dump of the trainer\'s watchdog; &quot;–&quot;: not judged by silence now">heartbeat / limit</th>' +
-    '<th title="Newest training step">step</th><th title="Global tokens per second from the newest progress record">tokens/s</th>' +
-    '<th title="tokens/s over the last progress records, from 0 to the window maximum">history</th><th title="Loss from the newest progress record">loss</th>' +
-    '<th title="Progress records in a row with toks_per_s <= 0 / records that raise throughput_flatline">tput flat</th>' +
-    '<th title="Progress records in a row with the identical loss / records that raise loss_flatline">loss flat</th>' +
-    '<th title="Progress records in a row with grad_norm == 0 / records that raise zero_grad">zero grad</th>' +
-    '<th title="Progress records in a row with a NaN or infinite loss or grad_norm / records that raise nonfinite_loss">non-finite</th>' +
-    '<th title="Progress records in a row with collapsed NSA gates / records that raise gate_collapse">gate</th>' +
-    '<th class="l" title="Anomalies the detector sees now">anomaly</th></tr></thead>';
+  // Widths come from the stylesheet (th:nth-child), explanations from the legend: a table head
+  // is repeated for every open run, so it carries only the labels.
+  return '<thead><tr>' + VIEW.COLUMNS.map((c) => '<th' + (c[2] ? ' class="' + c[2] + '"' : '') + '>' + c[0] + '</th>').join('') + '</tr></thead>';
 }
 
 function rankTable(r: RunDoc, ui: Ui, now: number): string {
@@ -299,9 +305,9 @@ summary::before{content:'▸';color:var(--muted);font-size:11px;width:8px}
 .halt-reason b{color:var(--s-halt_requested)}
 .scroll{overflow-x:auto;margin-top:6px}
 table{border-collapse:collapse;width:100%;min-width:1040px;table-layout:fixed;font-variant-numeric:tabular-nums}
-col.c-rank{width:110px}col.c-age{width:150px}col.c-step{width:84px}col.c-toks{width:92px}col.c-hist{width:104px}col.c-loss{width:84px}col.c-streak{width:84px}
+th:nth-child(1){width:110px}th:nth-child(2){width:150px}th:nth-child(3),th:nth-child(6){width:84px}th:nth-child(4){width:92px}th:nth-child(5){width:104px}th:nth-child(n+7):nth-child(-n+11){width:84px}
 th,td{padding:3px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-th{background:var(--head);font-weight:600;font-size:12px;cursor:help;line-height:1.25}
+th{background:var(--head);font-weight:600;font-size:12px;line-height:1.25}
 td.l,th.l{text-align:left}
 .role{font-size:11px;color:var(--muted)}
 tr:last-child td{border-bottom:0}
@@ -313,6 +319,8 @@ button{font:inherit;font-size:12px;padding:1px 8px;margin-left:8px;cursor:pointe
 svg{display:block;margin-left:auto}
 .audit{margin-top:6px;font:12px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;color:var(--muted);max-height:calc(3 * 1.45em + 7px);overflow:auto;border-top:1px dashed var(--line);padding-top:6px;white-space:pre-wrap}
 @media (max-width:820px){body{padding:12px 10px 30px}summary{gap:8px;padding:3px 6px}.badge{width:auto;padding:1px 8px}.name{width:auto;max-width:38%}.body{padding-left:14px}.line .k{width:auto;margin-right:8px}}
+.legend{margin-top:18px;font-size:13px;color:var(--muted)}.legend summary{padding:0;gap:6px}.legend[open]>summary::before{content:"▾"}
+.legend dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0 0 14px}.legend dt{font-weight:600;color:var(--fg)}.legend dd{margin:0}
 .empty{padding:16px;background:var(--card);border:1px dashed var(--line);border-radius:6px;color:var(--muted)}
 `;
 
@@ -431,6 +439,7 @@ export function statusPageHtml(version: string, metricsPath: string, doc: Doc, s
 <div id="err" role="alert"></div>
 <nav id="summary" aria-label="runs by state (links filter)">${renderSummary(doc, ui)}</nav>
 ${note}<main id="runs">${runPieces(doc, ui).join('')}</main>
+<details class="legend"><summary>What the rank table's columns mean</summary><dl>${VIEW.COLUMNS.map((c) => `<dt>${esc(c[0])}</dt><dd>${esc(c[1])}</dd>`).join('')}</dl></details>
 <script type="application/json" id="status-data">${scriptJson(doc)}</script>
 <script>${BROWSER_JS}</script></body></html>
 `;
