@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import { ANOMALY_KINDS } from '../src/detect/kinds.js';
 import { ALERTS_FILE, buildAlertRules, renderAlertRules, type AlertRule, type RulesDocument } from '../src/gen/alerts.js';
+import { OVER_STATES, RUN_STATES } from '../src/state/lifecycle.js';
 import { REPO, requireBinary } from './helpers/proc.js';
 
 const RULES = join(REPO, ALERTS_FILE);
@@ -77,17 +78,48 @@ test('every runbook_url points at a heading of docs/runbook.md', () => {
   }
 });
 
-test('every alert has promtool tests asserting it both firing and silent', () => {
+/** Alert names asserted firing and asserted silent in the given promtool test files. */
+function asserted(files: string[]): { firing: Set<string>; silent: Set<string> } {
   const firing = new Set<string>();
   const silent = new Set<string>();
-  for (const f of testFiles()) {
+  for (const f of files) {
     const doc = parse(readFileSync(join(REPO, f), 'utf8')) as { tests: { alert_rule_test?: { alertname: string; exp_alerts?: unknown[] }[] }[] };
     for (const t of doc.tests) {
       for (const a of t.alert_rule_test ?? []) (a.exp_alerts && a.exp_alerts.length > 0 ? firing : silent).add(a.alertname);
     }
   }
+  return { firing, silent };
+}
+
+test('every alert has promtool tests asserting it both firing and silent', () => {
+  const { firing, silent } = asserted(testFiles());
   for (const r of allRules(checkedIn())) {
     assert.equal(true, firing.has(r.alert), `${r.alert} is never asserted firing`);
     assert.equal(true, silent.has(r.alert), `${r.alert} is never asserted silent`);
+  }
+});
+
+test('every anomaly alert is silenced by exactly the lifecycle states in which the trainer is over', () => {
+  const gate = `unless on(job, instance, run)\n  trainwatch_run_state{state=~"${[...OVER_STATES].join('|')}"} == 1`;
+  for (const k of ANOMALY_KINDS) {
+    const r = allRules(checkedIn()).find((x) => x.alert === k.alert)!;
+    assert.equal(true, r.expr.endsWith(gate), `${k.alert} does not end with the state gate:\n${r.expr}`);
+  }
+});
+
+test('every state the rules name is a state the exporter exports (a misspelt state would silently disable a gate)', () => {
+  const known = new Set<string>(RUN_STATES);
+  for (const r of allRules(checkedIn())) {
+    for (const m of r.expr.matchAll(/\bstate=~?"([^"]*)"/g)) {
+      for (const st of m[1]!.split('|')) assert.equal(true, known.has(st), `${r.alert} names state "${st}", not one of ${RUN_STATES.join(', ')}`);
+    }
+  }
+});
+
+test('every anomaly alert is asserted both firing and silent in the state-gating tests of alerts/tests/states.yml', () => {
+  const { firing, silent } = asserted(['alerts/tests/states.yml']);
+  for (const k of ANOMALY_KINDS) {
+    assert.equal(true, firing.has(k.alert), `${k.alert} is never asserted firing in states.yml`);
+    assert.equal(true, silent.has(k.alert), `${k.alert} is never asserted silent in states.yml`);
   }
 });

@@ -20,7 +20,7 @@
 // fought with; the next episode writes it again. On restart the audit log is read back, so
 // open episodes continue and no completed action is repeated.
 import { randomUUID } from 'node:crypto';
-import { stat } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Anomaly } from '../detect/detect.js';
 import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
@@ -144,9 +144,10 @@ export class Actions {
         }
         const primary = primaryOf([...active.values()]);
         const ep = primary && open.get(primary.kind);
-        // While .HALT is there nothing is rewritten, except to record what a predecessor killed
-        // mid-episode already wrote (see the header).
-        if (ep && (!(halted || (await haltThere(run))) || (ep[1].restored && !ep[1].done.has('halt')))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
+        // While a .HALT is there nothing is rewritten, except by the episode that halted (its
+        // failed writes are retried) or to record what a predecessor killed mid-episode already
+        // wrote (see the header).
+        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
       } catch (e) {
         err = e;
       }
@@ -216,7 +217,7 @@ export class Actions {
       // the alerts of that episode, so Alertmanager retries them.
       const firing = [...mem.open].filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0).map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
       const primary = primaryOf(firing);
-      if (primary && !run.halted && !(await haltThere(run))) {
+      if (primary && (primary.ep.done.has('halt') || !(run.halted || (await haltThere(run))))) {
         batch.owner = -1;
         const mine = inputs.flatMap((a, i) => (primary.ep.keys.has(a.key) ? [i] : []));
         try {
@@ -475,11 +476,10 @@ class Batch {
   }
 }
 
-/** Whether .HALT is there now (the watcher's view can trail our own write by an event). */
+/** Whether a regular .HALT file is there now (the watcher's view can trail our own write by an event). */
 async function haltThere(run: RunRef): Promise<boolean> {
   try {
-    await stat(join(run.real, CONTROL_FILES.halt));
-    return true;
+    return (await lstat(join(run.real, CONTROL_FILES.halt))).isFile();
   } catch {
     return false;
   }

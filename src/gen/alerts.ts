@@ -3,12 +3,15 @@
 // the one list of metric names (src/metrics/names.ts).
 //
 // Thresholds have one source of truth: the exporter exposes the thresholds in force as
-// trainwatch_threshold_* gauges (and the per-rank effective stall threshold), and every rule
-// joins on them with `on(job, instance) group_left()`. Each join carries an `or` default (the
-// Robust Perception pattern), and that default literal is the SETTINGS default, so a missing
-// gauge neither silences an alert nor introduces a second number. A threshold of 0 disables
-// its rule, exactly like the embedded detector (src/detect/detect.ts), whose comparisons the
-// rules copy: streaks fire at `>=`, the stall and the fetch ratio at `>`.
+// trainwatch_threshold_* gauges, and every streak and ratio rule joins on them with
+// `on(job, instance) group_left()`. Each join carries an `or` default (the Robust Perception
+// pattern), and that default literal is the SETTINGS default, so a missing gauge neither
+// silences an alert nor introduces a second number. A threshold of 0 disables its rule, exactly
+// like the embedded detector (src/detect/detect.ts), whose comparisons the rules copy: streaks
+// fire at `>=`, the fetch ratio at `>`. The stall rule joins no threshold: the exporter applies
+// the liveness rules and exports each rank's deadline, and the rule fires strictly past it.
+// Every training alert is silent while the run's lifecycle state is over (halted, finished,
+// expired: trainwatch_run_state); a run without that state set still alerts.
 // docs/alerts.md explains the design; docs/runbook.md has one section per alert.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';

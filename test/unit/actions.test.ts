@@ -27,18 +27,40 @@ function setup(halt = true) {
 }
 
 test('an episode writes once; a deleted .anomaly_type stays deleted while it lasts; after recovery the next episode writes again', async () => {
-  const { d, run, actions, audit, read, dir } = setup();
-  await actions.reconcile(run, [stall], 1000);
-  assert.equal('heartbeat_stall\n', read('.anomaly_type'));
-  assert.equal('halt: heartbeat_stall\n', read('.HALT'));
+  const { d, run, actions, audit, read, dir } = setup(false);
+  await actions.reconcile(run, [flat], 1000);
+  assert.equal('throughput_flatline\n', read('.anomaly_type'));
   rmSync(join(dir, '.anomaly_type'));
-  await actions.reconcile(run, [stall], 1010);
+  await actions.reconcile(run, [flat], 1010);
   assert.equal(undefined, read('.anomaly_type'));
   await actions.reconcile(run, [], 1020);
-  await actions.reconcile(run, [stall], 1030);
-  assert.equal('heartbeat_stall\n', read('.anomaly_type'));
+  await actions.reconcile(run, [flat], 1030);
+  assert.equal('throughput_flatline\n', read('.anomaly_type'));
   assert.deepEqual(['anomaly', 'resolved', 'anomaly'], audit().filter((e) => e.event !== 'action').map((e) => e.event));
-  assert.deepEqual(['ok', 'exists'], audit().filter((e) => e.action === 'halt').map((e) => e.result));
+  d.cleanup();
+});
+
+test('while a .HALT is there, a new episode is audited but rewrites none of the control files', async () => {
+  const { d, run, actions, audit, read, dir } = setup();
+  await actions.reconcile(run, [stall], 1000);
+  rmSync(join(dir, '.anomaly_type'));
+  await actions.reconcile(run, [], 1020);
+  await actions.reconcile(run, [flat], 1030);
+  assert.equal(undefined, read('.anomaly_type'));
+  assert.equal('halt: heartbeat_stall\n', read('.HALT'));
+  assert.deepEqual(['heartbeat_stall', 'throughput_flatline'], audit().filter((e) => e.event === 'anomaly').map((e) => e.kind));
+  assert.deepEqual(['ok'], audit().filter((e) => e.action === 'halt').map((e) => e.result));
+  d.cleanup();
+});
+
+test('two kinds in one batch: .anomaly_type, .anomaly.json and .HALT all name the higher-priority kind', async () => {
+  const { d, run, actions, read } = setup();
+  const fetch: Anomaly = { kind: 'fetch_stall', rank: 0, value: 9, threshold: 3, message: 'slow' };
+  const nan: Anomaly = { kind: 'nonfinite_loss', rank: 0, value: 1, threshold: 1, message: 'nan' };
+  await actions.reconcile(run, [fetch, nan], 1000);
+  assert.equal('nonfinite_loss\n', read('.anomaly_type'));
+  assert.equal('nonfinite_loss', (JSON.parse(read('.anomaly.json')!) as { kind: string }).kind);
+  assert.equal('halt: nonfinite_loss\n', read('.HALT'));
   d.cleanup();
 });
 

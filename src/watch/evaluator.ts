@@ -1,0 +1,295 @@
+// Evaluation: when a run is judged, and what is done with the verdict. Each evaluation reads
+// the control files' state and the trainer's processes, runs the pure detector and lifecycle,
+// acts through the actions module, and arms one timer for the run's next stall deadline.
+// Records mark a run dirty; a burst of them is one evaluation after the read completes.
+import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
+import { lstat, open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Actions, TrainerProc } from '../actions/actions.js';
+import { CONTROL_FILES } from '../actions/files.js';
+import { procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
+import type { Config, Thresholds } from '../config/settings.js';
+import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts } from '../detect/detect.js';
+import { kindOf } from '../detect/kinds.js';
+import type { Logger } from '../log.js';
+import { attemptKeyOf, haltAuthor, isNewAttempt, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact } from '../state/lifecycle.js';
+import type { Clock } from './clock.js';
+import type { Run } from './run.js';
+
+/** A run with no record for this long has its trainers' processes looked at on each evaluation. */
+export const QUIET_S = 1;
+/**
+ * The longest timer set: a deadline further ahead (a clock far off, `ts` in milliseconds) is
+ * re-armed from there. setTimeout takes at most 2^31-1 ms and fires at once (every 1 ms, for
+ * ever) past that.
+ */
+export const MAX_TIMER_MS = 3_600_000;
+
+/** What the evaluator needs from the watcher around it. */
+export interface EvaluatorHost {
+  readonly runs: ReadonlyMap<string, Run>;
+  /** false while the files that existed at startup are still being read back */
+  isReady(): boolean;
+  isStopped(): boolean;
+  /** the run's directory changed under it: discover again */
+  rediscover(run: Run): void;
+}
+
+/** Judges runs and acts on the verdicts; see the header. */
+export class Evaluator {
+  private readonly dirtyRuns = new Set<Run>();
+  private evalScheduled = false;
+  /** trainer pids seen alive on this host (watch.pid-check auto: only those can be seen gone) */
+  readonly seenAlive = new Set<number>();
+
+  constructor(
+    private readonly config: Config,
+    private readonly thresholds: Thresholds,
+    private readonly actions: Actions,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+    private readonly host: EvaluatorHost,
+    /** how a trainer pid is looked at (tests inject one) */
+    private readonly procFactOf: typeof procFact = procFact,
+  ) {}
+
+  markDirty(run: Run): void {
+    // While the files that existed at startup are still being read back, the state is partial
+    // (one rank read, its peer not yet; a streak re-read in a larger window): judging it then
+    // raises false stalls and stragglers. The end of the first sweep evaluates every run.
+    if (!this.host.isReady()) return;
+    this.dirtyRuns.add(run);
+    if (this.evalScheduled) return;
+    this.evalScheduled = true;
+    // Coalesce a burst of lines into one evaluation, after the current read completes.
+    setImmediate(() => {
+      this.evalScheduled = false;
+      const runs = [...this.dirtyRuns];
+      this.dirtyRuns.clear();
+      for (const r of runs) void this.evaluate(r);
+    });
+  }
+
+  /** Re-evaluates every run (the NSA_WATCH_INTERVAL_S safety sweep, and after each stat sweep). */
+  async evaluateAll(): Promise<void> {
+    await Promise.all([...this.host.runs.values()].map((r) => this.evaluate(r)));
+  }
+
+  /**
+   * Runs detection on one run, works out its lifecycle state, acts on it, and arms its stall
+   * timer. The order matters: acknowledgements first (an operator's removal of .HALT must be
+   * known before old evidence is judged), then the processes, then detection.
+   */
+  async evaluate(run: Run): Promise<void> {
+    if (this.host.isStopped()) return;
+    run.dirty = false;
+    const now = this.clock.now();
+    const ranks = [...run.ranks.values()];
+    const newest = newestRecordTs(ranks);
+    run.expired = newest !== undefined && now - newest > this.config['run.ttl-s'];
+    const key = attemptKeyOf(ranks);
+    if (key !== undefined && key !== run.attemptKey) {
+      const fresh = isNewAttempt(run.attemptKey, key);
+      if (fresh) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt: a new process on the same rank');
+      if (fresh || run.attempt === 0) run.attempt++;
+      run.attemptKey = key;
+    }
+    await this.checkAcks(run, now);
+    // An active run's pids were looked at when they first wrote; a quiet one's every time.
+    this.refreshProcs(run, newest === undefined || now - newest > QUIET_S);
+    run.liveness = livenessOf(ranks, run.procs);
+    const facts: RunFacts = {
+      ranks,
+      csv: run.csv,
+      halted: run.halt.present,
+      pidAlive: (pid: number) => (run.procs.get(pid) === 'alive' ? true : run.procs.get(pid) === 'gone' ? false : undefined),
+      liveness: run.liveness,
+      ackTs: run.ackTs,
+      csvTs: run.ranks.get(0)?.lastProgressTs ?? newest,
+    };
+    run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    run.deadlines = run.expired ? new Map() : stallDeadlines(facts, this.thresholds);
+    run.primary = primaryOf(run.anomalies);
+    this.judge(run, now);
+    this.clock.clearTimeout(run.timer);
+    run.timer = undefined;
+    if (!run.expired) {
+      const deadline = nextStallDeadline(facts, this.thresholds, now);
+      if (deadline !== undefined) {
+        // Fire just after the deadline: the rule is "older than", not "as old as".
+        run.timer = this.clock.setTimeout(() => void this.evaluate(run), Math.min(MAX_TIMER_MS, Math.max(0, (deadline - now) * 1000) + 20));
+      }
+    }
+    // Only escalation and the auto-clear (after a .HALT) need the processes verified.
+    const procs: TrainerProc[] = [];
+    for (const s of run.halted ? ranks : []) {
+      if (s.pid === undefined) continue;
+      const start = processStartTimeSync(s.pid);
+      const verified = start !== undefined && startedAsWriter(start, { pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, true);
+      procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, verified, fact: run.procs.get(s.pid) ?? 'unknown' });
+    }
+    if (run.anomalies.length > 0 && !this.sameInstance(run)) return; // re-created under us: the next discovery starts it afresh
+    const escalating = this.config['watch.escalate-s'] > 0 || this.config['watch.auto-clear-halt'];
+    try {
+      if (this.acting) await this.actions.reconcile(run, run.anomalies, now, procs);
+      else if (run.halted && escalating) await this.actions.escalateOnly(run, now, procs);
+    } catch {
+      // Already logged and counted with its fix; the next evaluation retries.
+    }
+    if (run.halted && this.config['watch.auto-clear-halt']) {
+      // The auto-clear may have removed our .HALT (and recorded the acknowledgement itself).
+      await this.observeControl(run);
+      if (!run.halt.present) {
+        run.lastControl = { halt: false, anomalyType: run.anomalyType };
+        run.ackTs = await this.actions.ackTs(run);
+        this.markDirty(run);
+      }
+    } else if (this.acting && run.primary && !run.halt.present) {
+      // We may just have written .HALT: the state says so now, not at the file event.
+      await this.observeControl(run);
+      if (run.halt.present) {
+        run.lastControl = { halt: true, anomalyType: run.anomalyType };
+        this.judge(run, now);
+      }
+    }
+  }
+
+  /** The run's lifecycle state from what the evaluation found. */
+  private judge(run: Run, now: number): void {
+    const p = run.primary;
+    run.life = runStateOf(
+      { ranks: [...run.ranks.values()], liveness: run.liveness, halt: run.halt, primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' }, expired: run.expired, crashDetect: this.thresholds.crashDetect, stallS: this.thresholds.stallS, ackTs: run.ackTs },
+      now,
+    );
+  }
+
+  /** Whether the embedded detector writes control files (mode embedded). */
+  private get acting(): boolean {
+    return this.config.mode === 'embedded';
+  }
+
+  /**
+   * Operators acknowledge by removing .HALT or .anomaly_type (docs/runbook.md). A removal seen
+   * since the last evaluation, or, on the first evaluation after a start, a file the audit log
+   * says trainwatch wrote for this attempt that is no longer there, is recorded as one.
+   */
+  private async checkAcks(run: Run, now: number): Promise<void> {
+    const cur = { halt: run.halt.present, anomalyType: run.anomalyType };
+    const prev = run.lastControl ?? (await this.actions.expected(run));
+    const first = run.lastControl === undefined;
+    run.lastControl = cur;
+    if (prev.halt && !cur.halt) await this.actions.acknowledge(run, now, 'halt_removed');
+    else if (prev.anomalyType && !cur.anomalyType) await this.actions.acknowledge(run, now, 'anomaly_type_removed');
+    else if (!first) return;
+    run.ackTs = await this.actions.ackTs(run);
+  }
+
+  /** Whether the run's directory is still the instance this run was created for. */
+  private sameInstance(run: Run): boolean {
+    try {
+      if (statSync(run.dir).ino === run.instanceIno) return true;
+    } catch {
+      // gone
+    }
+    this.host.rediscover(run);
+    return false;
+  }
+
+  /**
+   * Looks at .HALT (is it there, what it says, since when) and .anomaly_type. Opened with
+   * O_NONBLOCK and O_NOFOLLOW: a FIFO or symlink planted there must not block or redirect us.
+   */
+  async observeControl(run: Run): Promise<void> {
+    // Direct system calls on a local disk (as the tails use); through the thread pool with
+    // --poll (NFS, Lustre), where a stat can hang.
+    const io = this.config.poll ? ASYNC_CONTROL_IO : SYNC_CONTROL_IO;
+    const halt: HaltFact = { present: false };
+    const path = join(run.dir, CONTROL_FILES.halt);
+    const st = await io.stat(path); // follows a symlink, as the trainer's exists() does
+    if (st) {
+      halt.present = true;
+      halt.since = st.mtimeMs / 1000;
+      if (st.isFile() && st.size <= 4096) halt.kind = parseHaltLine(await io.readSmall(path).catch(() => ''));
+    }
+    halt.by = haltAuthor(halt.kind, halt.present && this.actions.haltKind(run.real) === halt.kind && halt.kind !== undefined);
+    run.halt = halt;
+    run.halted = halt.present;
+    run.anomalyType = await io.lexists(join(run.dir, CONTROL_FILES.anomalyType));
+  }
+
+  /**
+   * Looks at the trainer processes of a run (watch.pid-check): every pid when `all` (a quiet
+   * run), otherwise only pids not looked at yet. Returns whether any fact changed.
+   */
+  refreshProcs(run: Run, all: boolean): boolean {
+    const mode = this.config['watch.pid-check'];
+    let changed = false;
+    const pids = new Set<number>();
+    for (const s of run.ranks.values()) {
+      if (s.pid === undefined) continue;
+      pids.add(s.pid);
+      if (!all && run.procs.has(s.pid)) continue;
+      const f = this.procFactOf({ pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, mode, this.seenAlive);
+      if (run.procs.get(s.pid) !== f) changed = true;
+      run.procs.set(s.pid, f);
+    }
+    for (const pid of run.procs.keys()) if (!pids.has(pid)) run.procs.delete(pid);
+    return changed;
+  }
+}
+
+/** How the control files are looked at: stat (undefined when absent or unreadable), a small read, and lstat. */
+interface ControlIo {
+  stat(p: string): Promise<Stats | undefined>;
+  readSmall(p: string): Promise<string>;
+  lexists(p: string): Promise<boolean>;
+}
+
+// Every open is O_NONBLOCK and O_NOFOLLOW: a FIFO or symlink planted there must not block or redirect us.
+const RD = fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK;
+
+const SYNC_CONTROL_IO: ControlIo = {
+  stat: async (p) => {
+    try {
+      return statSync(p, { throwIfNoEntry: false });
+    } catch {
+      return undefined; // unreadable (EACCES, a symlink loop): not there for the trainer either
+    }
+  },
+  readSmall: async (p) => {
+    const fd = openSync(p, RD);
+    try {
+      if (!fstatSync(fd).isFile()) return '';
+      const buf = Buffer.alloc(4096);
+      return buf.subarray(0, readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
+    } finally {
+      closeSync(fd);
+    }
+  },
+  lexists: async (p) => {
+    try {
+      return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+    } catch {
+      return false;
+    }
+  },
+};
+
+const ASYNC_CONTROL_IO: ControlIo = {
+  stat: (p) => stat(p).catch(() => undefined),
+  readSmall: async (p) => {
+    const fh = await open(p, RD);
+    try {
+      if (!(await fh.stat()).isFile()) return '';
+      const buf = Buffer.alloc(4096);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      return buf.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+  },
+  lexists: (p) => lstat(p).then(
+    () => true,
+    () => false,
+  ),
+};
