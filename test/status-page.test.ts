@@ -47,10 +47,10 @@ test('status page: a run that stalls turns from training to anomalous heartbeat_
   const tw = await startTrainwatch(['--root', d.path], { NSA_WATCH_HEARTBEAT_STALL_S: '2', NSA_WATCH_STARTUP_GRACE_S: '2' });
   later(() => tw.stop());
   // A healthy neighbour, so the page has more than one run to tell apart.
-  const ok = startSimTrainer(['--dir', join(d.path, 'steady'), '--ranks', '2', '--step-s', '0.05', '--quiet']);
+  const ok = startSimTrainer(['--dir', join(d.path, 'steady'), '--ranks', '2', '--step-s', '0.05', '--beats', '--quiet']);
   later(() => ok.kill());
   // Both ranks hang at step 100 (about 5 s in); nothing is written after that.
-  const sim = startSimTrainer(['--dir', join(d.path, 'stalling'), '--ranks', '2', '--step-s', '0.05', '--fault', 'heartbeat_stall', '--fault-at', '100', '--quiet']);
+  const sim = startSimTrainer(['--dir', join(d.path, 'stalling'), '--ranks', '2', '--step-s', '0.05', '--fault', 'heartbeat_stall', '--fault-at', '100', '--beats', '--quiet']);
   later(() => sim.kill());
 
   await waitFor(

@@ -26,10 +26,9 @@ import type { Anomaly } from '../detect/detect.js';
 import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
-import { readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
+import { acknowledge as ackMemory, appendAudit, haltWritten, readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
 import { AppendLog, CONTROL_FILES, ConfinementError, holdsSince, removeIfHolds, stage, writeAtomic, type Staged } from './files.js';
 import { sendSignal } from './signals.js';
-import { acknowledge as ackMemory } from './audit.js';
 import { primaryOf } from '../detect/detect.js';
 import type { ProcFact } from '../state/lifecycle.js';
 
@@ -295,7 +294,7 @@ export class Actions {
     }
     const state = ra;
     const next = state.chain.then(async () => {
-      state.mem ??= await readAudit(run.real);
+      state.mem ??= await readAudit(run, this.o);
       return fn(state.mem);
     });
     state.chain = next.catch(() => undefined);
@@ -309,8 +308,9 @@ export class Actions {
     // Never into a run whose trainer is known to have exited: it would stop the next resume.
     const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
     if (!halting && ep.done.has('anomaly_type') && ep.done.has('details')) return;
-    // The intent (the `anomaly` entry) is durable before any file is written.
-    await this.flush(run, batch);
+    // The intent (the `anomaly` entry) is durable before any file is written, if it can be: a
+    // failed append (logged, counted, and failing the step's outcome) must not stop the halt.
+    await this.flush(run, batch).catch(() => undefined);
     let failure: Error | undefined;
     const step = async (action: string, fn: () => Promise<string>): Promise<AuditEntry | undefined> => {
       if (ep.done.has(action)) return undefined;
@@ -319,7 +319,7 @@ export class Actions {
         const result = got === 'recovered' ? 'ok' : got;
         ep.done.set(action, now);
         this.o.stats.action(action, result);
-        if (action === 'halt' && result === 'ok') {
+        if (action === 'halt' && haltWritten(result)) {
           mem.halt = { episode: id, at: now, done: new Map(), kind, attempt: ep.attempt };
           if (got === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
         }
@@ -333,7 +333,8 @@ export class Actions {
       }
     };
     // .HALT's content is staged while the other two are written; only linking it waits for them.
-    const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind)) : undefined;
+    // On a full disk .HALT is staged empty: the trainer only tests that it exists.
+    const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind), true) : undefined;
     haltStaged?.catch(() => undefined); // its failure is reported by the halt step
     const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
     const entries = await Promise.all([
@@ -350,7 +351,8 @@ export class Actions {
   // .HALT is the one its predecessor created before being killed (see the header), else 'exists'.
   private async createHalt(run: RunRef, ep: OpenEpisode, kind: string, staged: Staged): Promise<string> {
     const line = haltLine(kind);
-    if (await staged.createExclusive()) return 'ok';
+    const got = await staged.createExclusive();
+    if (got !== 'exists') return got;
     // The slack covers coarse file-system timestamps, which can trail the clock a little.
     if (ep.restored && (await holdsSince(run.real, CONTROL_FILES.halt, line, ep.ts * 1000 - HALT_MTIME_SLACK_MS))) {
       this.o.log.warn({ run: run.name, anomaly: kind }, '.HALT was created for this episode before a restart; counting it as written');
@@ -439,8 +441,8 @@ export class Actions {
   // Appends entries to the run's audit log in one write (one fdatasync), then remembers them.
   private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
     const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
-    await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
     const mem = this.runs.get(run.real)?.mem;
+    await appendAudit(this.auditLog, run, entries, mem, this.o);
     if (mem) for (const e of entries) remember(mem, e);
   }
 }

@@ -43,7 +43,7 @@ export function effectiveStallS(s: RankState, t: Thresholds): number {
 }
 
 /** Why a rank's deadline is what it is. */
-export type StallBasis = 'silence' | 'startup' | 'acknowledged' | 'own_dump' | 'peer_dump';
+export type StallBasis = 'silence' | 'startup' | 'own_dump' | 'peer_dump';
 
 /** When a rank counts as stalled if nothing new arrives, and why. */
 export interface StallDeadline {
@@ -72,9 +72,9 @@ interface StallContext {
  * is not judged by its own silence: synchronous DDP needs every rank for rank 0's next logging
  * step, so rank 0's progress proves it alive. Its dump counts only when the periodic writers
  * have been silent since before the dump, for longer than their cadence allows (3 gaps, at
- * least a third of the threshold). After an acknowledgement, silence is measured from it under
- * the startup grace: the run waits for a new trainer. No deadline when the trainer exited or
- * .HALT is there.
+ * least a third of the threshold). After an acknowledgement (.HALT removed) with nothing written
+ * since, no deadline: the run waits for a new trainer, whose boot gets the startup grace. No
+ * deadline when the trainer exited or .HALT is there.
  */
 export function stallDeadlines(run: RunFacts, t: Thresholds): Map<number, StallDeadline> {
   const out = new Map<number, StallDeadline>();
@@ -96,8 +96,9 @@ export function stallDeadlines(run: RunFacts, t: Thresholds): Map<number, StallD
 
 function rankDeadline(s: RankState, ctx: StallContext, t: Thresholds, ackTs: number | undefined): StallDeadline | undefined {
   const last = s.lastLivenessTs;
-  const acked = ackTs !== undefined && (last === undefined || last <= ackTs);
-  if (acked) return { at: ackTs + Math.max(t.stallS, t.startupGraceS), basis: 'acknowledged', from: ackTs };
+  // Cleared for a resume, and nothing written since: the run waits for a new trainer, whose
+  // boot then gets the startup grace. Stale records never make a stall again.
+  if (ackTs !== undefined && (last === undefined || last <= ackTs)) return undefined;
   if (last === undefined) return undefined;
   const dump = s.lastDumpTs !== undefined && s.lastDumpTs > last && (ackTs === undefined || s.lastDumpTs > ackTs) ? s.lastDumpTs : undefined;
   if (!ctx.trains) return { at: last + Math.max(t.stallS, t.startupGraceS), basis: 'startup', from: last };
@@ -171,7 +172,6 @@ export function primaryOf<A extends { kind: string; rank?: number }>(anomalies: 
 const BASIS_TEXT: Record<StallBasis, string> = {
   silence: 'no heartbeat',
   startup: 'no heartbeat since boot (startup grace)',
-  acknowledged: 'no new trainer since the halt was cleared (startup grace)',
   own_dump: "the trainer's own watchdog dumped stacks (hung training loop)",
   peer_dump: "this rank's watchdog dumped stacks and the ranks that log progress went silent before it",
 };
@@ -182,7 +182,7 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: 
   const dumped = d !== undefined && (d.basis === 'own_dump' || d.basis === 'peer_dump');
   if (d && (dumped ? now >= d.at : now > d.at)) {
     const silent = now - (s.lastLivenessTs ?? d.from);
-    const thr = d.basis === 'startup' || d.basis === 'acknowledged' ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
+    const thr = d.basis === 'startup' ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
     const text = d.basis === 'own_dump' || d.basis === 'peer_dump' ? `${BASIS_TEXT[d.basis]}; last liveness ${fmtAge(silent)} ago` : `${BASIS_TEXT[d.basis]} for more than ${thr}s (last ${fmtAge(silent)} ago)`;
     // Silence has no record to date it; it is new evidence by definition (the deadline already counts from an acknowledgement).
     push('heartbeat_stall', silent, thr, text, d.basis === 'own_dump' || d.basis === 'peer_dump' ? d.from : undefined);

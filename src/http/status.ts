@@ -1,7 +1,7 @@
 // The status page's JSON: every run and rank at a glance, built from current state. Runs come
 // sorted by how urgently they need a human (see SEVERITY_ORDER), so the JSON, the
 // server-rendered page and its refreshes all agree on the order.
-import { effectiveStallS } from '../detect/detect.js';
+import { effectiveStallS, primaryOf } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
 import { RUN_STATES, type RunState } from '../state/lifecycle.js';
 import { rankRole } from '../state/rank.js';
@@ -70,7 +70,11 @@ export function statusJson(w: Watcher, now: number, version: string) {
       });
     }
     states[run.life.state]++;
-    const p = run.primary;
+    // A stall is not reported while .HALT is there (silence is expected): the open episode that
+    // halted the run still names what went wrong.
+    const open = w.actions.openEpisodes(run.real);
+    const held = primaryOf(open);
+    const p = run.primary ?? (held && { kind: held.kind, rank: held.rank ?? 0, message: `${held.kind} (open since ${new Date(held.ts * 1000).toISOString()})` });
     runs.push({
       run: run.name,
       dir: run.dir,

@@ -83,6 +83,8 @@ export const METRICS = {
   linesRead: { name: 'trainwatch_lines_read_total', type: 'counter', labels: [], help: 'Complete lines read from heartbeat and training.csv files.' },
   runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
   actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
+  auditErrors: { name: 'trainwatch_audit_errors_total', type: 'counter', labels: ['reason'], help: 'Audit-log reads, appends and rotations that failed, by reason; trainwatch acts anyway.' },
+  auditRotations: { name: 'trainwatch_audit_rotations_total', type: 'counter', labels: [], help: 'Audit logs rotated to .trainwatch-audit.jsonl.1 (at 4 MiB), each new file starting with a checkpoint.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
 } as const satisfies Record<string, MetricDef>;

@@ -451,6 +451,8 @@ export class MetricsRenderer {
       const [action, result] = k.split('|');
       out.add('actions', `{action="${esc(action!)}",result="${esc(result!)}"}`, n);
     }
+    for (const [reason, n] of Object.entries(w.stats.auditErrors)) out.add('auditErrors', `{reason="${reason}"}`, n);
+    out.add('auditRotations', '', w.stats.auditRotations);
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
     return out.done();

@@ -33,6 +33,8 @@ export interface EvaluatorHost {
   isStopped(): boolean;
   /** the run's directory changed under it: discover again */
   rediscover(run: Run): void;
+  /** reads whatever its files hold that was not read yet */
+  catchUp?(run: Run): Promise<void>;
 }
 
 /** Judges runs and acts on the verdicts; see the header. */
@@ -80,8 +82,9 @@ export class Evaluator {
    * timer. The order matters: acknowledgements first (an operator's removal of .HALT must be
    * known before old evidence is judged), then the processes, then detection.
    */
-  async evaluate(run: Run): Promise<void> {
+  async evaluate(run: Run, caughtUp = false): Promise<void> {
     if (this.host.isStopped()) return;
+    if (caughtUp) run.stalled = true; // read to the end just now: judge what is there
     run.dirty = false;
     const now = this.clock.now();
     const ranks = [...run.ranks.values()];
@@ -92,6 +95,7 @@ export class Evaluator {
       const fresh = isNewAttempt(run.attemptKey, key);
       if (fresh) this.log.info({ run: run.name, attempt: run.attempt + 1 }, 'new trainer attempt: a new process on the same rank');
       if (fresh || run.attempt === 0) run.attempt++;
+      if (fresh && run.csv) run.csv.throughputZero = 0; // the old attempt's rows are no evidence against the new one
       run.attemptKey = key;
     }
     await this.checkAcks(run, now);
@@ -108,6 +112,13 @@ export class Evaluator {
       csvTs: run.ranks.get(0)?.lastProgressTs ?? newest,
     };
     run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    if (this.host.catchUp && run.anomalies.some((a) => a.kind === 'heartbeat_stall' && a.evidenceTs === undefined) && !run.stalled) {
+      // Silence is judged only on what the files hold: a busy file read behind (a restart's
+      // backlog, a slow poll) is read first, and the verdict taken again.
+      await this.host.catchUp(run);
+      return this.evaluate(run, true);
+    }
+    run.stalled = run.anomalies.some((a) => a.kind === 'heartbeat_stall');
     run.deadlines = run.expired ? new Map() : stallDeadlines(facts, this.thresholds);
     run.primary = primaryOf(run.anomalies);
     this.judge(run, now);

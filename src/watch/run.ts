@@ -34,6 +34,8 @@ export class Run implements RankTable, RunRef {
   liveness: Liveness = 'unknown';
   life: StateOf = { state: 'starting', reason: 'not evaluated yet' };
   primary: Anomaly | undefined;
+  /** the last evaluation found a stall (its files were read to the end before it was believed) */
+  stalled = false;
   /** each rank's stall deadline, as detection judged it last */
   deadlines = new Map<number, StallDeadline>();
   /** the directory inode this run instance lives in; a re-created directory is a new instance */

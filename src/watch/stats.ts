@@ -1,4 +1,5 @@
 // Self-metric counters, plain numbers: rendered at scrape time, never updated from timers.
+import { AUDIT_ERROR_REASONS, type AuditErrorReason } from '../actions/audit.js';
 import { PARSE_ERROR_REASONS, type ParseErrorReason } from '../parse/line.js';
 
 /** Counters that describe trainwatch itself. */
@@ -14,11 +15,19 @@ export class Stats {
   webhookRequests = new Map<string, number>();
   /** result → count */
   webhookAlerts = new Map<string, number>();
+  /** audit-log reads, appends and rotations that failed, by reason */
+  auditErrors: Record<AuditErrorReason, number> = Object.fromEntries(AUDIT_ERROR_REASONS.map((r) => [r, 0])) as Record<AuditErrorReason, number>;
+  auditRotations = 0;
 
   /** Counts one action outcome. */
   action(action: string, result: string): void {
     const k = `${action}|${result}`;
     this.actions.set(k, (this.actions.get(k) ?? 0) + 1);
+  }
+
+  /** Counts one audit-log failure. */
+  auditError(reason: AuditErrorReason): void {
+    this.auditErrors[reason]++;
   }
 
   /** Counts one webhook request by its status code. */

@@ -113,6 +113,9 @@ export class Watcher {
       isReady: () => this.ready,
       isStopped: () => this.stopped,
       rediscover: (run?: Run) => this.rediscover(run),
+      catchUp: async (run: Run) => {
+        await Promise.all([...run.tails.values()].map((t) => t.poll()));
+      },
       sweep: (all?: boolean) => this.sweep(all),
       sweepRun: (run: Run) => this.sweepRun(run),
       evaluate: (run: Run) => this.evaluator.evaluate(run),

@@ -22,7 +22,7 @@ test('stall, flatline and NaN divergence go through Prometheus and an Alertmanag
   writeFileSync(tokenFile, TOKEN + '\n');
   const runs = { stall: 'heartbeat_stall', flat: 'throughput_flatline', nan: 'nonfinite_loss' } as const;
   const sims = Object.entries(runs).map(([name, fault]) => {
-    const sim = startSimTrainer(['--dir', join(d.path, 'runs', name), '--ranks', '2', '--step-s', '0.05', '--fault', fault, '--fault-at', '60', '--quiet']);
+    const sim = startSimTrainer(['--dir', join(d.path, 'runs', name), '--ranks', '2', '--step-s', '0.05', '--fault', fault === 'nonfinite_loss' ? 'nonfinite_grad' : fault, '--fault-at', '60', '--quiet']);
     t.after(() => sim.kill());
     return [name, sim] as const;
   });
@@ -32,6 +32,7 @@ test('stall, flatline and NaN divergence go through Prometheus and an Alertmanag
     NSA_WATCH_FLATLINE_N: '5',
     NSA_WATCH_ESCALATE_S: '2',
     NSA_WATCH_ESCALATE_TERM_S: '1',
+    NSA_WATCH_ESCALATE_KILL_S: '1', // the trainer catches SIGTERM and runs on
     NSA_WATCH_INTERVAL_S: '1',
   });
   t.after(() => tw.stop());
@@ -97,7 +98,9 @@ scrape_configs:
     assert.equal('alertmanager', episodes[0]!.source);
   }
   // The hung trainer never read .HALT: escalation stopped it, and said so.
-  assert.deepEqual(['SIGUSR1:ok', 'SIGUSR1:ok', 'SIGTERM:ok', 'SIGTERM:ok'], audit(join(d.path, 'runs', 'stall')).filter((e) => e.signal).map((e) => `${e.signal}:${e.result}`));
+  const escalation = audit(join(d.path, 'runs', 'stall')).filter((e) => e.signal);
+  assert.deepEqual(['SIGKILL', 'SIGTERM', 'SIGUSR1'], [...new Set(escalation.filter((e) => e.result === 'sent').map((e) => e.signal))].sort());
+  assert.equal(2, escalation.filter((e) => e.result === 'exited').length);
 
   // Latency for the stall: threshold crossing (last heartbeat + 3 s) → .HALT on disk.
   const stallDir = join(d.path, 'runs', 'stall');

@@ -18,7 +18,7 @@ test('a simulated two-rank trainer becomes correct per-rank metrics, and promtoo
   const promtool = requireBinary('promtool', 'prometheus');
   const d = tmpDir();
   t.after(() => d.cleanup());
-  const sim = startSimTrainer(['--dir', join(d.path, 'runA'), '--ranks', '2', '--step-s', '0.02', '--steps', '40', '--quiet']);
+  const sim = startSimTrainer(['--dir', join(d.path, 'runA'), '--ranks', '2', '--step-s', '0.02', '--steps', '40', '--beats', '--quiet']);
   t.after(() => sim.kill());
   assert.equal(0, await sim.exited);
   const tw = await startTrainwatch(['--root', d.path]);
@@ -142,7 +142,7 @@ test('runs under --root: a new run is picked up live, a removed run and an idle 
 test('an older single heartbeat.jsonl holding several ranks gives one series per rank', async (t) => {
   const d = tmpDir();
   t.after(() => d.cleanup());
-  const sim = startSimTrainer(['--dir', join(d.path, 'legacy'), '--ranks', '3', '--step-s', '0.01', '--steps', '5', '--legacy', '--quiet']);
+  const sim = startSimTrainer(['--dir', join(d.path, 'legacy'), '--ranks', '3', '--step-s', '0.01', '--steps', '5', '--legacy', '--beats', '--quiet']);
   t.after(() => sim.kill());
   assert.equal(0, await sim.exited);
   const tw = await startTrainwatch(['--dir', join(d.path, 'legacy')]);

@@ -1,7 +1,7 @@
 // The Alertmanager webhook on the real process: auth, HTTP semantics, safety, idempotency.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, symlinkSync, writeFileSync, appendFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
@@ -133,7 +133,7 @@ test('payloads that can never be valid get 4xx: wrong version, malformed JSON, n
   assert.equal(1, m.get('trainwatch_webhook_requests_total{code="413"}'));
 });
 
-test('a symlink planted at .HALT is not followed: its target is untouched and the halt counts as already there', async (t) => {
+test('a symlink planted at .HALT is not followed: its target is untouched and a real .HALT replaces the link', async (t) => {
   const { tw, run, d } = await setup(t);
   const victim = join(d.path, 'victim.txt');
   writeFileSync(victim, 'precious\n');
@@ -141,7 +141,8 @@ test('a symlink planted at .HALT is not followed: its target is untouched and th
   const r = await post(tw, payload([alert('exp1')]));
   assert.equal(200, r.status);
   assert.equal('precious\n', readFileSync(victim, 'utf8'));
-  assert.equal('exists', auditOf(run).find((e) => e.action === 'halt')!.result);
+  assert.equal(true, lstatSync(join(run, '.HALT')).isFile());
+  assert.equal('replaced_non_regular', auditOf(run).find((e) => e.action === 'halt')!.result);
 });
 
 test('a failed write answers 5xx so Alertmanager retries, and the retry completes the action once', async (t) => {
@@ -240,11 +241,16 @@ test('a delivery with the alerts of 8 ranks opens one episode that the other 7 j
   assert.equal(1, new Set(log.map((e) => e.episode)).size);
 });
 
-test('an audit log that cannot be written fails the whole delivery with 5xx, and no control file is written without it', async (t) => {
+test('an audit log that cannot be written fails the delivery with 5xx, but the control files are still written: the halt matters more than its record', async (t) => {
   const { tw, run } = await setup(t);
   mkdirSync(join(run, '.trainwatch-audit.jsonl')); // a directory where the log must go
-  const r = await post(tw, payload([alert('exp1', { fingerprint: 'a' }), alert('exp1', { fingerprint: 'b' }), alert('someone-elses-run')]));
+  const alerts = [alert('exp1', { fingerprint: 'a' }), alert('exp1', { fingerprint: 'b' }), alert('someone-elses-run')];
+  const r = await post(tw, payload(alerts));
   assert.equal(500, r.status);
   assert.deepEqual(['failed', 'failed', 'not_ours'], r.body.alerts!.map((a) => a.result));
-  assert.deepEqual(['.trainwatch-audit.jsonl', 'heartbeat_rank0.jsonl'], readdirSync(run).sort());
+  assert.deepEqual(['.HALT', '.anomaly.json', '.anomaly_type', '.trainwatch-audit.jsonl', 'heartbeat_rank0.jsonl'], readdirSync(run).sort());
+  // Alertmanager's retry finds the episode in memory: nothing to write, nothing to record.
+  const retry = await post(tw, payload(alerts));
+  assert.equal(200, retry.status);
+  assert.deepEqual(['duplicate', 'duplicate', 'not_ours'], retry.body.alerts!.map((a) => a.result));
 });

@@ -1,7 +1,8 @@
 // The actions module in-process: episodes, re-arming, retries, confinement, restart memory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, rmdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, rmdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Actions, type RunRef } from '../../src/actions/actions.js';
 import { AppendLog, ConfinementError } from '../../src/actions/files.js';
@@ -115,9 +116,10 @@ test('symlinks planted at .HALT and at the temp paths are never followed', async
   symlinkSync(victim, join(dir, '.anomaly_type'));
   await actions.reconcile(run, [stall], 1000);
   assert.equal('keep\n', readFileSync(victim, 'utf8'));
-  // .anomaly_type's symlink was replaced by a file; .HALT's was left alone and counted as present.
+  // Both symlinks were replaced by files (a symlink at .HALT is not a halt the trainer can rely on).
   assert.equal('heartbeat_stall\n', readFileSync(join(dir, '.anomaly_type'), 'utf8'));
-  assert.equal('exists', audit().find((e) => e.action === 'halt')!.result);
+  assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
+  assert.equal('replaced_non_regular', audit().find((e) => e.action === 'halt')!.result);
   d.cleanup();
 });
 
@@ -234,4 +236,145 @@ test('a symlink planted at the audit log is never followed: the entry is refused
   symlinkSync(victim, join(dir, '.trainwatch-audit.jsonl'));
   await assert.rejects(actions.reconcile(run, [stall], 1000), /ELOOP/);
   assert.equal('keep\n', readFileSync(victim, 'utf8'));
+});
+
+// Control files and the audit log against hostile run directories (issue 11).
+
+function capture() {
+  const lines: string[] = [];
+  const log = makeLogger('error', 'json', { write: (s: string) => (lines.push(s), true) } as unknown as NodeJS.WritableStream);
+  return { log, text: () => lines.join('') };
+}
+
+test('a dangling .HALT symlink planted in the run is replaced by a real .HALT, audited as replaced_non_regular, and nothing is created through it', async (t) => {
+  const { d, run, actions, dir, audit, stats } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  const target = join(d.path, 'nowhere');
+  symlinkSync(target, join(dir, '.HALT'));
+  await actions.reconcile(run, [stall], 1000);
+  assert.equal(true, lstatSync(join(dir, '.HALT')).isFile());
+  assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
+  assert.equal(false, existsSync(target));
+  assert.equal('replaced_non_regular', audit().find((e) => e.action === 'halt')!.result);
+  assert.equal(1, stats.actions.get('halt|replaced_non_regular'));
+});
+
+test('a directory named .HALT is not removed: the halt fails with an error naming the fix, and succeeds at the next evaluation once it is gone', async (t) => {
+  const { d, run, actions, dir, audit } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  mkdirSync(join(dir, '.HALT'));
+  await assert.rejects(actions.reconcile(run, [stall], 1000), /rmdir/);
+  assert.match(String(audit().find((e) => e.action === 'halt')!.error), /is a directory: remove it \(rmdir\)/);
+  rmdirSync(join(dir, '.HALT'));
+  await actions.reconcile(run, [stall], 1010);
+  assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
+  assert.deepEqual(['failed', 'ok'], audit().map((e) => e.result).filter(Boolean).slice(-2));
+});
+
+test('an audit log that is a directory does not stop the halt: the run is halted, the fix is logged, the failed read and appends are counted', async (t) => {
+  const { d, run, dir, stats, read } = setup();
+  const { log, text } = capture();
+  const actions = new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log, stats });
+  t.after(() => actions.close().then(() => d.cleanup()));
+  mkdirSync(join(dir, '.trainwatch-audit.jsonl'));
+  await assert.rejects(actions.reconcile(run, [stall], 1000));
+  assert.equal('halt: heartbeat_stall\n', read('.HALT'));
+  assert.equal('heartbeat_stall\n', read('.anomaly_type'));
+  assert.equal(1, stats.auditErrors.read_refused);
+  assert.equal(true, stats.auditErrors.append_failed >= 1);
+  assert.match(text(), /cannot read the audit log: acting without its memory.*Fix: it is not a regular file; move it away/);
+  // The episode is remembered in memory: the next evaluation writes nothing again.
+  rmSync(join(dir, '.anomaly_type'));
+  await actions.reconcile(run, [stall], 1010).catch(() => undefined);
+  assert.equal(undefined, read('.anomaly_type'));
+});
+
+test('an audit log that is a symlink to a JSON-lines file outside is never read: nothing of it reaches the status memory, and the run is still halted', async (t) => {
+  const { d, run, dir, stats, read, actions } = setup();
+  t.after(() => actions.close().then(() => d.cleanup()));
+  const outside = join(d.path, 'secret.jsonl');
+  const ep = { ts: 999, episode: 'outside-ep', kind: 'heartbeat_stall', source: 'embedded' };
+  writeFileSync(outside, [{ ...ep, event: 'anomaly', message: 'SECRET-OUTSIDE' }, ...['anomaly_type', 'details', 'halt'].map((action) => ({ ...ep, event: 'action', action, result: 'ok' }))].map((e) => JSON.stringify(e)).join('\n') + '\n');
+  symlinkSync(outside, join(dir, '.trainwatch-audit.jsonl'));
+  await actions.reconcile(run, [stall], 1000).catch(() => undefined);
+  assert.equal('halt: heartbeat_stall\n', read('.HALT'));
+  assert.equal(false, JSON.stringify(actions.recent(run.real)).includes('SECRET-OUTSIDE'));
+  assert.equal(1, stats.auditErrors.read_refused);
+});
+
+test('a run directory exchanged with a symlink to an outside directory in a loop while episodes act: nothing lands outside and no temp file is left anywhere', { timeout: 60_000 }, async (t) => {
+  const { d, run, dir, stats } = setup();
+  const outside = join(d.path, 'outside');
+  const swap = join(d.path, 'swap');
+  mkdirSync(outside);
+  symlinkSync(outside, swap);
+  const stop = join(d.path, 'stop');
+  // renameat2(RENAME_EXCHANGE): the run dir and the symlink trade names atomically, again and again.
+  const py = `
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b, stop = (p.encode() for p in sys.argv[1:4])
+n = 0
+while n < 20_000_000 and not os.path.exists(stop):
+    if libc.renameat2(-100, a, -100, b, 2) != 0:
+        sys.exit('renameat2: ' + os.strerror(ctypes.get_errno()))
+    n += 1
+if os.path.islink(a):
+    libc.renameat2(-100, a, -100, b, 2)
+print(n)
+`;
+  const swapper = spawn('python3', ['-c', py, dir, swap, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let swaps = '';
+  swapper.stdout.on('data', (b) => (swaps += b));
+  const exited = new Promise((r) => swapper.once('exit', r));
+  t.after(() => swapper.kill());
+  const actions = new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
+  t.after(() => actions.close().then(() => d.cleanup()));
+  let ok = 0;
+  let refused = 0;
+  // Each new episode writes .anomaly_type and .anomaly.json and stages a .HALT (linked once, then
+  // found). Until both outcomes were seen many times: the exchanges raced the writes, however the
+  // two processes are scheduled.
+  for (let i = 0; ok < 50 || refused < 50; i++) {
+    assert.equal(true, i < 20_000 && swapper.exitCode === null, `the exchanges raced the writes (${ok} completed, ${refused} refused)`);
+    try {
+      await actions.reconcile(run, i % 2 === 0 ? [stall] : [], 1000 + i);
+      ok++;
+    } catch {
+      refused++;
+    }
+  }
+  writeFileSync(stop, '');
+  await exited;
+  t.diagnostic(`${swaps.trim()} exchanges; ${ok} evaluations completed, ${refused} refused`);
+  assert.equal(true, lstatSync(dir).isDirectory(), 'the run dir is back in place');
+  assert.deepEqual([], readdirSync(outside));
+  const leaked = [...readdirSync(dir), ...readdirSync(d.path)].filter((n) => n.includes('.tmp-'));
+  assert.deepEqual([], leaked);
+});
+
+test('a rotated audit log carries the open episode, its done actions and the halt record in its checkpoint: after a restart nothing is redone and escalation still follows', { timeout: 60_000 }, async (t) => {
+  const { d, run, stats, dir, audit } = setup();
+  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
+  const first = mk();
+  t.after(() => first.close().then(() => d.cleanup()));
+  await first.reconcile(run, [stall], 1000);
+  // Webhook episodes whose `anomaly` entries carry 64 KiB messages, until the log rotates.
+  const message = 'x'.repeat(64 << 10);
+  for (let i = 0; !existsSync(join(dir, '.trainwatch-audit.jsonl.1')); i++) {
+    assert.equal(true, i < 1000, 'the log rotated');
+    const a = { key: `fp${i}@t`, kind: 'fetch_stall', halts: false, message };
+    await first.alerts(run, [{ ...a, status: 'firing' }], 1001);
+    await first.alerts(run, [{ ...a, status: 'resolved' }], 1001);
+  }
+  assert.equal(1, stats.auditRotations);
+  assert.equal('checkpoint', audit()[0]!.event);
+  rmSync(join(dir, '.anomaly_type'));
+  const again = mk();
+  t.after(() => again.close());
+  const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
+  await again.reconcile({ ...run, halted: true }, [stall], 1100, procs);
+  assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
+  assert.deepEqual([], audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'));
+  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
 });

@@ -105,8 +105,10 @@ test('halt, clear as the runbook says, resume: the stale heartbeats are not judg
   assert.equal(undefined, e.read('.HALT'), 'not re-halted on the old heartbeats');
   assert.equal('halted', e.run.life.state);
   assert.match(e.run.life.reason, /waiting for a new trainer/);
-  await e.clock.advanceTo(e.clock.t + 600, e.settle);
-  assert.equal(undefined, e.read('.HALT'), 'the startup grace, not the stall threshold, after a clearance');
+  e.procs.set(100, 'unknown').set(101, 'unknown'); // even where the old trainer cannot be seen
+  await e.clock.advanceTo(e.clock.t + 3600, e.settle);
+  await e.evaluate();
+  assert.equal(undefined, e.read('.HALT'), 'stale records never stall a cleared run');
   e.clock.t += 1;
   await e.train(60, 200);
   assert.equal(2, e.run.attempt);
