@@ -159,6 +159,9 @@ test('status page at 200 runs: the worst run comes first, a state filter shows o
     assert.ok(ka < kb || (ka === kb && a[0]! < b[0]!), `row ${i}: ${JSON.stringify(a)} comes before ${JSON.stringify(b)}`);
   }
   assert.deepEqual(doc.runs.map((r) => r.run), seen.map((s) => s[0]));
+  // The top of the page as a first look shows it (test-artifacts/, for a human to look at).
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, 'status-page-200.png') });
 
   // Halted runs are one line, and say why: the kind from .HALT and who wrote it.
   const stall = page.locator('[data-run="halted-stall-001"]');
@@ -185,8 +188,6 @@ test('status page at 200 runs: the worst run comes first, a state filter shows o
   const names = await page.locator('details.run .name').allTextContents();
   assert.equal(true, names.includes(HOSTILE) && names.includes(QUIRKY));
 
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, 'status-page-200.png') });
 
   // The filter: clicking a state's count shows only that state, in place and in the URL.
   await page.locator('#summary a.chip.halted').click();
