@@ -8,6 +8,7 @@
 # them, so the mount must be writable by uid 1000 (the image's `node` user), or pass
 # `--user $(id -u):$(id -g)`. Flags after the image name replace the default
 # `--root /runs`; see `docker run --rm trainwatch --help` and docs/deploy.md.
+# `docker run --rm trainwatch demo` shows a simulated trainer diverge and get halted.
 # test/packaging.test.ts replays the steps below without Docker and checks this file.
 
 # ---- build: compile the TypeScript (dev dependencies stay in this stage) ----
@@ -22,8 +23,9 @@ RUN npx tsc -p tsconfig.json
 # ---- runtime: production dependencies, compiled JS, rules and dashboards ----
 FROM node:24-slim
 # tini as PID 1: forwards SIGTERM to node and reaps zombies, so no `docker run --init` is needed.
+# python3 runs the simulated trainer of `docker run --rm trainwatch demo`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini python3 \
  && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production
 WORKDIR /app
@@ -32,7 +34,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY --from=build /src/dist/src ./dist/src
 COPY bin ./bin
-COPY scripts ./scripts
+COPY scripts/sim_trainer.py ./scripts/
 COPY alerts ./alerts
 COPY grafana ./grafana
 # A fresh named volume takes the owner of the image's directory: make /runs writable for `node`.

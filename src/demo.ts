@@ -47,6 +47,7 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   trainer.on('error', (e) => say(`cannot start python3 (${e.message}); install Python 3 to run the demo`));
   const running = await start(config, log);
   say(`trainwatch status page: http://127.0.0.1:${running.server.port}/  metrics: http://127.0.0.1:${running.server.port}/metrics`);
+  say(opts.keep ? '--keep: both stay up after the demo until Ctrl-C' : 'both stop when the demo ends; run `trainwatch demo --keep` to look at them afterwards');
   const t0 = Date.now();
   let shown = 0;
   let detected = false;

@@ -45,8 +45,14 @@ async function main(): Promise<number> {
     const bye = (sig: string) => {
       log.info({ signal: sig }, 'shutting down');
       // A second signal, or a stop that hangs, must not keep the process around.
-      setTimeout(() => process.exit(0), 5000).unref();
-      void running.stop().then(resolve);
+      setTimeout(() => {
+        log.warn('shutdown did not finish within 5 s; exiting anyway');
+        process.exit(0);
+      }, 5000).unref();
+      void running.stop().then(() => {
+        log.info('stopped');
+        resolve();
+      });
     };
     process.once('SIGTERM', () => bye('SIGTERM'));
     process.once('SIGINT', () => bye('SIGINT'));

@@ -3,13 +3,14 @@
 // manifests, including the generated PrometheusRule.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { request as httpsRequest } from 'node:https';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, posix, resolve } from 'node:path';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { defaultConfig } from '../src/config/settings.js';
 import { WEBHOOK_PATH } from '../src/http/server.js';
-import { REPO, pyJson, requireBinary, startTrainwatch, tmpDir, waitFor } from './helpers/proc.js';
+import { REPO, freePort, pyJson, requireBinary, startTrainwatch, tmpDir, waitFor } from './helpers/proc.js';
 import { promQuery, startAlertmanager, startPrometheus } from './helpers/stack.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -391,7 +392,67 @@ test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check re
 test('docs/deploy.md: names the files it tells users to use, and they exist', () => {
   const doc = readFileSync(join(REPO, 'docs/deploy.md'), 'utf8');
   const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]!);
-  for (const p of ['deploy/prometheus.yml', 'deploy/alertmanager.yml', 'deploy/compose.yaml', 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml']) assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
+  for (const p of ['deploy/prometheus.yml', 'deploy/alertmanager.yml', 'deploy/compose.yaml', 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml', 'deploy/web-config.example.yml', 'deploy/prometheus-tls.example.yml']) assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
   for (const p of paths) assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
   assert.ok(statSync(join(REPO, 'Dockerfile')).isFile());
+});
+
+// ---------------------------------------------------------------- TLS and basic auth
+
+test('deploy/web-config.example.yml with deploy/prometheus-tls.example.yml: a real Prometheus scrapes a real trainwatch over HTTPS with basic auth, and a request without the password gets 401', { timeout: 120_000 }, async () => {
+  const openssl = requireBinary('openssl', 'openssl');
+  const t = tmpDir('tw-deploy-tls-');
+  const stops: Array<() => unknown> = [];
+  try {
+    // The only changes to the two files: their paths point at this test's certificate and password file.
+    const cert = join(t.path, 'tls.crt');
+    const key = join(t.path, 'tls.key');
+    const gen = spawnSync(openssl, ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { encoding: 'utf8' });
+    assert.equal(0, gen.status, gen.stderr);
+    const web = yamlFile(join(DEPLOY, 'web-config.example.yml'));
+    web.tls_server_config.cert_file = cert;
+    web.tls_server_config.key_file = key;
+    const webFile = join(t.path, 'web.yml');
+    writeFileSync(webFile, JSON.stringify(web));
+    const password = /hash of "([^"]+)"/.exec(readFileSync(join(DEPLOY, 'web-config.example.yml'), 'utf8'))![1]!;
+    const passwordFile = join(t.path, 'password');
+    writeFileSync(passwordFile, password);
+    const port = await freePort();
+    const tw = spawn(process.execPath, [join(REPO, 'bin/trainwatch.js'), '--root', t.path, '--web.config.file', webFile, '--web.listen-address', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    tw.stdout!.on('data', (d) => (out += d));
+    tw.stderr!.on('data', (d) => (out += d));
+    stops.push(() => tw.kill('SIGKILL'));
+    const ca = readFileSync(cert);
+    const get = (auth?: string) =>
+      new Promise<number>((res, rej) => {
+        const r = httpsRequest({ host: '127.0.0.1', port, path: '/metrics', ca, headers: auth ? { authorization: `Basic ${Buffer.from(auth).toString('base64')}` } : {} }, (m) => {
+          m.resume();
+          res(m.statusCode ?? 0);
+        });
+        r.on('error', rej);
+        r.end();
+      });
+    await waitFor(() => get().catch(() => 0), `trainwatch to serve HTTPS:\n${out}`);
+    assert.equal(401, await get());
+    assert.equal(401, await get('prometheus:wrong'));
+    assert.equal(200, await get(`prometheus:${password}`));
+
+    const job = structuredClone(yamlFile(join(DEPLOY, 'prometheus-tls.example.yml')).scrape_configs[0]);
+    job.tls_config.ca_file = cert;
+    job.basic_auth.password_file = passwordFile;
+    job.static_configs = [{ targets: [`127.0.0.1:${port}`] }];
+    const promCfg = { global: { scrape_interval: '1s' }, scrape_configs: [job] };
+    const check = join(t.path, 'prometheus.yml');
+    writeFileSync(check, JSON.stringify(promCfg));
+    const promtool = spawnSync(requireBinary('promtool', 'prometheus'), ['check', 'config', check], { encoding: 'utf8' });
+    assert.equal(0, promtool.status, promtool.stdout + promtool.stderr);
+    const prom = await startPrometheus(JSON.stringify(promCfg));
+    stops.push(() => prom.stop());
+    await waitFor(async () => (await promQuery(prom.url, 'up{job="trainwatch"} == 1')).length === 1, 'Prometheus to scrape trainwatch over HTTPS with basic auth', 60_000, 200);
+    assert.equal(1, (await promQuery(prom.url, 'trainwatch_build_info')).length);
+  } finally {
+    for (const s of stops.reverse()) await s();
+    t.cleanup();
+  }
 });

@@ -1,11 +1,51 @@
 // Resolves the config: flag > env > config file > default, and validates every value with
 // an error that names the key, the source and the accepted range.
-import { readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { SETTINGS, defaultConfig, type Config, type Setting } from './settings.js';
 
 /** A bad setting; the message names the key, where it came from, and what is accepted. */
 export class ConfigError extends Error {}
+
+/** The largest file a setting may name (config, web config, token, certificates). */
+export const MAX_SETTING_FILE_BYTES = 1 << 20;
+
+/**
+ * Reads a file that a setting names; `what` names the setting in errors. Opened with O_NONBLOCK,
+ * since opening a FIFO to read blocks until a writer comes (startup would hang), and checked
+ * with fstat on the open handle, so no rename between a check and the open can slip a FIFO,
+ * device or directory in. At most MAX_SETTING_FILE_BYTES are read.
+ */
+export function readSettingFile(path: string, what: string): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new ConfigError(`${what}: cannot read ${path}: ${(e as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new ConfigError(`${what}: ${path} is ${fileKind(st)}, not a regular file; give the path of a file`);
+    const buf = Buffer.allocUnsafe(MAX_SETTING_FILE_BYTES + 1);
+    let n = 0;
+    for (let got = -1; got !== 0 && n < buf.length; n += got) got = readSync(fd, buf, n, buf.length - n, null);
+    if (n > MAX_SETTING_FILE_BYTES) throw new ConfigError(`${what}: ${path} is larger than ${MAX_SETTING_FILE_BYTES} bytes; give the path of the right file`);
+    return Buffer.from(buf.subarray(0, n));
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(`${what}: cannot read ${path}: ${(e as Error).message}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fileKind(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device';
+  return 'not a regular file';
+}
 
 type Source = { name: string; values: Map<string, unknown> };
 
@@ -25,27 +65,22 @@ export function resolveConfig(flags: Map<string, unknown>, env: NodeJS.ProcessEn
     { name: 'env', values: envValues },
     { name: `config file ${configPath}`, values: fileValues },
   ];
-  const config = defaultConfig() as unknown as Record<string, unknown>;
+  const config = defaultConfig();
+  const values: Record<string, unknown> = config;
   for (const s of SETTINGS as readonly Setting[]) {
     for (const src of sources) {
       if (!src.values.has(s.key)) continue;
       const where = src.name === 'env' ? `env ${s.env}` : src.name === 'flag' ? `--${s.key}` : `${src.name}: key '${s.key}'`;
-      config[s.key] = coerce(s, src.values.get(s.key), where);
+      values[s.key] = coerce(s, src.values.get(s.key), where);
       break;
     }
   }
-  const c = config as unknown as Config;
-  validateCombination(c);
-  return c;
+  validateCombination(config);
+  return config;
 }
 
 function readConfigFile(path: string): Map<string, unknown> {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}. Fix the path given to --config.`);
-  }
+  const text = readSettingFile(path, '--config').toString('utf8');
   let doc: unknown;
   try {
     doc = parseYaml(text);

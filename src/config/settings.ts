@@ -59,6 +59,8 @@ export const SETTINGS = [
   { key: 'webhook.allow-unauthenticated', type: 'bool', default: false, group: 'Web', help: 'Serve POST /webhook/alertmanager with no auth at all. Without this or an auth setting, the webhook is disabled.' },
   { key: 'webhook.instance', env: 'TRAINWATCH_WEBHOOK_INSTANCE', type: 'string', default: undefined, arg: 'host:port', group: 'Web', help: 'Act only on alerts whose instance label is this (or that have none). Unset: act on any alert naming a run watched here.' },
   { key: 'web.request-timeout-s', type: 'number', default: 15, min: 0.5, max: 3600, group: 'Web', help: 'A request (headers and body) must arrive within this many seconds, so slow or stalled clients cannot hold connections.' },
+  { key: 'web.max-connections', type: 'int', default: 512, min: 1, max: 1000000, group: 'Web', help: 'At most this many HTTP connections are open at once; more are closed at once and counted. Bounds the file descriptors clients can take from the tails and control-file writes.' },
+  { key: 'web.keep-alive-timeout-s', type: 'number', default: 15, min: 0.1, max: 3600, group: 'Web', help: 'An idle keep-alive connection is closed after this many seconds. Behind a load balancer, set it above the balancer\'s idle timeout.' },
   { key: 'webhook.max-body-bytes', type: 'int', default: 1048576, min: 1024, max: 1073741824, group: 'Web', help: 'Larger webhook bodies get 413.' },
   // Tailing
   { key: 'poll', env: 'CHOKIDAR_USEPOLLING', type: 'bool', default: false, group: 'Tailing', help: 'Poll files instead of inotify: needed on NFS and Lustre, where inotify sees no remote writes.' },
@@ -76,52 +78,21 @@ export const SETTINGS = [
 
 export type SettingKey = (typeof SETTINGS)[number]['key'];
 
-/** Resolved values, keyed by setting key. */
-export interface Config {
-  dir: string[];
-  root: string[];
-  mode: 'embedded' | 'alertmanager';
-  'run.ttl-s': number;
-  'watch.interval-s': number;
-  'watch.heartbeat-stall-s': number;
-  'watch.flatline-n': number;
-  'watch.loss-flatline-n': number;
-  'watch.grad-zero-n': number;
-  'watch.fetch-stall-ratio': number;
-  'watch.fetch-warmup-n': number;
-  'watch.gate-collapse-n': number;
-  'watch.gate-entropy-min': number;
-  'watch.gate-max-threshold': number;
-  'watch.gate-collapse-frac': number;
-  'watch.nonfinite-n': number;
-  'watch.startup-grace-s': number;
-  'watch.straggler-steps': number;
-  'watch.crash-detect': boolean;
-  'watch.pid-check': 'auto' | 'on' | 'off';
-  halt: boolean;
-  'watch.escalate-s': number;
-  'watch.escalate-term-s': number;
-  'watch.escalate-kill-s': number;
-  'watch.auto-clear-halt': boolean;
-  'web.listen-address': string;
-  'web.telemetry-path': string;
-  'web.config.file': string | undefined;
-  'webhook.token-file': string | undefined;
-  'webhook.allow-unauthenticated': boolean;
-  'webhook.instance': string | undefined;
-  'web.request-timeout-s': number;
-  'webhook.max-body-bytes': number;
-  poll: boolean;
-  'tail.sweep-interval-s': number;
-  'tail.event-coalesce-ms': number;
-  'tail.busy-events': number;
-  'tail.startup-bytes': number;
-  'tail.max-line-bytes': number;
-  'tail.parse-thread-bytes': number;
-  'log.level': 'debug' | 'info' | 'warn' | 'error';
-  'log.format': 'logfmt' | 'json';
-  config: string | undefined;
-}
+/** The value type a setting resolves to, from its table entry. */
+type ValueOf<S> = S extends { type: 'list' }
+  ? string[]
+  : S extends { type: 'number' | 'int' }
+    ? number
+    : S extends { type: 'bool' }
+      ? boolean
+      : S extends { type: 'enum'; choices: readonly (infer C)[] }
+        ? C
+        : S extends { type: 'string'; default: string }
+          ? string
+          : string | undefined;
+
+/** Resolved values, keyed by setting key; derived from SETTINGS, so a new row is a new field. */
+export type Config = { [S in (typeof SETTINGS)[number] as S['key']]: ValueOf<S> };
 
 /** The detection thresholds, as the pure detector takes them. */
 export interface Thresholds {
@@ -165,5 +136,6 @@ export function thresholdsOf(c: Config): Thresholds {
 export function defaultConfig(): Config {
   const out: Record<string, unknown> = {};
   for (const s of SETTINGS as readonly Setting[]) out[s.key] = Array.isArray(s.default) ? [...s.default] : s.default;
-  return out as unknown as Config;
+  // The one cast: each default is of its row's type (the table's `satisfies` and config.test.ts).
+  return out as Config;
 }

@@ -2,9 +2,10 @@
 // Alertmanager webhook, behind the exporter-toolkit auth and TLS settings.
 import { createServer as createHttp, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttps } from 'node:https';
-import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { ConfigError } from '../config/load.js';
+import { ConfigError, readSettingFile } from '../config/load.js';
 import type { Logger } from '../log.js';
 import { defaultMetrics } from '../metrics/defaults.js';
 import { renderMetrics } from '../metrics/render.js';
@@ -12,8 +13,9 @@ import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
 import { statusPageHtml } from './page.js';
-import { bodyError, handleWebhook, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
-import { BasicAuth, loadWebConfig } from './webconfig.js';
+import { bodyError, BUSY, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
+import { HttpStats } from './stats.js';
+import { BasicAuth, clientCertRefusal, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
 
@@ -28,18 +30,16 @@ export interface Started {
 export async function startServer(w: Watcher, log: Logger, version: string): Promise<Started> {
   const c = w.config;
   const webConfig = loadWebConfig(c['web.config.file']);
-  const basic = new BasicAuth(webConfig.basicAuthUsers);
+  const httpStats = new HttpStats();
+  const basic = new BasicAuth(webConfig.basicAuthUsers, httpStats);
   let token: string | undefined;
   if (c['webhook.token-file']) {
-    try {
-      token = readFileSync(c['webhook.token-file'], 'utf8').trim();
-    } catch (e) {
-      throw new ConfigError(`--webhook.token-file: cannot read ${c['webhook.token-file']}: ${(e as Error).message}`);
-    }
+    token = readSettingFile(c['webhook.token-file'], '--webhook.token-file').toString('utf8').trim();
     if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
   }
   const webhook = new WebhookHttp({ w, log, token, basic, allowUnauthenticated: c['webhook.allow-unauthenticated'], maxBodyBytes: c['webhook.max-body-bytes'], instance: c['webhook.instance'], headers: webConfig.headers });
-  if (!webhook.enabled) log.info(`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
+  // Only mode alertmanager needs the webhook; in embedded mode its absence is the normal case.
+  if (!webhook.enabled) log[c.mode === 'alertmanager' ? 'warn' : 'debug'](`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
   const registry = defaultMetrics();
@@ -55,13 +55,17 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   // the health endpoints, which reveal nothing and must answer probes that carry no credentials.
   const open = new Set([WEBHOOK_PATH, '/healthz', '/readyz']);
   app.use((req: Request, res: Response, next: NextFunction) => {
-    if (!basic.enabled || open.has(req.path) || basic.check(req.headers.authorization)) return next();
-    res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
-    res.status(401).type('text/plain').send('Unauthorized\n');
+    if (!basic.enabled || open.has(req.path)) return next();
+    void basic.check(req.headers.authorization).then((verdict) => {
+      if (verdict === 'ok') return next();
+      if (verdict === 'busy') return void res.status(503).setHeader('Retry-After', '1').type('text/plain').send(BUSY + '\n');
+      res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
+      res.status(401).type('text/plain').send('Unauthorized\n');
+    });
   });
 
   app.get(c['web.telemetry-path'], async (req, res) => {
-    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink), () => registry.metrics());
+    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink, httpStats), () => registry.metrics());
   });
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');
@@ -79,10 +83,11 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.post(
     WEBHOOK_PATH,
     (req: Request, res: Response, next: NextFunction) => {
-      const no = webhook.refusal(req.headers.authorization);
-      if (!no) return next();
-      if (no.challenge) res.setHeader('WWW-Authenticate', no.challenge);
-      reply(res, no.status, no.body);
+      void webhook.refusal(req.headers, isTls(req)).then((no) => {
+        if (!no) return next();
+        for (const [k, v] of Object.entries(no.headers ?? {})) res.setHeader(k, v);
+        reply(res, no.status, no.body);
+      });
     },
     express.json({ limit: c['webhook.max-body-bytes'], type: () => true, strict: false }),
     async (req: Request, res: Response) => {
@@ -105,12 +110,41 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
 
   // Slow or stalled bodies must not hold a connection forever; check often enough to notice.
   const timeoutMs = c['web.request-timeout-s'] * 1000;
-  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: 65_000 };
+  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: c['web.keep-alive-timeout-s'] * 1000 };
   // The webhook's plain requests skip express (see WebhookHttp); everything else is the app's.
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     if (!webhook.serve(req, res)) app(req, res);
   };
   const server = webConfig.tls ? createHttps({ ...webConfig.tls, ...serverOpts }, listener) : createHttp(serverOpts, listener);
+  // Every connection holds a descriptor, as do tails and control-file writes: cap them.
+  server.maxConnections = c['web.max-connections'];
+  server.on('connection', (socket: Socket) => {
+    httpStats.connections++;
+    socket.once('close', () => httpStats.connections--);
+  });
+  let warned = false;
+  server.on('drop', (d?: { remoteAddress?: string }) => {
+    httpStats.refuse('max_connections');
+    if (warned) return;
+    warned = true;
+    log.warn({ max: server.maxConnections, remote: d?.remoteAddress }, 'connection refused: --web.max-connections are open (logged once; counted in trainwatch_http_connections_refused_total). Raise --web.max-connections, or find the client holding them');
+  });
+  const tls = webConfig.tls;
+  if (tls) {
+    // Runs after the http listener attached its parser but before any request is read.
+    server.on('secureConnection', (socket: TLSSocket) => {
+      const why = clientCertRefusal(tls.clientAuth, socket);
+      if (!why) return;
+      httpStats.refuse('client_cert');
+      log.debug({ remote: socket.remoteAddress, reason: why }, 'TLS connection refused');
+      socket.destroy();
+    });
+    // Handshakes that failed, RequireAndVerifyClientCert's refusals among them.
+    server.on('tlsClientError', (e: Error) => {
+      httpStats.refuse('tls_handshake');
+      log.debug({ err: e.message }, 'TLS handshake failed');
+    });
+  }
   const addr = c['web.listen-address'];
   const cut = addr.lastIndexOf(':');
   const host = addr.slice(0, cut).replace(/^\[|\]$/g, '') || undefined;

@@ -9,9 +9,15 @@
 // node:http listener, without express (whose routing, body parser and res.json were half of
 // the main thread at saturation). It keeps the express route's behaviour: enabled check,
 // bearer or basic auth with WWW-Authenticate, the web config headers, 413 and 400 with the same
-// messages, the request counter. Anything less plain (a content or charset encoding, another
-// media-type parameter, a path variant express also matches) is left to the express route,
-// which does the same through the same checks.
+// messages, the request counter. Anything less plain (a content encoding, a path variant express
+// also matches) is left to the express route, which does the same through the same checks.
+//
+// Cross-site requests: Alertmanager always sends `Content-Type: application/json` and never an
+// Origin header. Only that type is accepted (415 otherwise): an HTML form can send only
+// text/plain, urlencoded or multipart, and a page's script needs a CORS preflight for JSON, which
+// trainwatch never grants. A browser marks every cross-origin POST with Origin (and
+// Sec-Fetch-Site), so a request whose Origin is not this server itself is refused with 403 too.
+// Both checks come before auth, so a cross-site page never costs a bcrypt comparison.
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { kindOf } from '../detect/kinds.js';
@@ -129,36 +135,61 @@ export interface WebhookHttpOptions {
 export interface Refusal {
   status: number;
   body: WebhookResponse['body'];
-  /** the WWW-Authenticate challenge of a 401 */
-  challenge?: string;
+  /** extra headers: the WWW-Authenticate challenge of a 401, the Retry-After of a 503 */
+  headers?: Record<string, string>;
 }
+
+/** The answer to a check that found BCRYPT_MAX_IN_FLIGHT password comparisons running (503). */
+export const BUSY = 'too many password checks in progress; retry in a second';
 
 /** The error of a body that could not be read or parsed, as both serving paths report it. */
 export function bodyError(kind: 'too_large' | 'bad_json', maxBodyBytes: number): string {
   return kind === 'too_large' ? `body larger than --webhook.max-body-bytes (${maxBodyBytes})` : 'body is not valid JSON';
 }
 
-/** A media type with no parameter but an optional UTF-8 charset: what the fast path parses itself. */
-const PLAIN_JSON_TYPE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+\/[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*(;\s*charset\s*=\s*("?)utf-8\2\s*)?$/i;
+/** `application/json` with at most a UTF-8 charset: Alertmanager's type, and one no HTML form can send. */
+const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*("?)utf-8\2\s*)?$/i;
+
+/** Why a request's Content-Type is refused (415), or undefined if it is JSON. */
+export function contentTypeError(type: string | undefined): string | undefined {
+  if (JSON_TYPE.test(type ?? '')) return undefined;
+  if (type === undefined) return 'no Content-Type; send Content-Type: application/json (as Alertmanager does)';
+  if (/^application\/json\s*;/i.test(type)) return `Content-Type ${JSON.stringify(type.slice(0, 100))}: only a charset of utf-8 is accepted`;
+  return `Content-Type ${JSON.stringify(type.slice(0, 100))} is not accepted; send application/json (as Alertmanager does)`;
+}
+
+/** Why a request is a browser's cross-origin one (403), or undefined: Alertmanager sends no Origin. */
+export function crossOriginError(h: IncomingHttpHeaders, secure: boolean): string | undefined {
+  const self = `${secure ? 'https' : 'http'}://${h.host ?? ''}`.toLowerCase();
+  if (h.origin !== undefined && h.origin.toLowerCase() !== self) return `cross-origin request (Origin ${JSON.stringify(h.origin.slice(0, 100))}) refused; the webhook is for Alertmanager, which sends no Origin`;
+  const site = h['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin' && site !== 'none') return `cross-site request (Sec-Fetch-Site: ${JSON.stringify(site.slice(0, 30))}) refused; the webhook is for Alertmanager`;
+  return undefined;
+}
 
 /** The webhook's HTTP side: who may post, and the fast path. */
 export class WebhookHttp {
   readonly enabled: boolean;
-  /** false if the web config sets a header the fast path writes itself: express then serves */
-  private readonly fast: boolean;
 
   constructor(private readonly o: WebhookHttpOptions) {
     this.enabled = o.token !== undefined || o.basic.enabled || o.allowUnauthenticated;
-    this.fast = !Object.keys(o.headers).some((k) => /^content-(type|length)$/i.test(k));
   }
 
-  /** Why a request with this Authorization header may not post, or undefined if it may. */
-  refusal(authorization: string | undefined): Refusal | undefined {
+  /** Why a request with these headers may not post, or undefined if it may; `secure`: it came over TLS. */
+  async refusal(h: IncomingHttpHeaders, secure: boolean): Promise<Refusal | undefined> {
     const { token, basic } = this.o;
+    const authorization = h.authorization;
     if (!this.enabled) return { status: 403, body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' } };
-    const authed = (token !== undefined && bearerMatches(authorization, token)) || (basic.enabled && basic.check(authorization)) || (token === undefined && !basic.enabled);
-    if (authed) return undefined;
-    return { status: 401, body: { status: 'error', error: 'unauthorized' }, challenge: token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' };
+    const cross = crossOriginError(h, secure);
+    if (cross) return { status: 403, body: { status: 'error', error: cross } };
+    const type = contentTypeError(h['content-type']);
+    if (type) return { status: 415, body: { status: 'error', error: type } };
+    if (token === undefined && !basic.enabled) return undefined;
+    if (token !== undefined && bearerMatches(authorization, token)) return undefined;
+    const verdict = basic.enabled ? await basic.check(authorization) : 'wrong';
+    if (verdict === 'ok') return undefined;
+    if (verdict === 'busy') return { status: 503, body: { status: 'error', error: BUSY }, headers: { 'Retry-After': '1' } };
+    return { status: 401, body: { status: 'error', error: 'unauthorized' }, headers: { 'WWW-Authenticate': token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' } };
   }
 
   /**
@@ -166,25 +197,19 @@ export class WebhookHttp {
    * JSON; returns false, having touched nothing, for every other request.
    */
   serve(req: IncomingMessage, res: ServerResponse): boolean {
-    if (!this.fast || req.method !== 'POST') return false;
+    if (req.method !== 'POST') return false;
     const url = req.url ?? '';
     const q = url.indexOf('?');
-    if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !plainBody(req.headers)) return false;
-    const no = this.refusal(req.headers.authorization);
-    if (no) {
-      this.send(res, no.status, no.body, no.challenge);
-      return true;
-    }
-    void this.readAndHandle(req, res);
+    if ((q < 0 ? url : url.slice(0, q)) !== WEBHOOK_PATH || !identity(req.headers)) return false;
+    void this.refusal(req.headers, isTls(req)).then((no) => (no ? this.send(res, no.status, no.body, no.headers) : this.readAndHandle(req, res)));
     return true;
   }
 
   /** Answers with JSON, the web config headers and the request counted. */
-  private send(res: ServerResponse, status: number, body: unknown, challenge?: string): void {
+  private send(res: ServerResponse, status: number, body: unknown, extra?: Record<string, string>): void {
     this.o.w.stats.webhookRequest(status);
     const json = JSON.stringify(body);
-    const headers: Record<string, string | number> = { ...this.o.headers };
-    if (challenge) headers['WWW-Authenticate'] = challenge;
+    const headers: Record<string, string | number> = { ...this.o.headers, ...extra };
     headers['Content-Type'] = 'application/json; charset=utf-8';
     headers['Content-Length'] = Buffer.byteLength(json);
     res.writeHead(status, headers);
@@ -217,11 +242,14 @@ export class WebhookHttp {
 }
 
 // Whether the fast path can read this body as express.json would without its decoders.
-function plainBody(h: IncomingHttpHeaders): boolean {
+function identity(h: IncomingHttpHeaders): boolean {
   const enc = h['content-encoding'];
-  if (enc !== undefined && enc.toLowerCase() !== 'identity') return false;
-  const type = h['content-type'];
-  return type === undefined || PLAIN_JSON_TYPE.test(type);
+  return enc === undefined || enc.toLowerCase() === 'identity';
+}
+
+/** Whether a request came over TLS. */
+export function isTls(req: IncomingMessage): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
 }
 
 /**
@@ -231,6 +259,8 @@ function plainBody(h: IncomingHttpHeaders): boolean {
  */
 function readBody(req: IncomingMessage, limit: number): Promise<{ text: string } | { error: 'too_large' | 'aborted' }> {
   return new Promise((resolve) => {
+    // Closed while its credentials were checked: 'close' has fired already.
+    if (req.destroyed) return resolve({ error: 'aborted' });
     const chunks: Buffer[] = [];
     let size = 0;
     let tooLarge = Number(req.headers['content-length']) > limit;

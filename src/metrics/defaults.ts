@@ -11,7 +11,7 @@ export function defaultMetrics(): Registry {
   // These three prom-client gauges end in _total, which promtool's linter rejects.
   for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
   // prom-client counts open descriptors by listing /proc/self/fd on every scrape. A tail holds
-  // one per file, and listing 10,000 blocked the event loop for 10 ms. Since Linux 6.2 the
+  // one per file, and the listing blocks the event loop (docs/benchmarks.md, section 3). Since Linux 6.2 the
   // directory's size is that count; older kernels report 0 there, and keep the listing.
   const fds = registry.getSingleMetric('process_open_fds') as (Gauge & { collect?: (this: Gauge) => void }) | undefined;
   const list = fds?.collect;

@@ -81,12 +81,16 @@ export const METRICS = {
   parseErrors: { name: 'trainwatch_parse_errors_total', type: 'counter', labels: ['reason'], help: 'Lines that did not become records, by reason.' },
   bytesRead: { name: 'trainwatch_read_bytes_total', type: 'counter', labels: [], help: 'Bytes read from heartbeat and training.csv files.' },
   linesRead: { name: 'trainwatch_lines_read_total', type: 'counter', labels: [], help: 'Complete lines read from heartbeat and training.csv files.' },
-  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
+  runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away (runs idle past run.ttl-s are expired, not dropped, and not counted here).' },
   actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
   auditErrors: { name: 'trainwatch_audit_errors_total', type: 'counter', labels: ['reason'], help: 'Audit-log reads, appends and rotations that failed, by reason; trainwatch acts anyway.' },
   auditRotations: { name: 'trainwatch_audit_rotations_total', type: 'counter', labels: [], help: 'Audit logs rotated to .trainwatch-audit.jsonl.1 (at 4 MiB), each new file starting with a checkpoint.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
+  httpConnections: { name: 'trainwatch_http_connections', type: 'gauge', labels: [], help: 'Open HTTP connections (at most web.max-connections).' },
+  httpConnectionsRefused: { name: 'trainwatch_http_connections_refused_total', type: 'counter', labels: ['reason'], help: 'Connections closed unserved: max_connections (web.max-connections reached), client_cert (client_auth_type not met after the handshake) or tls_handshake (the TLS handshake failed).' },
+  basicAuth: { name: 'trainwatch_http_basic_auth_total', type: 'counter', labels: ['result'], help: 'Basic-auth checks by result: accepted, rejected, or throttled (too many bcrypt comparisons at once, answered 503).' },
+  basicAuthBcrypt: { name: 'trainwatch_http_basic_auth_bcrypt_total', type: 'counter', labels: [], help: 'bcrypt comparisons run for basic auth (checks not answered from the cache).' },
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof METRICS;

@@ -2,7 +2,8 @@
 // runs simply are not rendered, so they go away with the run.
 //
 // Why not prom-client gauges here: setting 10,000 ranks × 30 label sets through prom-client's
-// label hashing on every scrape costs far more than the 100 ms scrape budget. We build the
+// label hashing on every scrape costs far more than the scrape budget (docs/benchmarks.md,
+// section 3, has the figures behind this file's choices). We build the
 // text directly from METRICS (the one list), and prom-client serves only its process_* and
 // nodejs_* defaults, appended after ours.
 //
@@ -51,8 +52,8 @@ const RANK_GAUGES = [
 type RankGauge = (typeof RANK_GAUGES)[number];
 
 /**
- * A rank's value of one gauge; undefined: no sample. One switch rather than a table of
- * closures: 280,000 calls per scrape through a table of 27 closures were a third of a render.
+ * A rank's value of one gauge; undefined: no sample. One switch (a table of closures measured
+ * the same; docs/benchmarks.md, section 3).
  */
 function rankValue(key: RankGauge, v: RankView, now: number, warm: number): number | undefined {
   const s = v.s;
@@ -140,7 +141,7 @@ const EMPTY = Buffer.alloc(0);
 /**
  * The exposition under construction: byte chunks, written family by family. A family with no
  * samples is left out entirely (its HELP/TYPE too). No per-sample string outlives its line:
- * keeping 300,000 strings alive until a final join cost more in GC than everything else.
+ * a string per sample kept alive until a final join is garbage on the scale of the whole body.
  */
 class Out {
   readonly chunks: Buffer[] = [];
@@ -246,8 +247,8 @@ class RunRows {
 
   /**
    * Reads every value of every rank and notes which slots changed. Rank by rank: each state
-   * is read once here, where reading it once per family (27 passes over 10,000 states spread
-   * over the heap, a cache miss each) took a third of a render.
+   * is read once here; one pass per family over states spread across the heap, a cache miss
+   * each, was the render's largest cost (docs/benchmarks.md, section 3).
    */
   sync(t: Thresholds, now: number): void {
     const run = this.run;
@@ -403,7 +404,7 @@ export class MetricsRenderer {
   ) {}
 
   /** The exposition at time `now`, as byte chunks in order; `sink` gets each one as it is finished. */
-  render(now: number, sink?: Sink): Buffer[] {
+  render(now: number, sink?: Sink, http?: HttpCounters): Buffer[] {
     const w = this.w;
     const out = new Out(sink);
     const t = w.thresholds;
@@ -455,16 +456,30 @@ export class MetricsRenderer {
     out.add('auditRotations', '', w.stats.auditRotations);
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
+    if (http) {
+      out.add('httpConnections', '', http.connections);
+      for (const [reason, n] of http.refused) out.add('httpConnectionsRefused', `{reason="${reason}"}`, n);
+      for (const [result, n] of http.basicAuth) out.add('basicAuth', `{result="${result}"}`, n);
+      out.add('basicAuthBcrypt', '', http.bcrypt);
+    }
     return out.done();
   }
+}
+
+/** Counters of the HTTP server (src/http/stats.ts), rendered after the watcher's. */
+export interface HttpCounters {
+  connections: number;
+  refused: ReadonlyMap<string, number>;
+  basicAuth: ReadonlyMap<string, number>;
+  bcrypt: number;
 }
 
 /** One renderer per watcher, so that each scrape can reuse what the previous one rendered. */
 const renderers = new WeakMap<Watcher, MetricsRenderer>();
 
 /** Renders every trainwatch_* family for the watcher's current state at time `now`, as byte chunks. */
-export function renderMetrics(w: Watcher, now: number, version: string, sink?: Sink): Buffer[] {
+export function renderMetrics(w: Watcher, now: number, version: string, sink?: Sink, http?: HttpCounters): Buffer[] {
   let r = renderers.get(w);
   if (!r) renderers.set(w, (r = new MetricsRenderer(w, version)));
-  return r.render(now, sink);
+  return r.render(now, sink, http);
 }

@@ -1,6 +1,6 @@
 // Answers a scrape. Plain text goes out chunk by chunk while the rest is still being rendered
 // (never one concatenated copy). A scraper that accepts gzip, as Prometheus does by default,
-// gets it: 10 times fewer bytes for about 35 ms of a thread-pool thread at 10,000 ranks.
+// gets it: far fewer bytes for some CPU on a thread-pool thread (figures: docs/benchmarks.md, section 3).
 // (`enable_compression: false` in Prometheus's scrape config asks for the plain text.)
 import { once } from 'node:events';
 import { createGzip } from 'node:zlib';
@@ -8,11 +8,11 @@ import type { Request, Response } from 'express';
 import type { Sink } from './render.js';
 
 const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
-/** Level 1: at 10,000 ranks 18.5 MiB become 1.7 MiB; level 6 saves 0.2 MiB more for three times the CPU. */
+/** Level 1: level 6 saves little more for about three times the CPU (docs/benchmarks.md, section 3). */
 const GZIP_LEVEL = 1;
 /**
  * Bytes handed to zlib at a time. Each hand-over waits for a turn of the event loop, behind
- * the sweep's batches: in 256 KiB chunks (70 turns at 10,000 ranks) a scrape took up to 260 ms.
+ * the sweep's batches, so small pieces made scrapes slower (docs/benchmarks.md, section 3).
  */
 const GZIP_PIECE = 4 << 20;
 

@@ -2,8 +2,8 @@
 //
 // The trainer writes with Python's json.dumps, which emits non-finite floats as the bare
 // tokens NaN, Infinity and -Infinity. Those lines are invalid JSON, and they are the most
-// important ones (a diverged run). We try JSON.parse first (the fast path for >99.9% of
-// lines) and only on failure rewrite bare tokens *outside string literals* to sentinel
+// important ones (a diverged run). We try JSON.parse first (the fast path for nearly every
+// line) and only on failure rewrite bare tokens *outside string literals* to sentinel
 // strings, which a reviver turns back into numbers. A quoted "NaN" stays a string.
 import { isUtf8 } from 'node:buffer';
 
@@ -95,7 +95,7 @@ export function toRecord(value: unknown): ParseResult {
   if (typeof step !== 'number' || !Number.isFinite(step)) return { ok: false, reason: 'bad_field_type' };
   const pid = o.pid;
   // One object literal with every field (absent ones undefined): every record then shares one
-  // hidden class, which V8 reads much faster than objects built key by key (+12 % ingest).
+  // hidden class, which V8 reads faster than objects built key by key (docs/benchmarks.md, section 6).
   const record: HeartbeatRecord = {
     ts,
     rank,

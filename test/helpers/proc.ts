@@ -40,7 +40,7 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls `cond` every `stepMs` until it returns a truthy value; throws with `what` on timeout. */
-export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeoutMs = 15_000, stepMs = 25): Promise<NonNullable<T>> {
+export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeoutMs = 30_000, stepMs = 25): Promise<NonNullable<T>> {
   const end = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {

@@ -2,7 +2,7 @@
 // (another user, a new user namespace), what the kernel says about it (/proc/<pid>/fd and
 // /proc/<pid>/stat), the trainer's way of writing, and a continuous writer in its own process.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BIN, freePort, pyJson, requireBinary, scrape, waitFor } from './proc.js';
@@ -129,11 +129,38 @@ export function nonZeroParseErrors(m: Map<string, number>): Record<string, numbe
 }
 
 /** Scrapes until `pred` holds; returns that scrape. */
-export async function scrapeUntil(url: string, pred: (m: Map<string, number>) => boolean, what: string, timeoutMs = 15_000): Promise<Map<string, number>> {
+export async function scrapeUntil(url: string, pred: (m: Map<string, number>) => boolean, what: string, timeoutMs = 30_000): Promise<Map<string, number>> {
   return waitFor(async () => {
     const m = await scrape(url);
     return pred(m) ? m : undefined;
   }, what, timeoutMs);
+}
+
+/** The run that sweepsPassed writes into. */
+export const SWEEP_SENTINEL = 'zz-sweep-sentinel';
+
+/**
+ * Returns once at least `n` more sweeps of a trainwatch have run. It must watch `root` with
+ * --watch.crash-detect 1: only a sweep looks at trainer pids, so a sentinel run under `root`
+ * whose "trainer" is a process of ours is first seen up; we kill it, and the sweep that sees it
+ * down started after that. The sentinel run (SWEEP_SENTINEL) reports trainer_crash.
+ */
+export async function sweepsPassed(url: string, root: string, n = 2): Promise<void> {
+  const dir = join(root, SWEEP_SENTINEL);
+  mkdirSync(dir, { recursive: true });
+  const up = (m: Map<string, number>) => m.get(`trainwatch_trainer_up{run="${SWEEP_SENTINEL}",rank="0"}`);
+  for (let i = 0; i < n; i++) {
+    const p = spawn('sleep', ['600'], { stdio: 'ignore' });
+    const gone = new Promise((r) => p.on('exit', r));
+    try {
+      appendFileSync(join(dir, 'heartbeat_rank0.jsonl'), record(0, i + 1, 'beat', { pid: p.pid }));
+      await scrapeUntil(url, (m) => up(m) === 1, `a sweep to see the sentinel trainer ${p.pid} up (is --watch.crash-detect 1 on?)`, 30_000);
+    } finally {
+      p.kill('SIGKILL');
+      await gone;
+    }
+    await scrapeUntil(url, (m) => up(m) === 0, `a sweep to see the sentinel trainer ${p.pid} gone`, 30_000);
+  }
 }
 
 /** The process still serves: /healthz answers 200 and /metrics parses. */

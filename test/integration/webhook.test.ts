@@ -57,8 +57,17 @@ test('without any auth configured the webhook is disabled, says so, and writes n
   const r = await post(tw, payload([alert('exp1')]), null);
   assert.equal(403, r.status);
   assert.match(r.body.error!, /--webhook\.token-file/);
-  assert.match(tw.logs(), /webhook \/webhook\/alertmanager is disabled/);
+  // Embedded mode does not need the webhook: said at debug level only, not as a misconfiguration.
+  assert.match(tw.logs(), /level=debug msg="webhook \/webhook\/alertmanager is disabled/);
   assert.deepEqual([], readdirSync(join(d.path, 'exp1')));
+});
+
+test('in mode alertmanager a webhook without auth is a warning at startup, since nothing can act', async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  const tw = await startTrainwatch(['--root', d.path, '--mode', 'alertmanager']);
+  t.after(() => tw.stop());
+  assert.match(tw.logs(), /level=warn msg="webhook \/webhook\/alertmanager is disabled: no auth is configured\. Set --webhook\.token-file/);
 });
 
 test('a missing, wrong or wrong-length bearer token gets 401, never 500', async (t) => {
@@ -205,7 +214,7 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   writeFileSync(join(cfg.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n');
   const { tw } = await setup(t, ['--webhook.max-body-bytes', '2048', '--web.config.file', join(cfg.path, 'web.yml')]);
   const send = async (body: BodyInit, headers: Record<string, string> = {}, path = '/webhook/alertmanager?source=am&x') => {
-    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, ...headers }, body, duplex: 'half' } as RequestInit);
+    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers }, body, duplex: 'half' } as RequestInit);
     return { status: res.status, headers: res.headers, body: (await res.json()) as { error?: string; alerts?: Array<{ result: string }> } };
   };
   const unauth = await send(JSON.stringify(payload([alert('exp1')])), { authorization: 'Bearer nope' });

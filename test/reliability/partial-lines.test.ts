@@ -3,10 +3,10 @@
 // what /metrics says: trainwatch_records_total, trainwatch_step, trainwatch_parse_errors_total.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrape } from '../helpers/proc.js';
-import { assertServing, beat, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, step, scratch } from '../helpers/reliability.js';
+import { assertServing, beat, nonZeroParseErrors, record, records, scrapeUntil, startTw, step, scratch } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];
 
@@ -17,6 +17,7 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     mkdirSync(run);
     const tw = await startTw(t, ['--dir', run, ...FAST]);
     const f = join(run, 'heartbeat_rank0.jsonl');
+    const f1 = join(run, 'heartbeat_rank1.jsonl');
     let rnd = 12345;
     const next = () => ((rnd = (rnd * 1103515245 + 12345) >>> 0), rnd / 2 ** 32);
     for (let i = 1; i <= 5; i++) {
@@ -30,8 +31,9 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
         // Beat rank 1 in between: the other file keeps flowing while rank 0 holds a partial line.
         beat(run, 1, i * 10 + p);
         if (p + 2 < at.length) {
-          await sleep(120); // more than a sweep: trainwatch has seen the fragment
-          const m = await scrape(tw.url);
+          // Every byte on disk has been read, the fragment included.
+          const onDisk = statSync(f).size + statSync(f1).size;
+          const m = await scrapeUntil(tw.url, (m) => m.get('trainwatch_read_bytes_total') === onDisk, `trainwatch to read piece ${p + 1} of record ${i}`);
           assert.equal(i - 1, records(m, 'slow', 0), `record ${i} after piece ${p + 1} of ${at.length - 1}`);
           assert.deepEqual({}, nonZeroParseErrors(m));
         }
@@ -59,9 +61,8 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     await tw.kill9();
     // Restarted while the line is still partial: it is held, not parsed, not counted.
     tw = await startTw(t, ['--dir', run, ...FAST]);
-    m = await scrapeUntil(tw.url, (m) => records(m, 'k9', 0) === 20, '20 records after the first restart');
-    await sleep(300);
-    m = await scrape(tw.url);
+    // Once it has read every byte on disk, the fragment included, it has had its chance to miscount.
+    m = await scrapeUntil(tw.url, (m) => m.get('trainwatch_read_bytes_total') === statSync(f).size, 'the whole file after the first restart');
     assert.equal(20, records(m, 'k9', 0));
     assert.deepEqual({}, nonZeroParseErrors(m));
     await tw.kill9();
@@ -71,17 +72,19 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     m = await scrapeUntil(tw.url, (m) => records(m, 'k9', 0) === 21, 'the completed record');
     assert.equal(21, step(m, 'k9', 0));
     // And a line completed while trainwatch runs, after a kill -9 that left it partial.
-    appendFileSync(f, Buffer.from(record(0, 22)).subarray(0, 50));
-    await sleep(300);
+    const r22 = Buffer.from(record(0, 22));
+    appendFileSync(f, r22.subarray(0, 50));
+    await scrapeUntil(tw.url, (m) => m.get('trainwatch_read_bytes_total') === statSync(f).size, 'the fragment to be read before the kill');
     await tw.kill9();
     tw = await startTw(t, ['--dir', run, ...FAST]);
     await scrapeUntil(tw.url, (m) => records(m, 'k9', 0) === 21, '21 records');
-    appendFileSync(f, Buffer.from(record(0, 22)).subarray(50));
+    appendFileSync(f, r22.subarray(50));
     m = await scrapeUntil(tw.url, (m) => records(m, 'k9', 0) === 22, 'the record completed after restart');
     assert.equal(22, step(m, 'k9', 0));
-    await sleep(300);
-    m = await scrape(tw.url);
-    assert.equal(22, records(m, 'k9', 0));
+    // A sentinel after it: once it is counted, the completed line cannot be counted again.
+    beat(run, 0, 23);
+    m = await scrapeUntil(tw.url, (m) => step(m, 'k9', 0) === 23, 'the sentinel record');
+    assert.equal(23, records(m, 'k9', 0));
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
@@ -150,9 +153,10 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
       assert.equal(8, step(m, run, 0));
       assert.equal(1, records(m, run, 3));
     }
-    await sleep(300);
-    const m = await scrape(tw.url);
-    for (const run of ['pre', 'post']) assert.deepEqual([2, 1, 1, 1], [0, 1, 2, 3].map((r) => records(m, run, r)));
+    // A sentinel in every file: once each is counted, nothing before it can be counted again.
+    for (const run of [pre, post]) for (const r of [0, 1, 2, 3]) beat(run, r, 99);
+    const m = await scrapeUntil(tw.url, (m) => ['pre', 'post'].every((run) => [0, 1, 2, 3].every((r) => step(m, run, r) === 99)), 'the sentinel records');
+    for (const run of ['pre', 'post']) assert.deepEqual([3, 2, 2, 2], [0, 1, 2, 3].map((r) => records(m, run, r)));
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });

@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameS
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { scrape, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, sleep, startTw, startWriter, step, scratch } from '../helpers/reliability.js';
+import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, startTw, startWriter, step, scratch, sweepsPassed, SWEEP_SENTINEL } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];
 
@@ -30,16 +30,16 @@ function procState(pid: number): string {
 }
 
 describe('rotation', { concurrency: 4 }, () => {
-  test('rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
+  test('rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice', { timeout: 120_000 }, async (t) => {
     const base = scratch(t);
     const run = join(base, 'rot');
     mkdirSync(run);
     const f = join(run, 'heartbeat_rank0.jsonl');
     beat(run, 0, 0, 'boot');
-    // Rotations come several times per sweep: only file events can keep up with them, and
-    // events on a file stay with its old inode after a rename (what broke here before).
+    // Sweeps once a second: between them only file events can follow a rename, and events on a
+    // file stay with its old inode after a rename (what broke here before).
     const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '1']);
-    // 3 ms between the writer's open and its write (a GIL switch in a threaded trainer): most
+    // 3 ms between the writer's open and its write (a GIL switch in a threaded trainer): many
     // renames fall there, and that record lands in the rotated file after trainwatch drained it.
     const writer = startWriter(t, f, 0, 1, 100_000, 200, 3);
     // Rotate only once the writer runs: a file generation that its writer creates just before
@@ -47,26 +47,35 @@ describe('rotation', { concurrency: 4 }, () => {
     await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= 10, 'the writer to be running');
     let rotations = 0;
     while (rotations < 25) {
-      await sleep(150 + (rotations % 4) * 50);
-      if (!existsSync(f)) continue;
+      // The writer pauses (SIGSTOP) wherever it is, often between its open and its write, and
+      // trainwatch catches up with every record on disk before the rename: a tailer that had
+      // not yet opened a file generation would lose it, however fast, so the test does not
+      // race trainwatch against the writer, only rotations against the writer's open file.
+      writer.proc.kill('SIGSTOP');
+      await waitFor(() => procState(writer.proc.pid!) === 'T', 'the writer to stop');
+      const onDisk = linesIn(run, 'heartbeat_rank0.jsonl') - 1;
+      await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) === onDisk, `trainwatch to catch up before rotation ${rotations + 1}`);
       // logrotate's `create` style: rename away; the trainer's next append creates a fresh file.
       // Every other rotated file is compressed, one rotation later (logrotate's delaycompress):
       // a record the writer had opened the file for just before the rename lands there late.
-      renameSync(f, `${f}.${++rotations}`);
-      if (rotations % 2 === 0) spawnSync('gzip', [`${f}.${rotations - 1}`]);
+      if (existsSync(f)) {
+        renameSync(f, `${f}.${++rotations}`);
+        if (rotations % 2 === 0) spawnSync('gzip', [`${f}.${rotations - 1}`]);
+      }
+      writer.proc.kill('SIGCONT');
+      // A few records into the new generation before the next pause.
+      await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= onDisk + 5, `records after rotation ${rotations}`);
     }
-    await sleep(200);
     const N = await writer.stop();
     assert.equal(N + 1, linesIn(run, 'heartbeat_rank0.jsonl'), 'the files hold every record once');
-    let m = await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) === N, `${N} progress records`).catch(async (e) => {
-      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'rot', 0)} after ${rotations} rotations and ${writer.late()} late writes`);
+    // A sentinel after the writer's last record: once it is counted, everything before it was read.
+    beat(run, 0, N + 1);
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'rot', 0) === N + 1, 'the sentinel record after the writer\'s last').catch(async (e) => {
+      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'rot', 0)} of ${N + 1} after ${rotations} rotations and ${writer.late()} late writes`);
     });
-    assert.equal(N, step(m, 'rot', 0));
     t.diagnostic(`${N} records, ${rotations} rotations, ${writer.late()} records written into a file already rotated away`);
     assert.equal(true, writer.late() >= 3, 'the test provoked late writes');
-    await sleep(400);
-    m = await scrape(tw.url);
-    assert.equal(N, records(m, 'rot', 0), 'no record read twice');
+    assert.equal(N + 1, records(m, 'rot', 0), 'every record once, none twice');
     assert.equal(1, records(m, 'rot', 0, 'boot'));
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
@@ -82,8 +91,8 @@ describe('rotation', { concurrency: 4 }, () => {
     let copied = 0;
     let truncations = 0;
     while (truncations < 15) {
-      await sleep(150);
-      if (!existsSync(f)) continue;
+      // A few records into the file before each copytruncate.
+      await scrapeUntil(tw.url, (m) => records(m, 'ct', 0) >= copied + 5, `records before truncation ${truncations + 1}`);
       // copytruncate copies the file, then truncates it in place. Lines written between the copy
       // and the truncate exist only in the copy: losing them is inherent to copytruncate (any
       // tailer of the live file loses them), and so are lines the tailer had not read yet when
@@ -100,14 +109,12 @@ describe('rotation', { concurrency: 4 }, () => {
       copied += inFile;
       writer.proc.kill('SIGCONT');
     }
-    await sleep(200);
     const N = await writer.stop();
     assert.equal(N, linesIn(run, 'heartbeat_rank0.jsonl'));
-    let m = await scrapeUntil(tw.url, (m) => records(m, 'ct', 0) === N, `${N} progress records`);
-    assert.equal(N, step(m, 'ct', 0));
-    await sleep(400);
-    m = await scrape(tw.url);
-    assert.equal(N, records(m, 'ct', 0), 'no record read twice');
+    // A sentinel after the writer's last record: once it is counted, everything before it was read.
+    beat(run, 0, N + 1);
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'ct', 0) === N + 1, 'the sentinel record after the writer\'s last');
+    assert.equal(N + 1, records(m, 'ct', 0), 'every record once, none twice');
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
@@ -123,7 +130,7 @@ describe('rotation', { concurrency: 4 }, () => {
     writeFileSync(join(run, 'heartbeat_rank0.jsonl'), many(0, 301, 10));
     // Not even a gzip file: a .gz name with plain JSON lines in it.
     writeFileSync(join(run, 'heartbeat_rank2.jsonl.gz'), many(2, 1, 10));
-    const tw = await startTw(t, ['--dir', run, ...FAST]);
+    const tw = await startTw(t, ['--root', base, ...FAST, '--watch.crash-detect', '1']);
     let m = await scrapeUntil(tw.url, (m) => records(m, 'gz', 0) === 10, '10 records of the live file');
     // A rotation while running: the live file is compressed in place, then the trainer goes on.
     for (let i = 311; i <= 315; i++) beat(run, 0, i);
@@ -131,20 +138,19 @@ describe('rotation', { concurrency: 4 }, () => {
     const liveBytes = statSync(join(run, 'heartbeat_rank0.jsonl')).size;
     assert.equal(0, spawnSync('gzip', [join(run, 'heartbeat_rank0.jsonl')]).status);
     for (let i = 316; i <= 320; i++) beat(run, 0, i);
-    const newBytes = statSync(join(run, 'heartbeat_rank0.jsonl')).size;
     m = await scrapeUntil(tw.url, (m) => records(m, 'gz', 0) === 20, '20 records');
-    for (let i = 0; i < 5; i++) {
-      const gzOpen = fdTargets(tw.pid).filter((p) => p.includes('.gz') || p.endsWith('.jsonl.1'));
-      assert.deepEqual([], gzOpen, 'trainwatch never opens a rotated file');
-      await sleep(50);
-    }
-    await sleep(300);
+    // Sentinels after everything else, in every rank's live file (ranks 1 and 2 have none yet):
+    // once they are counted, every sweep that could have opened a rotated file has run.
+    for (const r of [0, 1, 2]) beat(run, r, 999);
+    m = await scrapeUntil(tw.url, (m) => [0, 1, 2].every((r) => step(m, 'gz', r) === 999), 'the sentinel records');
+    await sweepsPassed(tw.url, base, 2);
+    assert.deepEqual([], fdTargets(tw.pid).filter((p) => p.includes('.gz') || p.endsWith('.jsonl.1')), 'trainwatch never opens a rotated file');
     m = await scrape(tw.url);
-    assert.equal(20, records(m, 'gz', 0));
-    assert.equal(320, step(m, 'gz', 0));
-    assert.equal(undefined, step(m, 'gz', 1));
-    assert.equal(undefined, step(m, 'gz', 2));
-    assert.equal(liveBytes + newBytes, m.get('trainwatch_read_bytes_total'), 'only the live files were read');
+    assert.equal(21, records(m, 'gz', 0));
+    assert.equal(1, records(m, 'gz', 1), 'rank 1: only its sentinel, not its .gz');
+    assert.equal(1, records(m, 'gz', 2), 'rank 2: only its sentinel, not its .gz');
+    const live = [join(run, 'heartbeat_rank0.jsonl'), join(run, 'heartbeat_rank1.jsonl'), join(run, 'heartbeat_rank2.jsonl'), join(base, SWEEP_SENTINEL, 'heartbeat_rank0.jsonl')];
+    assert.equal(liveBytes + live.reduce((n, p) => n + statSync(p).size, 0), m.get('trainwatch_read_bytes_total'), 'only the live files were read');
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
@@ -161,7 +167,7 @@ describe('rotation', { concurrency: 4 }, () => {
     const oldSize = statSync(f).size;
     rmSync(f);
     // Only once trainwatch has closed its descriptor can the inode be freed and reused.
-    await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 5000);
+    await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 60_000);
     // ext4 hands a freed inode out again at once; create scratch files until one gets it.
     let reused = false;
     for (let i = 0; i < 2000 && !reused; i++) {
@@ -178,11 +184,10 @@ describe('rotation', { concurrency: 4 }, () => {
     for (let i = 101; i <= 125; i++) beat(run, 0, i);
     assert.equal(true, statSync(f).size > oldSize);
     if (reused) assert.equal(oldIno, statSync(f).ino);
-    let m = await scrapeUntil(tw.url, (m) => records(m, 'ino', 0) === 35, '35 records');
-    assert.equal(125, step(m, 'ino', 0));
-    await sleep(300);
-    m = await scrape(tw.url);
-    assert.equal(35, records(m, 'ino', 0));
+    // A sentinel after them: once it is counted, every record before it was read, or skipped.
+    beat(run, 0, 126);
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'ino', 0) === 126, 'the sentinel record');
+    assert.equal(36, records(m, 'ino', 0), 'the new file read from its start, once');
     assert.deepEqual({}, nonZeroParseErrors(m));
     for (const s of readdirSync(run)) if (s.startsWith('scratch_')) rmSync(join(run, s));
     await assertServing(tw);

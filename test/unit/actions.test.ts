@@ -9,7 +9,7 @@ import { AppendLog, ConfinementError } from '../../src/actions/files.js';
 import type { Anomaly } from '../../src/detect/detect.js';
 import { makeLogger } from '../../src/log.js';
 import { Stats } from '../../src/watch/stats.js';
-import { tmpDir, waitFor } from '../helpers/proc.js';
+import { REPO, tmpDir, waitFor } from '../helpers/proc.js';
 
 const quiet = makeLogger('error', 'json', { write: () => true } as unknown as NodeJS.WritableStream);
 const stall: Anomaly = { kind: 'heartbeat_stall', rank: 0, value: 200, threshold: 180, message: 'no heartbeat' };
@@ -66,10 +66,18 @@ test('two kinds in one batch: .anomaly_type, .anomaly.json and .HALT all name th
 });
 
 test('a kind that is quiet while halted keeps its episode open instead of resolving when .HALT appears', async () => {
-  const { d, run, actions, audit } = setup();
-  await actions.reconcile(run, [stall], 1000);
+  const { d, run, actions, audit, read, dir } = setup(false);
+  await actions.reconcile(run, [stall, flat], 1000);
+  rmSync(join(dir, '.anomaly_type')); // the operator's handler did its job
+  // .HALT appears: the detector stops reporting the stall (silence is expected now) and the
+  // flatline is over. Only the flatline's episode ends.
   await actions.reconcile({ ...run, halted: true }, [], 1001);
-  assert.equal(0, audit().filter((e) => e.event === 'resolved').length);
+  assert.deepEqual(['throughput_flatline'], audit().filter((e) => e.event === 'resolved').map((e) => e.kind));
+  // .HALT is removed and the run is still silent: the same stall episode, so nothing is
+  // audited or written again.
+  await actions.reconcile(run, [stall], 1002);
+  assert.deepEqual(['anomaly:heartbeat_stall', 'anomaly:throughput_flatline', 'resolved:throughput_flatline'], audit().filter((e) => e.event !== 'action').map((e) => `${e.event}:${e.kind}`).sort());
+  assert.equal(undefined, read('.anomaly_type'));
   d.cleanup();
 });
 
@@ -225,7 +233,7 @@ test('audit log handles: one per log, closed when the run is forgotten, and afte
   assert.equal(1, logs.openHandles);
   await logs.append(a, realpathSync(a), 'x.jsonl', '{"i":3}\n');
   assert.equal('{"i":0}\n{"i":1}\n{"i":2}\n{"i":3}\n', readFileSync(join(a, 'x.jsonl'), 'utf8'));
-  await waitFor(() => logs.openHandles === 0, 'idle handles closed', 5000);
+  await waitFor(() => logs.openHandles === 0, 'idle handles closed', 30_000);
 });
 
 test('a symlink planted at the audit log is never followed: the entry is refused and its target untouched', async (t) => {
@@ -377,4 +385,16 @@ test('a rotated audit log carries the open episode, its done actions and the hal
   assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
   assert.deepEqual([], audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'));
   assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+});
+
+test('.anomaly.json holds exactly the keys docs/detection.md lists for it', async () => {
+  const { d, run, actions, read } = setup();
+  await actions.reconcile(run, [stall], 1000);
+  const written = Object.keys(JSON.parse(read('.anomaly.json')!) as Record<string, unknown>).sort();
+  const doc = readFileSync(join(REPO, 'docs/detection.md'), 'utf8');
+  const para = /`\.anomaly\.json` holds\s([\s\S]*?); the numbers/.exec(doc);
+  assert.ok(para, 'docs/detection.md: the sentence "`.anomaly.json` holds …; the numbers …" is gone');
+  const documented = [...para[1]!.matchAll(/`([a-z_]+)`/g)].map((m) => m[1]!).filter((k) => !['embedded', 'alertmanager'].includes(k)).sort();
+  assert.deepEqual(documented, written);
+  d.cleanup();
 });

@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { ConfigError, resolveConfig } from '../../src/config/load.js';
-import { SETTINGS } from '../../src/config/settings.js';
+import { SETTINGS, type Setting } from '../../src/config/settings.js';
 import { configurationDoc, metricsDoc } from '../../src/gen/docs.js';
 import { BIN, REPO, tmpDir } from '../helpers/proc.js';
 
@@ -89,4 +89,20 @@ test('a bad flag exits 2 with a one-line error, no stack trace', () => {
 test('docs/metrics.md and docs/configuration.md are in sync with the code (npm run gen)', () => {
   assert.equal(metricsDoc(), readFileSync(join(REPO, 'docs/metrics.md'), 'utf8'));
   assert.equal(configurationDoc(), readFileSync(join(REPO, 'docs/configuration.md'), 'utf8'));
+});
+
+test('every setting\'s default is a value of its own type, as the Config type derived from the table says', () => {
+  const wrong: string[] = [];
+  for (const s of SETTINGS as readonly Setting[]) {
+    const d = s.default;
+    const ok =
+      s.type === 'list' ? Array.isArray(d) && d.every((x) => typeof x === 'string')
+      : s.type === 'number' ? typeof d === 'number'
+      : s.type === 'int' ? Number.isInteger(d)
+      : s.type === 'bool' ? typeof d === 'boolean'
+      : s.type === 'enum' ? typeof d === 'string' && s.choices!.includes(d)
+      : d === undefined || typeof d === 'string';
+    if (!ok) wrong.push(`${s.key}: ${JSON.stringify(d)} is not a ${s.type}`);
+  }
+  assert.deepEqual([], wrong);
 });

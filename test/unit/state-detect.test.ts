@@ -159,7 +159,27 @@ test('state memory is bounded: a million records leave a fixed-size state', () =
   assert.equal(1_000_000, s.records.progress);
 });
 
-test('every anomaly kind the detector emits is in the one list of kinds', () => {
-  const names = new Set<string>(ANOMALY_KINDS.map((k) => k.name));
-  for (const k of ['heartbeat_stall', 'throughput_flatline', 'gate_collapse', 'zero_grad', 'loss_flatline', 'fetch_stall', 'nonfinite_loss', 'straggler', 'trainer_crash']) assert.equal(true, names.has(k), k);
+test('the detector emits every kind of the one list, and only those: one constructed run per kind', () => {
+  const bad = (n: number, f: Partial<HeartbeatRecord>) => feed([...times(5, () => rec()), ...times(n, () => rec(f))]);
+  const lagging = () => [feed([rec({ rank: 0, step: 5000 })], newRankState(0)), feed([rec({ rank: 1, step: 5000 - T.stragglerSteps })], newRankState(1))];
+  const fetchSpike = () => feed([...times(T.fetchWarmupN, () => rec({ dt_fetch_s: 0.1 })), rec({ dt_fetch_s: 0.1 * T.fetchStallRatio * 2 })]);
+  const fresh = feed([rec({ pid: 4242 })]);
+  const runs: Array<[string, () => string[]]> = [
+    ['heartbeat_stall', () => kinds(fresh, fresh.lastLivenessTs! + T.stallS + 1)],
+    ['throughput_flatline', () => kinds(bad(T.flatlineN, { toks_per_s: 0 }))],
+    ['loss_flatline', () => kinds(bad(T.lossFlatlineN, { loss: 2.25 }))],
+    ['zero_grad', () => kinds(bad(T.gradZeroN, { grad_norm: 0 }))],
+    ['fetch_stall', () => kinds(fetchSpike())],
+    ['gate_collapse', () => kinds(bad(T.gateCollapseN, { gate_entropy_mean: 0.05 }))],
+    ['nonfinite_loss', () => kinds(bad(T.nonfiniteN, { loss: NaN }))],
+    ['straggler', () => detectRun({ ranks: lagging(), halted: false }, T, clock).map((a) => a.kind)],
+    ['trainer_crash', () => detectRun({ ranks: [fresh], halted: false, pidAlive: () => false }, { ...T, crashDetect: true }, fresh.lastLivenessTs!).map((a) => a.kind)],
+  ];
+  const emitted = new Set<string>();
+  for (const [kind, run] of runs) {
+    const got = run();
+    assert.equal(true, got.includes(kind), `the run built for ${kind} gave ${JSON.stringify(got)}`);
+    for (const k of got) emitted.add(k);
+  }
+  assert.deepEqual(ANOMALY_KINDS.map((k) => k.name).sort(), [...emitted].sort(), 'kinds the detector emitted vs. the one list');
 });

@@ -1,0 +1,83 @@
+// The docs are checked against the repository they describe: links and paths resolve, the
+// README's settings table and every env variable named in the docs agree with the one settings
+// table (src/config/settings.ts).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { SETTINGS, type Setting } from '../src/config/settings.js';
+import { REPO } from './helpers/proc.js';
+
+const DOCS = ['README.md', ...readdirSync(join(REPO, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const text = (f: string) => readFileSync(join(REPO, f), 'utf8');
+/** The text outside fenced code blocks. */
+const prose = (s: string) => s.replace(/^```[\s\S]*?^```/gm, '');
+
+/** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes. */
+const slug = (h: string) => h.trim().toLowerCase().replace(/[`*_]/g, '').replace(/[^\p{L}\p{N} -]/gu, '').replace(/ /g, '-');
+const anchors = (f: string) => new Set(text(f).replace(/^```[\s\S]*?^```/gm, '').split('\n').filter((l) => /^#{1,6} /.test(l)).map((l) => slug(l.replace(/^#+ /, ''))));
+
+test('every relative link in README.md and docs/ points at a file that exists, and at a heading that exists', () => {
+  const broken: string[] = [];
+  for (const f of DOCS) {
+    for (const m of prose(text(f)).matchAll(/\]\(([^)\s]+)\)/g)) {
+      const target = m[1]!;
+      if (/^[a-z]+:/.test(target)) continue; // http:, https:, mailto:
+      const [path, anchor] = target.split('#') as [string, string | undefined];
+      const file = path === '' ? f : relative(REPO, join(REPO, dirname(f), path));
+      if (!existsSync(join(REPO, file))) broken.push(`${f}: ${target} (no ${file})`);
+      else if (anchor && file.endsWith('.md') && !anchors(file).has(anchor)) broken.push(`${f}: ${target} (no heading #${anchor} in ${file})`);
+    }
+  }
+  assert.deepEqual([], broken);
+});
+
+test('every repository path README.md names in backquotes exists', () => {
+  const missing: string[] = [];
+  // The original watchdog's path, in the trainer's repository, not this one.
+  const elsewhere = new Set(['scripts/_watchdog.py']);
+  for (const m of text('README.md').matchAll(/`((?:src|docs|deploy|alerts|grafana|scripts|bench|test|bin)\/[\w./-]*)`/g)) {
+    if (!existsSync(join(REPO, m[1]!)) && !elsewhere.has(m[1]!)) missing.push(m[1]!);
+  }
+  // The tree under "Developing" names src/ folders and files bare.
+  const tree = /## Developing\n+```\n([\s\S]*?)```/.exec(text('README.md'))![1]!;
+  for (const m of tree.matchAll(/^ {2}(\w[\w-]*\/)/gm)) if (!existsSync(join(REPO, 'src', m[1]!))) missing.push(`src/${m[1]}`);
+  for (const m of tree.matchAll(/\b([\w-]+\.ts)\b/g)) {
+    const found = readdirSync(join(REPO, 'src'), { recursive: true }).some((p) => String(p).endsWith(m[1]!));
+    if (!found) missing.push(m[1]!);
+  }
+  assert.deepEqual([], missing);
+});
+
+test('the README settings table gives each flag the env variable and default of the settings table', () => {
+  const byFlag = new Map((SETTINGS as readonly Setting[]).map((s) => [`--${s.key}`, s]));
+  const rows = text('README.md').split('\n').filter((l) => /^\| `--/.test(l));
+  assert.notEqual(0, rows.length, 'README.md has no settings table');
+  const wrong: string[] = [];
+  for (const row of rows) {
+    const [flagCell, envCell, defCell] = row.split(/(?<!\\)\|/).slice(1).map((c) => c.trim());
+    const flags = [...flagCell!.matchAll(/`(--[\w.-]+)/g)].map((m) => m[1]!);
+    for (const flag of flags) {
+      const s = byFlag.get(flag);
+      if (!s) {
+        wrong.push(`${flag}: no such setting`);
+        continue;
+      }
+      const env = envCell === '–' ? undefined : envCell!.replace(/`/g, '');
+      if (env !== s.env) wrong.push(`${flag}: README says env ${env ?? '–'}, the table ${s.env ?? '–'}`);
+      const def = defCell!.replace(/`/g, '');
+      const want = s.default === undefined || (Array.isArray(s.default) && s.default.length === 0) ? '–' : s.type === 'bool' ? (s.default ? '1' : '0') : String(s.default);
+      if (def !== want) wrong.push(`${flag}: README says default ${def}, the table ${want}`);
+    }
+  }
+  assert.deepEqual([], wrong);
+});
+
+test('every NSA_WATCH_* and TRAINWATCH_* variable the docs name is a setting, or one of the few documented elsewhere', () => {
+  const envs = new Set((SETTINGS as readonly Setting[]).flatMap((s) => (s.env ? [s.env] : [])));
+  // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's.
+  const others = new Set(['TRAINWATCH_RUNS_DIR', 'TRAINWATCH_UID', 'TRAINWATCH_GID', 'TRAINWATCH_PROMETHEUSRULE_LABELS', 'TRAINWATCH_FUZZ_SEED']);
+  const unknown: string[] = [];
+  for (const f of DOCS) for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]!) && !others.has(m[1]!)) unknown.push(`${f}: ${m[1]}`);
+  assert.deepEqual([], unknown);
+});
