@@ -76,8 +76,8 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.get('/api/status', (_req, res) => {
     res.json(statusJson(w, w.now(), version));
   });
-  app.get('/', (_req, res) => {
-    res.type('html').send(statusPageHtml(version, c['web.telemetry-path']));
+  app.get('/', (req, res) => {
+    res.type('html').send(statusPageHtml(version, c['web.telemetry-path'], statusJson(w, w.now(), version), req.query.state));
   });
 
   app.post(

@@ -1,4 +1,6 @@
-// The status page's JSON: every run and rank at a glance, built from current state.
+// The status page's JSON: every run and rank at a glance, built from current state. Runs come
+// sorted by how urgently they need a human (see SEVERITY_ORDER), so the JSON, the
+// server-rendered page and its refreshes all agree on the order.
 import { effectiveStallS, primaryOf } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
 import { RUN_STATES, type RunState } from '../state/lifecycle.js';
@@ -20,6 +22,18 @@ export interface RankStatus {
   role: string;
   /** when its silence becomes a stall, and which liveness rule set it */
   deadline?: { at: number; basis: string };
+}
+
+/**
+ * Page order, most urgent first: a critical anomaly outranks a halt still waiting for the
+ * trainer, which outranks a warning; runs that need nobody (halted, finished, expired) come last.
+ */
+const SEVERITY_ORDER = ['anomalous:critical', 'halt_requested', 'anomalous', 'crashed', 'starting', 'training', 'halted', 'finished', 'expired'];
+
+/** A run's place in SEVERITY_ORDER (lower is more urgent). */
+export function severityRank(r: { state: RunState; primary?: { severity: string } }): number {
+  const key = r.state === 'anomalous' && r.primary?.severity === 'critical' ? 'anomalous:critical' : r.state;
+  return SEVERITY_ORDER.indexOf(key);
 }
 
 /** Numbers JSON cannot hold (NaN, ±Infinity) travel as strings. */
@@ -78,6 +92,9 @@ export function statusJson(w: Watcher, now: number, version: string) {
       ranks,
     });
   }
-  runs.sort((a, b) => a.run.localeCompare(b.run));
+  runs.sort((a, b) => severityRank(a) - severityRank(b) || (a.run < b.run ? -1 : a.run > b.run ? 1 : 0));
   return { version, now, mode: w.config.mode, halt: w.config.halt, thresholds: t, states, runs };
 }
+
+/** The status document served at api/status and embedded in the page. */
+export type StatusDoc = ReturnType<typeof statusJson>;
