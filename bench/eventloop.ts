@@ -47,7 +47,7 @@ interface Sample {
 
 // ---------------------------------------------------------------- prober (child process)
 if (process.argv[2] === '--probe') {
-  const url = process.argv[3]!;
+  const url = process.argv[3];
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   const one = () =>
     new Promise<void>((resolve) => {
@@ -85,7 +85,7 @@ function startProber(url: string): { proc: ChildProcess; samples: Sample[]; erro
   const samples: Sample[] = [];
   let errors = 0;
   let partial = '';
-  proc.stdout!.on('data', (d: Buffer) => {
+  proc.stdout.on('data', (d: Buffer) => {
     const lines = (partial + d.toString()).split('\n');
     partial = lines.pop()!;
     for (const l of lines) {
@@ -242,17 +242,17 @@ async function bench(): Promise<Row> {
     // Bursts are built before their phase (the bench process is busy ~1 s building 50 MB).
     const bursts = burstFiles.map((_, b) => burst(0, BURST_BYTES, prng(100 + b), now, burstDt));
     const burstLines = bursts.reduce((s, b) => s + b.lines, 0);
-    say(`bursts: 4 × ${(bursts[0]!.buf.length / 2 ** 20).toFixed(1)} MiB (${bursts[0]!.lines} lines each)`);
+    say(`bursts: 4 × ${(bursts[0].buf.length / 2 ** 20).toFixed(1)} MiB (${bursts[0].lines} lines each)`);
     const linesBefore = seriesValue(text, 'trainwatch_lines_read_total') ?? NaN;
     const writeBurst = (b: number) => {
       const t = performance.now();
-      const fd = openSync(burstFiles[b]!, 'a');
+      const fd = openSync(burstFiles[b], 'a');
       try {
-        writeSync(fd, bursts[b]!.buf);
+        writeSync(fd, bursts[b].buf);
       } finally {
         closeSync(fd);
       }
-      say(`  burst ${b}: ${(bursts[b]!.buf.length / 2 ** 20).toFixed(0)} MiB appended to ${burstFiles[b]!.slice(tmp.path.length + 1)} in ${(performance.now() - t).toFixed(0)} ms`);
+      say(`  burst ${b}: ${(bursts[b].buf.length / 2 ** 20).toFixed(0)} MiB appended to ${burstFiles[b].slice(tmp.path.length + 1)} in ${(performance.now() - t).toFixed(0)} ms`);
     };
 
     await phase('idle', IDLE_S, async () => undefined, false);

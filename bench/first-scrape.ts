@@ -56,7 +56,7 @@ async function timeSpawn(args: string[], done: (p: ReturnType<typeof spawn>) => 
   const t0 = performance.now();
   const p = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
   let err = '';
-  p.stderr!.on('data', (d) => (err += d));
+  p.stderr.on('data', (d) => (err += d));
   const exited = new Promise<void>((r) => p.on('exit', () => r()));
   try {
     while (!(await done(p))) {
@@ -111,7 +111,7 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       bareHttp.push(await timeSpawn(['-e', httpScript, String(port)], async () => (await get(`http://127.0.0.1:${port}/`)) !== undefined));
       twTiny.push(await twToCorrectScrape(tinyDir, tinyMeta.lastStep));
       tw1g.push(await twToCorrectScrape(dir, meta.lastStep));
-      say(`round ${i + 1}: node -e 0 ${ms(bare[i]!)}, node http server ${ms(bareHttp[i]!)}, trainwatch tiny file ${ms(twTiny[i]!)}, trainwatch 1 GiB file ${ms(tw1g[i]!)}`);
+      say(`round ${i + 1}: node -e 0 ${ms(bare[i])}, node http server ${ms(bareHttp[i])}, trainwatch tiny file ${ms(twTiny[i])}, trainwatch 1 GiB file ${ms(tw1g[i])}`);
     }
     const b = median(bare);
     const bh = median(bareHttp);

@@ -95,7 +95,7 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       gc();
       const c = rawChunkedPass(path);
       chunked.push(c.lines / c.s);
-      say(`round ${i + 1}: pipeline ${fmtRate(pipe[i]!)} lines/s | raw whole-file ${fmtRate(whole[i]!)} | raw 1 MiB chunks ${fmtRate(chunked[i]!)} lines/s (raw: ${c.threw} NaN lines threw)`);
+      say(`round ${i + 1}: pipeline ${fmtRate(pipe[i])} lines/s | raw whole-file ${fmtRate(whole[i])} | raw 1 MiB chunks ${fmtRate(chunked[i])} lines/s (raw: ${c.threw} NaN lines threw)`);
     }
     // Verdict on the best round of each (noise from neighbours only ever slows a pass down);
     // medians are printed too.

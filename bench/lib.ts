@@ -53,13 +53,13 @@ export function wallS(): number {
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 /** Nearest-rank percentile, p in [0, 100]. */
 export function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
 }
 
 export function fmtRate(n: number): string {
@@ -131,7 +131,7 @@ export function progressRecord(o: StepOpts): Record<string, unknown> {
   const { rnd } = o;
   const ts = o.ts + 0.31;
   const shares = [r4(0.3 + rnd() * 0.05), r4(0.3 + rnd() * 0.05)];
-  shares.push(r4(1 - shares[0]! - shares[1]!));
+  shares.push(r4(1 - shares[0] - shares[1]));
   return {
     ts,
     iso: isoOf(ts),
@@ -260,8 +260,8 @@ export async function startTw(args: string[], env: Record<string, string> = {}, 
     out += d.toString();
     if (out.length > 1 << 17) out = out.slice(-(1 << 16));
   };
-  proc.stdout!.on('data', keep);
-  proc.stderr!.on('data', keep);
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
   const url = `http://127.0.0.1:${port}`;
   const end = Date.now() + readyTimeoutMs;

@@ -45,7 +45,7 @@ async function mtailOnce(log: string, out: string): Promise<MtailRun> {
     const m = /^(\d+)m([\d.]+)s$/.exec(s);
     return m ? Number(m[1]) * 60 + Number(m[2]) : NaN;
   };
-  return { wallS, cpuS: secs(child[0]!) + secs(child[1]!), metrics: readFileSync(out, 'utf8') };
+  return { wallS, cpuS: secs(child[0]) + secs(child[1]), metrics: readFileSync(out, 'utf8') };
 }
 
 function metric(text: string, name: string): number | undefined {
@@ -55,7 +55,7 @@ function metric(text: string, name: string): number | undefined {
 
 runMain(NAME, TARGET, async (): Promise<Row> => {
   if (spawnSync('sh', ['-c', `command -v ${MTAIL}`]).status !== 0) throw new Error(`${MTAIL} is missing. Fix: apt-get install -y --no-install-recommends mtail`);
-  const version = spawnSync(MTAIL, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
+  const version = spawnSync(MTAIL, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0].trim();
   say(`mtail: ${version}`);
   const tmp = benchTmp('mtail');
   try {
@@ -92,7 +92,7 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       tw.push(p.lines / p.s);
       twMain.push(p1.lines / p1.s);
       twCpu.push((c.user + c.system) / 1e6);
-      say(`round ${i + 1}: mtail ${m.wallS.toFixed(2)} s wall (${m.cpuS.toFixed(2)} s CPU) → ${fmtRate(mt[i]!)} lines/s; trainwatch ${p.s.toFixed(2)} s (${twCpu[i]!.toFixed(2)} s CPU) → ${fmtRate(tw[i]!)} lines/s; main thread only ${fmtRate(twMain[i]!)} lines/s`);
+      say(`round ${i + 1}: mtail ${m.wallS.toFixed(2)} s wall (${m.cpuS.toFixed(2)} s CPU) → ${fmtRate(mt[i])} lines/s; trainwatch ${p.s.toFixed(2)} s (${twCpu[i].toFixed(2)} s CPU) → ${fmtRate(tw[i])} lines/s; main thread only ${fmtRate(twMain[i])} lines/s`);
     }
     // Best round of each: neighbours' noise only ever slows a pass down.
     await pool.close();

@@ -26,7 +26,7 @@ const byId = new Map(prof.nodes.map((n) => [n.id, n]));
 const self = new Map<string, number>();
 let total = 0;
 for (let i = 0; i < prof.samples.length; i++) {
-  const n = byId.get(prof.samples[i]!)!;
+  const n = byId.get(prof.samples[i])!;
   const dt = prof.timeDeltas[i] ?? 0;
   total += dt;
   const f = n.callFrame;

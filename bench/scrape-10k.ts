@@ -57,7 +57,7 @@ function scrape(url: string, agent: Agent, gzip: boolean): Promise<Scrape> {
           const body = encoding === 'gzip' ? gunzipSync(raw) : raw;
           resolve({ ms: performance.now() - t0, wire: raw.length, body, encoding });
         } catch (e) {
-          reject(e as Error);
+          reject(e);
         }
       });
     });

@@ -50,7 +50,7 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     data[`${name}_ms`] = Number(timeIt(ranks).toFixed(2));
     say(`${name}: ${data[`${name}_ms`]} ms CPU per evaluation (median of ${ROUNDS})`);
   }
-  const worst4096 = Math.max(data.healthy4096_ms!, data.spread4096_ms!);
+  const worst4096 = Math.max(data.healthy4096_ms, data.spread4096_ms);
   return {
     name: NAME,
     figure: `${data.healthy4096_ms} ms (4,096 healthy), ${data.spread4096_ms} ms (4,096 spread), ${data.hostile20000_ms} ms (20,000 hostile)`,

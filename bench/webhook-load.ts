@@ -107,7 +107,7 @@ const runName = (node: number, r: number) => `n${node}-run${String(r).padStart(3
 /** The simulated day: deliveries in time order, and what the node-0 trainwatch should see. */
 function scenario(total: number, seed: number) {
   const rnd = prng(seed);
-  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
   const deliveries: Delivery[] = [];
   /** incidents per run of node 0 (an upper bound of its episodes) */
   const incidentsOfRun = new Map<string, number>();
@@ -150,7 +150,7 @@ function scenario(total: number, seed: number) {
   // trim to exactly `total` alerts: drop whole deliveries from the end of the day
   let sum = 0;
   let cut = 0;
-  for (; cut < deliveries.length && sum + deliveries[cut]!.alerts <= total; cut++) sum += deliveries[cut]!.alerts;
+  for (; cut < deliveries.length && sum + deliveries[cut].alerts <= total; cut++) sum += deliveries[cut].alerts;
   const kept = deliveries.slice(0, cut);
   let notOurs = 0;
   for (const d of kept) if (!d.body.includes('"run":"n0-')) notOurs += d.alerts;
@@ -198,9 +198,9 @@ async function load(url: string, bodies: Buffer[], conc: number, atMs?: number[]
       for (;;) {
         const i = next++;
         if (i >= bodies.length) return;
-        const wait = atMs ? atMs[i]! - (performance.now() - t0) : 0;
+        const wait = atMs ? atMs[i] - (performance.now() - t0) : 0;
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        res[i] = await one(bodies[i]!);
+        res[i] = await one(bodies[i]);
       }
     }),
   );
@@ -329,7 +329,7 @@ async function mixed(dir: string, tokenFile: string, sc: ReturnType<typeof scena
     const non200 = res.filter((r) => r.status !== 200).length;
     if (non200) problems.push(`${non200} requests not 200: ${JSON.stringify(t.statuses)}`);
     const got = (k: string) => (t.results[k] as number | undefined) ?? 0;
-    const answered = Object.values(t.results).reduce((s: number, n) => s + (n as number), 0);
+    const answered = Object.values(t.results).reduce((s: number, n) => s + (n), 0);
     if (answered !== sc.alerts) problems.push(`${answered} alert results for ${sc.alerts} alerts`);
     if (got('not_ours') !== sc.notOurs) problems.push(`not_ours ${got('not_ours')}, expected ${sc.notOurs}`);
     for (const k of ['failed', 'rejected', 'unknown_kind']) if (got(k)) problems.push(`${got(k)} alerts ${k}`);

@@ -41,6 +41,21 @@ say('building (tsc)…');
 const build = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });
 if (build.status !== 0) process.exit(build.status ?? 1);
 
+// Lint and format are part of the test, so CI runs them; a filtered run (`npm test -- x`) skips them.
+if (!process.argv[2]) {
+  say('lint (eslint, type-aware) and format (prettier --check)…');
+  for (const [what, args, fix] of [
+    ['eslint', ['node_modules/eslint/bin/eslint.js', '.'], 'fix what it names (npx eslint . --fix fixes some)'],
+    ['prettier', ['node_modules/prettier/bin/prettier.cjs', '--check', '--log-level', 'warn', '.'], 'run npm run format'],
+  ]) {
+    const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
+    if (r.status !== 0) {
+      say(`${what} failed. Fix: ${fix}`);
+      process.exit(r.status ?? 1);
+    }
+  }
+}
+
 const files = [];
 const walk = (d) => {
   for (const n of readdirSync(d).sort()) {

@@ -79,8 +79,8 @@ export function parseCli(argv: string[], version: string): CliResult {
         demo.fault = args[i + 1] ?? '';
         args.splice(i, 2);
         i--;
-      } else if (args[i]!.startsWith('--fault=')) {
-        demo.fault = args[i]!.slice(8);
+      } else if (args[i].startsWith('--fault=')) {
+        demo.fault = args[i].slice(8);
         args.splice(i, 1);
         i--;
       } else if (args[i] === '--keep') {
@@ -94,7 +94,7 @@ export function parseCli(argv: string[], version: string): CliResult {
   program.exitOverride();
   program.parse(args, { from: 'user' });
   if (program.args.length > 0) throw new Error(`unexpected argument '${program.args[0]}'. Did you mean --dir ${program.args[0]}?`);
-  const opts = program.opts();
+  const opts: Record<string, unknown> = program.opts();
   const flags = new Map<string, unknown>();
   for (const opt of program.options) {
     const name = opt.long?.replace(/^--/, '');

@@ -45,7 +45,7 @@ test('every anomaly kind has exactly one alert, with its anomaly_type, halt and 
   for (const k of ANOMALY_KINDS) {
     const mine = rules.filter((r) => r.labels.anomaly_type === k.name);
     assert.equal(1, mine.length, `alerts with anomaly_type="${k.name}"`);
-    const r = mine[0]!;
+    const r = mine[0];
     assert.deepEqual(
       { alert: k.alert, severity: k.severity, anomaly_type: k.name, halt: String(k.halts), summary: k.summary },
       { alert: r.alert, severity: r.labels.severity, anomaly_type: r.labels.anomaly_type, halt: r.labels.halt, summary: r.annotations.summary },
@@ -61,7 +61,7 @@ test('every alert has a unique CamelCase name, a known severity and summary, des
   assert.equal(rules.length, new Set(rules.map((r) => r.alert)).size, 'duplicate alert names');
   for (const r of rules) {
     assert.match(r.alert, /^(Training|Trainwatch)[A-Z][A-Za-z]+$/, r.alert);
-    assert.ok(['critical', 'warning', 'info'].includes(r.labels.severity!), `${r.alert} severity ${r.labels.severity}`);
+    assert.ok(['critical', 'warning', 'info'].includes(r.labels.severity), `${r.alert} severity ${r.labels.severity}`);
     assert.deepEqual(['description', 'runbook_url', 'summary'], Object.keys(r.annotations).sort(), r.alert);
   }
 });
@@ -70,10 +70,10 @@ test('every runbook_url points at a heading of docs/runbook.md', () => {
   const runbook = readFileSync(join(REPO, 'docs/runbook.md'), 'utf8');
   // GitHub's anchor for a heading: lower-cased, spaces to dashes, punctuation dropped.
   const anchors = new Set(
-    [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')),
+    [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) => m[1].trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')),
   );
   for (const r of allRules(checkedIn())) {
-    const anchor = r.annotations.runbook_url.split('#')[1]!;
+    const anchor = r.annotations.runbook_url.split('#')[1];
     assert.equal(true, anchors.has(anchor), `${r.alert}: no heading for #${anchor} in docs/runbook.md`);
   }
 });
@@ -111,7 +111,7 @@ test('every state the rules name is a state the exporter exports (a misspelt sta
   const known = new Set<string>(RUN_STATES);
   for (const r of allRules(checkedIn())) {
     for (const m of r.expr.matchAll(/\bstate=~?"([^"]*)"/g)) {
-      for (const st of m[1]!.split('|')) assert.equal(true, known.has(st), `${r.alert} names state "${st}", not one of ${RUN_STATES.join(', ')}`);
+      for (const st of m[1].split('|')) assert.equal(true, known.has(st), `${r.alert} names state "${st}", not one of ${RUN_STATES.join(', ')}`);
     }
   }
 });

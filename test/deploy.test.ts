@@ -122,7 +122,7 @@ test('deploy configs end to end: Prometheus scrapes trainwatch, evaluates alerts
     stops.push(() => promSvc.stop());
 
     await waitFor(async () => (await promQuery(promSvc.url, 'up{job="trainwatch"} == 1')).length === 1, 'Prometheus to scrape trainwatch with job="trainwatch"', 30_000, 200);
-    const rules = (await (await fetch(`${promSvc.url}/api/v1/rules`)).json()) as Y;
+    const rules = (await (await fetch(`${promSvc.url}/api/v1/rules`)).json());
     const loaded = rules.data.groups.map((g: Y) => g.name).sort();
     const expected = ruleFilesOf(DEPLOY).flatMap((f) => (yamlFile(f).groups as Y[]).map((g) => g.name)).sort();
     assert.deepEqual(expected, loaded);
@@ -149,7 +149,7 @@ const interpolate = (s: string) => s.replace(/\$\{(\w+)(?::?-([^}]*))?\}/g, (_m,
 /** Short-syntax volume "src:dst[:mode]" → {src, dst}. */
 const volumeOf = (v: string) => {
   const [src, dst] = interpolate(v).split(':');
-  return { raw: v, src: src!, dst: dst!, bind: /^[./~]/.test(interpolate(v)) };
+  return { raw: v, src: src, dst: dst, bind: /^[./~]/.test(interpolate(v)) };
 };
 const flag = (args: string[], name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
 
@@ -240,7 +240,7 @@ function k8sDocs(): Doc[] {
 const one = (docs: Doc[], kind: string): Y => {
   const found = docs.filter((d) => d.obj.kind === kind);
   assert.equal(1, found.length, `exactly one ${kind} under deploy/kubernetes`);
-  return found[0]!.obj;
+  return found[0].obj;
 };
 const subset = (small: Record<string, string>, big: Record<string, string>) => Object.entries(small).every(([k, v]) => big?.[k] === v);
 
@@ -266,7 +266,7 @@ test('deploy/kubernetes: DaemonSet, Service, ServiceMonitor and PrometheusRule a
   const metricsPort = (c.ports as Y[]).find((p) => p.name === 'metrics');
   assert.equal(DEFAULT_PORT, metricsPort?.containerPort);
   const listen = (c.args as string[]).find((a) => a.startsWith('--web.listen-address='));
-  if (listen) assert.equal(DEFAULT_PORT, hostPort(listen.split('=')[1]!)[1]);
+  if (listen) assert.equal(DEFAULT_PORT, hostPort(listen.split('=')[1])[1]);
   assert.deepEqual({ path: '/readyz', port: 'metrics' }, c.readinessProbe.httpGet);
   assert.deepEqual({ path: '/healthz', port: 'metrics' }, c.livenessProbe.httpGet);
   assert.ok(c.resources?.requests?.cpu && c.resources?.requests?.memory && c.resources?.limits?.memory, 'resources: cpu/memory requests and a memory limit');
@@ -391,7 +391,7 @@ test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check re
 
 test('docs/deploy.md: names the files it tells users to use, and they exist', () => {
   const doc = readFileSync(join(REPO, 'docs/deploy.md'), 'utf8');
-  const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]!);
+  const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]);
   for (const p of ['deploy/prometheus.yml', 'deploy/alertmanager.yml', 'deploy/compose.yaml', 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml', 'deploy/web-config.example.yml', 'deploy/prometheus-tls.example.yml']) assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
   for (const p of paths) assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
   assert.ok(statSync(join(REPO, 'Dockerfile')).isFile());
@@ -414,14 +414,14 @@ test('deploy/web-config.example.yml with deploy/prometheus-tls.example.yml: a re
     web.tls_server_config.key_file = key;
     const webFile = join(t.path, 'web.yml');
     writeFileSync(webFile, JSON.stringify(web));
-    const password = /hash of "([^"]+)"/.exec(readFileSync(join(DEPLOY, 'web-config.example.yml'), 'utf8'))![1]!;
+    const password = /hash of "([^"]+)"/.exec(readFileSync(join(DEPLOY, 'web-config.example.yml'), 'utf8'))![1];
     const passwordFile = join(t.path, 'password');
     writeFileSync(passwordFile, password);
     const port = await freePort();
     const tw = spawn(process.execPath, [join(REPO, 'bin/trainwatch.js'), '--root', t.path, '--web.config.file', webFile, '--web.listen-address', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    tw.stdout!.on('data', (d) => (out += d));
-    tw.stderr!.on('data', (d) => (out += d));
+    tw.stdout.on('data', (d) => (out += d));
+    tw.stderr.on('data', (d) => (out += d));
     stops.push(() => tw.kill('SIGKILL'));
     const ca = readFileSync(cert);
     const get = (auth?: string) =>

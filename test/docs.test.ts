@@ -21,7 +21,7 @@ test('every relative link in README.md and docs/ points at a file that exists, a
   const broken: string[] = [];
   for (const f of DOCS) {
     for (const m of prose(text(f)).matchAll(/\]\(([^)\s]+)\)/g)) {
-      const target = m[1]!;
+      const target = m[1];
       if (/^[a-z]+:/.test(target)) continue; // http:, https:, mailto:
       const [path, anchor] = target.split('#') as [string, string | undefined];
       const file = path === '' ? f : relative(REPO, join(REPO, dirname(f), path));
@@ -37,14 +37,14 @@ test('every repository path README.md names in backquotes exists', () => {
   // The original watchdog's path, in the trainer's repository, not this one.
   const elsewhere = new Set(['scripts/_watchdog.py']);
   for (const m of text('README.md').matchAll(/`((?:src|docs|deploy|alerts|grafana|scripts|bench|test|bin)\/[\w./-]*)`/g)) {
-    if (!existsSync(join(REPO, m[1]!)) && !elsewhere.has(m[1]!)) missing.push(m[1]!);
+    if (!existsSync(join(REPO, m[1])) && !elsewhere.has(m[1])) missing.push(m[1]);
   }
   // The tree under "Developing" names src/ folders and files bare.
-  const tree = /## Developing\n+```\n([\s\S]*?)```/.exec(text('README.md'))![1]!;
-  for (const m of tree.matchAll(/^ {2}(\w[\w-]*\/)/gm)) if (!existsSync(join(REPO, 'src', m[1]!))) missing.push(`src/${m[1]}`);
+  const tree = /## Developing\n+```\n([\s\S]*?)```/.exec(text('README.md'))![1];
+  for (const m of tree.matchAll(/^ {2}(\w[\w-]*\/)/gm)) if (!existsSync(join(REPO, 'src', m[1]))) missing.push(`src/${m[1]}`);
   for (const m of tree.matchAll(/\b([\w-]+\.ts)\b/g)) {
-    const found = readdirSync(join(REPO, 'src'), { recursive: true }).some((p) => String(p).endsWith(m[1]!));
-    if (!found) missing.push(m[1]!);
+    const found = readdirSync(join(REPO, 'src'), { recursive: true }).some((p) => String(p).endsWith(m[1]));
+    if (!found) missing.push(m[1]);
   }
   assert.deepEqual([], missing);
 });
@@ -56,16 +56,16 @@ test('the README settings table gives each flag the env variable and default of 
   const wrong: string[] = [];
   for (const row of rows) {
     const [flagCell, envCell, defCell] = row.split(/(?<!\\)\|/).slice(1).map((c) => c.trim());
-    const flags = [...flagCell!.matchAll(/`(--[\w.-]+)/g)].map((m) => m[1]!);
+    const flags = [...flagCell.matchAll(/`(--[\w.-]+)/g)].map((m) => m[1]);
     for (const flag of flags) {
       const s = byFlag.get(flag);
       if (!s) {
         wrong.push(`${flag}: no such setting`);
         continue;
       }
-      const env = envCell === '–' ? undefined : envCell!.replace(/`/g, '');
+      const env = envCell === '–' ? undefined : envCell.replace(/`/g, '');
       if (env !== s.env) wrong.push(`${flag}: README says env ${env ?? '–'}, the table ${s.env ?? '–'}`);
-      const def = defCell!.replace(/`/g, '');
+      const def = defCell.replace(/`/g, '');
       const want = s.default === undefined || (Array.isArray(s.default) && s.default.length === 0) ? '–' : s.type === 'bool' ? (s.default ? '1' : '0') : String(s.default);
       if (def !== want) wrong.push(`${flag}: README says default ${def}, the table ${want}`);
     }
@@ -78,6 +78,6 @@ test('every NSA_WATCH_* and TRAINWATCH_* variable the docs name is a setting, or
   // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's.
   const others = new Set(['TRAINWATCH_RUNS_DIR', 'TRAINWATCH_UID', 'TRAINWATCH_GID', 'TRAINWATCH_PROMETHEUSRULE_LABELS', 'TRAINWATCH_FUZZ_SEED']);
   const unknown: string[] = [];
-  for (const f of DOCS) for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]!) && !others.has(m[1]!)) unknown.push(`${f}: ${m[1]}`);
+  for (const f of DOCS) for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]) && !others.has(m[1])) unknown.push(`${f}: ${m[1]}`);
   assert.deepEqual([], unknown);
 });

@@ -64,9 +64,9 @@ test('the dashboard has a fixed uid and one datasource variable of type datasour
   assert.equal('trainwatch', dash.uid);
   const ds = dash.templating.list.filter((v) => v.type === 'datasource');
   assert.equal(1, ds.length);
-  assert.equal('datasource', ds[0]!.name);
-  assert.equal('Data source', ds[0]!.label);
-  assert.equal('prometheus', ds[0]!.query);
+  assert.equal('datasource', ds[0].name);
+  assert.equal('Data source', ds[0].label);
+  assert.equal('prometheus', ds[0].query);
   assert.equal(false, readFileSync(DASHBOARD_PATH, 'utf8').includes('DS_PROMETHEUS'), '${DS_PROMETHEUS} only resolves in the UI import flow');
 });
 
@@ -98,7 +98,7 @@ test('every rate() and irate() uses $__rate_interval, and counters appear only i
   const bad: string[] = [];
   for (const p of panels)
     for (const t of p.targets ?? []) {
-      for (const m of t.expr.matchAll(/\b(i?rate)\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)/g)) if (!/\[\$__rate_interval\]\s*$/.test(m[2]!)) bad.push(`${name(p)} target ${t.refId}: ${m[0]} does not use [$__rate_interval]`);
+      for (const m of t.expr.matchAll(/\b(i?rate)\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)/g)) if (!/\[\$__rate_interval\]\s*$/.test(m[2])) bad.push(`${name(p)} target ${t.refId}: ${m[0]} does not use [$__rate_interval]`);
       for (const c of counters)
         for (const m of t.expr.matchAll(new RegExp(`\\b${c}\\b`, 'g')))
           if (!/\b(rate|irate|increase)\s*\(\s*$/.test(t.expr.slice(0, m.index))) bad.push(`${name(p)} target ${t.refId}: counter ${c} outside rate()/increase()`);
@@ -128,7 +128,7 @@ test('every trainwatch_* name in a query is in src/metrics/names.ts, and per-run
   const bad: string[] = [];
   for (const [where, expr] of queries)
     for (const m of expr.matchAll(/\b(trainwatch_\w+)(\{[^}]*\})?/g)) {
-      const labels = known.get(m[1]!);
+      const labels = known.get(m[1]);
       if (!labels) {
         bad.push(`${where}: ${m[1]} is not a trainwatch metric`);
         continue;
@@ -174,7 +174,7 @@ function expand(expr: string, run: string, rank: string): string {
 function labelValuesQuery(q: string): { promql: string; label: string } {
   const m = /^label_values\((.+),\s*(\w+)\)$/.exec(q);
   assert.ok(m, `not a label_values query: ${q}`);
-  return { promql: `count by (${m[2]}) (${m[1]})`, label: m[2]! };
+  return { promql: `count by (${m[2]}) (${m[1]})`, label: m[2] };
 }
 
 test('every panel query is valid PromQL and returns data from a real Prometheus scraping trainwatch (alerts may be empty)', async (t) => {
@@ -229,7 +229,7 @@ test('every panel query is valid PromQL and returns data from a real Prometheus 
           const res = await promQuery(prom.url, expr);
           if (res.length === 0 && !ALERT_PANEL(p)) failures.push(`${name(p)} target ${tg.refId} ($run=${run}, $rank=${rank}): no data for ${expr}`);
           const strays = res.filter((s) => s.metric.run !== undefined && !new RegExp(`^(?:${run})$`).test(s.metric.run));
-          if (strays.length) failures.push(`${name(p)} target ${tg.refId}: $run=${run} still returned run ${strays[0]!.metric.run}`);
+          if (strays.length) failures.push(`${name(p)} target ${tg.refId}: $run=${run} still returned run ${strays[0].metric.run}`);
         } catch (e) {
           failures.push(`${name(p)} target ${tg.refId}: ${(e as Error).message}`);
         }

@@ -36,14 +36,14 @@ function parseDockerfile(text: string): Stage[] {
   let buf = '';
   let start = 0;
   for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
+    const raw = lines[i];
     if (/^\s*#/.test(raw) || (buf === '' && raw.trim() === '')) continue; // comments may sit inside continuations
     if (buf === '') start = i + 1;
     const cont = /\\\s*$/.test(raw);
     buf += (buf ? ' ' : '') + (cont ? raw.replace(/\\\s*$/, '') : raw).trim();
     if (!cont) {
       const m = /^(\S+)\s*(.*)$/.exec(buf)!;
-      instrs.push({ cmd: m[1]!.toUpperCase(), args: m[2]!.trim(), line: start });
+      instrs.push({ cmd: m[1].toUpperCase(), args: m[2].trim(), line: start });
       buf = '';
     }
   }
@@ -52,7 +52,7 @@ function parseDockerfile(text: string): Stage[] {
     if (ins.cmd === 'FROM') {
       const m = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i.exec(ins.args);
       assert.ok(m, `Dockerfile line ${ins.line}: cannot read FROM ${ins.args}`);
-      stages.push({ from: m[1]!, name: m[2], instrs: [] });
+      stages.push({ from: m[1], name: m[2], instrs: [] });
     } else if (ins.cmd === 'ARG' && stages.length === 0) {
       continue;
     } else {
@@ -67,13 +67,13 @@ function parseDockerfile(text: string): Stage[] {
 function execForm(args: string): string[] | undefined {
   if (!args.startsWith('[')) return undefined;
   const v = JSON.parse(args) as unknown;
-  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v) : undefined;
 }
 
 /** HEALTHCHECK [--opt=v ...] CMD <exec form> → its argv (undefined if shell form or NONE). */
 function healthcheckArgv(args: string): string[] | undefined {
   const m = /^((?:--\S+\s+)*)CMD\s+(.*)$/.exec(args);
-  return m ? execForm(m[2]!) : undefined;
+  return m ? execForm(m[2]) : undefined;
 }
 
 const all = (s: Stage, cmd: string) => s.instrs.filter((i) => i.cmd === cmd);
@@ -93,7 +93,7 @@ function dockerignore(text: string): (path: string) => boolean {
       const pat = posix.normalize((neg ? l.slice(1) : l).trim()).replace(/^\/+|\/+$/g, '');
       let re = '';
       for (let i = 0; i < pat.length; i++) {
-        const c = pat[i]!;
+        const c = pat[i];
         if (c === '*' && pat[i + 1] === '*') {
           re += '.*';
           i++;
@@ -173,7 +173,7 @@ test('Dockerfile: multi-stage build whose runtime stage is node LTS slim with pr
   assert.ok(m, `the runtime stage must be FROM node:<LTS>-slim, not ${final.from}`);
   const major = Number(m[1]);
   assert.equal(true, major % 2 === 0 && major >= 24, `node:${major} is not a current LTS line (even major, >= 24; Node 20 is past end of life)`);
-  const build = stages[0]!;
+  const build = stages[0];
   assert.ok(build.name, 'the build stage must be named (FROM … AS build) for COPY --from');
   assert.match(build.from, /^node:\d+/, 'the build stage must be a node image');
   const buildRuns = all(build, 'RUN').map((i) => i.args);
@@ -192,7 +192,7 @@ test('Dockerfile: runs as the unprivileged node user behind tini, with exec-form
   assert.ok(user, 'the runtime stage must set USER (the image must not run as root)');
   assert.notEqual('root', user.split(':')[0]);
   assert.notEqual('0', user.split(':')[0]);
-  assert.ok(IMAGE_USERS[user.split(':')[0]!] !== undefined, `USER ${user} is not a user the node image defines`);
+  assert.ok(IMAGE_USERS[user.split(':')[0]] !== undefined, `USER ${user} is not a user the node image defines`);
 
   const entry = execForm(last(final, 'ENTRYPOINT')?.args ?? '');
   assert.ok(entry, 'ENTRYPOINT must be exec form (JSON array) so that signals reach the process');
@@ -246,9 +246,9 @@ test('runtime imports: every package the compiled src/ imports is a dependency, 
       else if (n.endsWith('.js')) {
         const text = readFileSync(p, 'utf8');
         for (const m of text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)['"]([^'"]+)['"]/g)) {
-          const spec = m[1]!;
+          const spec = m[1];
           if (spec.startsWith('.') || spec.startsWith('node:') || builtins.has(spec)) continue;
-          const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;
+          const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0];
           if (!deps.has(name)) missing.push(`${relative(REPO, p)} imports ${spec}`);
         }
       }
@@ -302,7 +302,7 @@ test('docker build replay: the final stage starts as node on the image Node majo
             mkdirSync(inRoot('.'), { recursive: true });
             break;
           case 'ENV':
-            for (const m of ins.args.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]!] = m[2]!.replace(/^"|"$/g, '');
+            for (const m of ins.args.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]] = m[2].replace(/^"|"$/g, '');
             break;
           case 'COPY': {
             const words = execForm(ins.args) ?? ins.args.split(/\s+/);
@@ -319,7 +319,7 @@ test('docker build replay: the final stage starts as node on the image Node majo
               } else {
                 const files = contextSelect(ctx, src);
                 assert.notEqual(0, files.length, `${where}: ${src} is not in the build context`);
-                const single = files.length === 1 && files[0]![0] === posix.normalize(src);
+                const single = files.length === 1 && files[0][0] === posix.normalize(src);
                 for (const [f, rel] of files) {
                   const to = single && !dest.endsWith('/') && paths.length === 1 ? inRoot(dest) : join(inRoot(dest), rel);
                   mkdirSync(dirname(to), { recursive: true });
@@ -337,9 +337,9 @@ test('docker build replay: the final stage starts as node on the image Node majo
               if ((m = /^apt-get install (.*)$/.exec(step))) {
                 // Debian packages the replay takes from this machine: package → the binary it gives.
                 const known: Record<string, string> = { tini: 'tini', python3: 'python3' };
-                for (const p of m[1]!.split(/\s+/).filter((w) => !w.startsWith('-'))) {
+                for (const p of m[1].split(/\s+/).filter((w) => !w.startsWith('-'))) {
                   assert.ok(known[p], `${where}: the replay knows no Debian package ${p}`);
-                  requireBinary(known[p]!, p);
+                  requireBinary(known[p], p);
                   installed.add(p);
                 }
               } else if ((m = /^npm ci( .*)?$/.exec(step))) {
@@ -351,16 +351,16 @@ test('docker build replay: the final stage starts as node on the image Node majo
               } else if ((m = /^npx tsc (.*)$/.exec(step))) {
                 const tsc = join(cwd, 'node_modules/typescript/bin/tsc');
                 assert.ok(existsSync(tsc), `${where}: typescript is not installed in this stage`);
-                const r = run(process.execPath, [tsc, ...m[1]!.split(/\s+/)], { cwd });
+                const r = run(process.execPath, [tsc, ...m[1].split(/\s+/)], { cwd });
                 assert.equal(0, r.status, `${where}: tsc failed:\n${r.stdout}${r.stderr}`);
                 lap(`tsc in stage ${i}`);
               } else if ((m = /^mkdir -p (\S+)$/.exec(step))) {
-                mkdirSync(inRoot(m[1]!), { recursive: true });
+                mkdirSync(inRoot(m[1]), { recursive: true });
               } else if ((m = /^chown (\w+)(?::(\w+))? (\S+)$/.exec(step))) {
-                const uid = IMAGE_USERS[m[1]!];
-                const gid = IMAGE_USERS[m[2] ?? m[1]!];
+                const uid = IMAGE_USERS[m[1]];
+                const gid = IMAGE_USERS[m[2] ?? m[1]];
                 assert.ok(uid !== undefined && gid !== undefined, `${where}: unknown user`);
-                if (asRoot) chownSync(inRoot(m[3]!), uid, gid);
+                if (asRoot) chownSync(inRoot(m[3]), uid, gid);
               } else {
                 assert.fail(`${where}: the replay does not know the step "${step}"; teach test/packaging.test.ts what it does`);
               }
@@ -388,7 +388,7 @@ test('docker build replay: the final stage starts as node on the image Node majo
     });
 
     // The container: root is the last stage's directory, the user is USER, PATH finds the image's node.
-    const uid = IMAGE_USERS[user.split(':')[0]!]!;
+    const uid = IMAGE_USERS[user.split(':')[0]];
     const home = join(root, 'home', user);
     mkdirSync(home, { recursive: true });
     const runs = join(root, 'runs');
@@ -406,10 +406,10 @@ test('docker build replay: the final stage starts as node on the image Node majo
     const mapPath = (a: string) => (a.startsWith('/') && existsSync(join(root, a)) ? join(root, a) : a);
     const argv = [...entrypoint, ...cmd].map(mapPath);
     assert.equal(true, argv.includes(runs), `CMD must point --root at the VOLUME /runs: ${argv.join(' ')}`);
-    assert.ok(existsSync(argv[0]!), `${argv[0]} (ENTRYPOINT[0]) does not exist on this machine`);
+    assert.ok(existsSync(argv[0]), `${argv[0]} (ENTRYPOINT[0]) does not exist on this machine`);
 
     let out = '';
-    proc = spawn(argv[0]!, argv.slice(1), { cwd: join(root, 'app'), env: containerEnv, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
+    proc = spawn(argv[0], argv.slice(1), { cwd: join(root, 'app'), env: containerEnv, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
     proc.stdout!.on('data', (d) => (out += d));
     proc.stderr!.on('data', (d) => (out += d));
     const exited = new Promise<number | null>((r) => proc!.on('exit', (code) => r(code)));
@@ -428,7 +428,7 @@ test('docker build replay: the final stage starts as node on the image Node majo
     const hc = healthcheckArgv(last(final, 'HEALTHCHECK')!.args)!;
     const hcArgv = hc.map((a) => a.replaceAll(`:${DEFAULT_PORT}/`, `:${port}/`));
     assert.notDeepEqual(hc, hcArgv, 'the HEALTHCHECK must name the default port');
-    const healthcheck = () => spawnSync(hcArgv[0]!, hcArgv.slice(1), { env: containerEnv, encoding: 'utf8', timeout: 10_000, ...ids }).status;
+    const healthcheck = () => spawnSync(hcArgv[0], hcArgv.slice(1), { env: containerEnv, encoding: 'utf8', timeout: 10_000, ...ids }).status;
     assert.equal(0, healthcheck(), `HEALTHCHECK failed against the running container${ctxInfo()}`);
 
     // It runs on the image's Node major, and as the image's user it can act on a run in /runs.
@@ -460,7 +460,7 @@ test('docker build replay: the final stage starts as node on the image Node majo
 
     // `docker run --rm trainwatch demo`: the simulated trainer and its python3 are in the image.
     assert.equal(true, installed.has('python3'), 'the runtime stage must install python3 for `trainwatch demo`');
-    const demo = spawnSync(argv[0]!, [...argv.slice(1, argv.indexOf(join(root, 'app/bin/trainwatch.js')) + 1), 'demo'], { cwd: join(root, 'app'), env: { ...containerEnv, TRAINWATCH_WEB_LISTEN_ADDRESS: '127.0.0.1:0' }, encoding: 'utf8', timeout: 120_000, ...ids });
+    const demo = spawnSync(argv[0], [...argv.slice(1, argv.indexOf(join(root, 'app/bin/trainwatch.js')) + 1), 'demo'], { cwd: join(root, 'app'), env: { ...containerEnv, TRAINWATCH_WEB_LISTEN_ADDRESS: '127.0.0.1:0' }, encoding: 'utf8', timeout: 120_000, ...ids });
     assert.equal(0, demo.status, `trainwatch demo in the image:\n${demo.stdout}${demo.stderr}`);
     assert.match(demo.stdout, /\[demo\] \.HALT: +halt: nonfinite_loss/);
     lap('demo ran');
@@ -478,12 +478,12 @@ test('npm package: `npx trainwatch demo` works where the packed tarball is insta
     const pack = spawnSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work.path], { cwd: REPO, encoding: 'utf8' });
     assert.equal(0, pack.status, pack.stderr);
     const [info] = JSON.parse(pack.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
-    const files = info!.files.map((f) => f.path);
+    const files = info.files.map((f) => f.path);
     for (const f of ['bin/trainwatch.js', 'dist/src/demo.js', 'scripts/sim_trainer.py', 'alerts/trainwatch.rules.yml', 'deploy/prometheus.yml']) assert.equal(true, files.includes(f), `${f} must be in the npm package (package.json "files")`);
     const app = join(work.path, 'app');
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), '{"name": "someone-elses-project", "private": true}\n');
-    const inst = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=dev', join(work.path, info!.filename)], { cwd: app, encoding: 'utf8', timeout: 180_000 });
+    const inst = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=dev', join(work.path, info.filename)], { cwd: app, encoding: 'utf8', timeout: 180_000 });
     assert.equal(0, inst.status, `npm install of the tarball:\n${inst.stdout}${inst.stderr}`);
     const demo = spawnSync('npx', ['--no-install', 'trainwatch', 'demo'], { cwd: app, encoding: 'utf8', timeout: 120_000 });
     assert.equal(0, demo.status, `npx trainwatch demo:\n${demo.stdout}${demo.stderr}`);

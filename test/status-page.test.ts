@@ -129,7 +129,7 @@ test('status page at 200 runs: the worst run comes first, a state filter shows o
     const html = await (await fetch(tw.url + path)).text();
     assert.equal(false, /Loading/.test(html));
     // The rows as served, not the view's source that the script carries.
-    return /<main id="runs">([^]*?)<\/main>/.exec(html)![1]!.match(/<details class="run"/g)?.length;
+    return /<main id="runs">([^]*?)<\/main>/.exec(html)![1].match(/<details class="run"/g)?.length;
   };
   assert.equal(200, await rowsIn('/'));
   assert.equal(expected.halted, await rowsIn('/?state=halted'));
@@ -154,9 +154,9 @@ test('status page at 200 runs: the worst run comes first, a state filter shows o
   const seen = await runs.evaluateAll((els) => els.map((e) => [(e as HTMLElement).dataset.run!, (e as HTMLElement).dataset.state!, (e as HTMLElement).dataset.severity!]));
   assert.deepEqual(['nan-1', 'anomalous', 'critical'], seen[0]);
   for (let i = 1; i < seen.length; i++) {
-    const [a, b] = [seen[i - 1]!, seen[i]!];
-    const ka = orderKey(a[1]!, a[2]!), kb = orderKey(b[1]!, b[2]!);
-    assert.ok(ka < kb || (ka === kb && a[0]! < b[0]!), `row ${i}: ${JSON.stringify(a)} comes before ${JSON.stringify(b)}`);
+    const [a, b] = [seen[i - 1], seen[i]];
+    const ka = orderKey(a[1], a[2]), kb = orderKey(b[1], b[2]);
+    assert.ok(ka < kb || (ka === kb && a[0] < b[0]), `row ${i}: ${JSON.stringify(a)} comes before ${JSON.stringify(b)}`);
   }
   assert.deepEqual(doc.runs.map((r) => r.run), seen.map((s) => s[0]));
   // The top of the page as a first look shows it (test-artifacts/, for a human to look at).

@@ -23,7 +23,7 @@ import { randomUUID } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Anomaly } from '../detect/detect.js';
-import { ANOMALY_KINDS, kindOf } from '../detect/kinds.js';
+import { kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
 import { acknowledge as ackMemory, appendAudit, haltWritten, readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
@@ -382,7 +382,7 @@ export class Actions {
         const exit = `exit:${p.pid}`;
         if (h.done.has(exit)) continue;
         h.done.set(exit, now);
-        const after = sent[sent.length - 1]!;
+        const after = sent[sent.length - 1];
         this.o.stats.action('trainer_exit', 'exited');
         await this.audit(run, { ts: now, event: 'action', episode: h.episode, action: exit, result: 'exited', pid: p.pid, signal: after });
         this.o.log.warn({ run: run.name, pid: p.pid, after }, `escalation ended the hung trainer: pid ${p.pid} exited after ${after}`);
@@ -392,7 +392,7 @@ export class Actions {
       if (p.lastLivenessTs !== undefined && p.lastLivenessTs > h.at) continue; // still writing: not hung
       const next = ESCALATION[sent.length];
       if (!next) continue;
-      const prev = sent.length > 0 ? h.done.get(`${sent[sent.length - 1]!.toLowerCase()}:${p.pid}`)! : h.at;
+      const prev = sent.length > 0 ? h.done.get(`${sent[sent.length - 1].toLowerCase()}:${p.pid}`)! : h.at;
       const wait = next === 'SIGUSR1' ? 0 : next === 'SIGTERM' ? this.o.escalateTermS : this.o.escalateKillS;
       if (next !== 'SIGUSR1' && (wait <= 0 || now - prev < wait)) continue;
       await this.signal(run, h, p, next, now);

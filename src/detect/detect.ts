@@ -112,13 +112,6 @@ function rankDeadline(s: RankState, ctx: StallContext, t: Thresholds, ackTs: num
   return { at: Math.max(dump, ctx.periodicNewest + window), basis: 'peer_dump', from: dump };
 }
 
-/** A rank's step at trainer time `ts` from its recent history; undefined if `ts` is older than it. */
-function stepAt(s: RankState, ts: number): number | undefined {
-  const h = s.stepHistory;
-  for (let i = h.length - 2; i >= 0; i -= 2) if (h[i]! <= ts) return h[i + 1];
-  return undefined;
-}
-
 /**
  * How many steps each rank is behind the most advanced peer, compared at the same moment: the
  * rank's newest record time. Comparing the newest steps instead would flag whichever rank's file
@@ -134,12 +127,12 @@ function stepAt(s: RankState, ts: number): number | undefined {
 export function stepLags(ranks: readonly RankState[]): Map<number, number> {
   const n = ranks.length;
   const asked: number[] = [];
-  for (let i = 0; i < n; i++) if (ranks[i]!.step !== undefined && ranks[i]!.lastLivenessTs !== undefined) asked.push(i);
+  for (let i = 0; i < n; i++) if (ranks[i].step !== undefined && ranks[i].lastLivenessTs !== undefined) asked.push(i);
   const out = new Map<number, number>();
   const q = asked.length;
   if (q === 0) return out;
   const times = new Float64Array(q);
-  for (let j = 0; j < q; j++) times[j] = ranks[asked[j]!]!.lastLivenessTs!;
+  for (let j = 0; j < q; j++) times[j] = ranks[asked[j]].lastLivenessTs!;
   times.sort();
   // lead[q + j] and its ancestors: the largest peer step at times[j] (an iterative segment tree
   // whose inner nodes hold range updates; a point's value is the max along its path to the root).
@@ -151,16 +144,22 @@ export function stepLags(ranks: readonly RankState[]): Map<number, number> {
       return;
     }
     for (let l = from + q, r = to + q; l < r; l >>= 1, r >>= 1) {
-      if (l & 1) lead[l] = Math.max(lead[l]!, v), l++;
-      if (r & 1) --r, (lead[r] = Math.max(lead[r]!, v));
+      if (l & 1) {
+        lead[l] = Math.max(lead[l], v);
+        l++;
+      }
+      if (r & 1) {
+        r--;
+        lead[r] = Math.max(lead[r], v);
+      }
     }
   };
-  for (let p = 0; p < n; p++) stepPieces(ranks[p]!.stepHistory, times, raise);
+  for (let p = 0; p < n; p++) stepPieces(ranks[p].stepHistory, times, raise);
   for (let i = 0; i < n; i++) {
-    const s = ranks[i]!;
+    const s = ranks[i];
     if (s.step === undefined || s.lastLivenessTs === undefined) continue;
     let best = everywhere;
-    for (let k = lowerBound(times, s.lastLivenessTs) + q; k >= 1; k >>= 1) if (lead[k]! > best) best = lead[k]!;
+    for (let k = lowerBound(times, s.lastLivenessTs) + q; k >= 1; k >>= 1) if (lead[k] > best) best = lead[k]!;
     out.set(s.rank, best > s.step ? best - s.step : 0);
   }
   return out;
@@ -172,7 +171,7 @@ function lowerBound(a: Float64Array, x: number): number {
   let hi = a.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (a[mid]! < x) lo = mid + 1;
+    if (a[mid] < x) lo = mid + 1;
     else hi = mid;
   }
   return lo;
@@ -187,29 +186,29 @@ function stepPieces(h: readonly number[], times: Float64Array, raise: (from: num
   const m = h.length >> 1;
   if (m === 0) return;
   let sorted = true;
-  for (let j = 1; j < m && sorted; j++) sorted = h[2 * j]! >= h[2 * j - 2]!;
+  for (let j = 1; j < m && sorted; j++) sorted = h[2 * j] >= h[2 * j - 2];
   let idx: number[] | undefined;
   if (!sorted) {
     idx = Array.from({ length: m }, (_, j) => j);
-    idx.sort((a, b) => h[2 * a]! - h[2 * b]! || a - b);
+    idx.sort((a, b) => h[2 * a] - h[2 * b] || a - b);
   }
-  const first = times[0]!;
-  const last = times[times.length - 1]!;
+  const first = times[0];
+  const last = times[times.length - 1];
   let best = -1;
   let from = -1; // index into times where the current piece starts
   for (let k = 0; k < m; ) {
-    const ts = h[2 * (idx ? idx[k]! : k)]!;
+    const ts = h[2 * (idx ? idx[k] : k)];
     if (ts > last) break;
     // Entries with the same ts take effect together: the newest of them wins.
     let top = best;
-    for (; k < m && h[2 * (idx ? idx[k]! : k)]! === ts; k++) top = Math.max(top, idx ? idx[k]! : k);
+    for (; k < m && h[2 * (idx ? idx[k] : k)] === ts; k++) top = Math.max(top, idx ? idx[k] : k);
     if (top <= best) continue;
     const at = ts <= first ? 0 : lowerBound(times, ts);
-    if (best >= 0 && from < at) raise(from, at, h[2 * best + 1]!);
+    if (best >= 0 && from < at) raise(from, at, h[2 * best + 1]);
     best = top;
     from = at;
   }
-  if (best >= 0 && from < times.length) raise(from, times.length, h[2 * best + 1]!);
+  if (best >= 0 && from < times.length) raise(from, times.length, h[2 * best + 1]);
 }
 
 /** All anomalies of a run at time `now` (seconds), without those an acknowledgement hides. */

@@ -164,7 +164,7 @@ function rankTable(r: RunDoc, ui: Ui, now: number): string {
 
 function stateLabel(state: string): string {
   const hit = VIEW.STATES.find((s) => s[0] === state);
-  return hit ? hit[1]! : state;
+  return hit ? hit[1] : state;
 }
 
 /** Open by default unless the state needs nobody; the viewer's own click wins. */
@@ -214,11 +214,11 @@ function filterHref(states: string[]): string {
 function renderSummary(d: Doc, ui: Ui): string {
   const all = '<a class="chip all' + (ui.filter.size ? '' : ' on') + '" href="./" data-filter=""><b>' + d.runs.length + '</b> runs</a>';
   return all + VIEW.STATES.map((s) => {
-    const n = (d.states as Record<string, number>)[s[0]!] || 0;
-    const on = ui.filter.has(s[0]!);
+    const n = (d.states as Record<string, number>)[s[0]] || 0;
+    const on = ui.filter.has(s[0]);
     const cls = 'chip ' + s[0] + (on ? ' on' : '') + (n ? '' : ' zero');
     const label = '<i></i><b>' + n + '</b> ' + esc(s[1]);
-    return n || on ? '<a class="' + cls + '" href="' + filterHref(on && ui.filter.size === 1 ? [] : [s[0]!]) + '" data-filter="' + (on && ui.filter.size === 1 ? '' : s[0]) + '">' + label + '</a>' : '<span class="' + cls + '">' + label + '</span>';
+    return n || on ? '<a class="' + cls + '" href="' + filterHref(on && ui.filter.size === 1 ? [] : [s[0]]) + '" data-filter="' + (on && ui.filter.size === 1 ? '' : s[0]) + '">' + label + '</a>' : '<span class="' + cls + '">' + label + '</span>';
   }).join('');
 }
 
@@ -425,7 +425,7 @@ export function statusPageHtml(version: string, metricsPath: string, doc: Doc, s
   const metricsHref = metricsPath.startsWith('/') ? '.' + metricsPath : metricsPath;
   const q = typeof stateQuery === 'string' ? stateQuery : '';
   const ui: Ui = { expanded: new Set(), open: new Map(), filter: parseFilter(q) };
-  const known = VIEW.STATES.map((s) => s[0]!);
+  const known = VIEW.STATES.map((s) => s[0]);
   const unknown = q.split(',').map((s) => s.trim()).filter((s) => s && !known.includes(s));
   const note = unknown.length ? `<div id="note" class="filtered bad">Ignored unknown state ${unknown.map((s) => `"${esc(s)}"`).join(', ')} in ?state=. The states are: ${known.join(', ')}.</div>` : '';
   return `<!doctype html>

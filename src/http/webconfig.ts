@@ -135,7 +135,7 @@ function headerValue(name: string, raw: unknown, fail: (msg: string) => never): 
   }
   const allowed = HEADERS[name.toLowerCase()];
   if (!allowed) fail(`${at} cannot be configured (as in exporter-toolkit); accepted: Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, Content-Security-Policy`);
-  if (allowed!.length > 0 && !allowed!.includes(value.toLowerCase())) fail(`${at} has value ${JSON.stringify(value)}; accepted: ${allowed!.join(', ')}`);
+  if (allowed.length > 0 && !allowed.includes(value.toLowerCase())) fail(`${at} has value ${JSON.stringify(value)}; accepted: ${allowed.join(', ')}`);
   return value;
 }
 

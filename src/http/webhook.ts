@@ -44,7 +44,7 @@ export interface WebhookResponse {
 }
 
 /** Characters and sequences that have no business in a run label. */
-const UNSAFE_LABEL = /[\/\\\0]|\.\.|%2e|%2f|%5c|%00/i;
+const UNSAFE_LABEL = /[/\\\0]|\.\.|%2e|%2f|%5c|%00/i;
 
 /** Handles one parsed webhook body. */
 export async function handleWebhook(w: Watcher, body: unknown, opts: { instance?: string }): Promise<WebhookResponse> {
@@ -69,7 +69,7 @@ export async function handleWebhook(w: Watcher, body: unknown, opts: { instance?
     [...groups.values()].map(async (g) => {
       const outcomes = await w.actions.alerts(g.target, g.inputs, now).catch((e: Error) => g.inputs.map(() => e));
       for (const [i, o] of outcomes.entries()) {
-        const r = results[g.at[i]!]!;
+        const r = results[g.at[i]];
         if (o instanceof Error) Object.assign(r, { result: 'failed', error: o.message });
         else r.result = o;
       }
@@ -102,7 +102,7 @@ function classify(w: Watcher, raw: unknown, opts: { instance?: string }): { resu
   const fingerprint = typeof a.fingerprint === 'string' && a.fingerprint !== '' ? a.fingerprint : labelHash(labels);
   const rank = Number(labels.rank);
   const annotations = (typeof a.annotations === 'object' && a.annotations !== null ? a.annotations : {}) as Record<string, unknown>;
-  const message = typeof annotations.description === 'string' ? annotations.description : typeof annotations.summary === 'string' ? annotations.summary : `${labels.alertname ?? kind}`;
+  const message = typeof annotations.description === 'string' ? annotations.description : typeof annotations.summary === 'string' ? annotations.summary : typeof labels.alertname === 'string' ? labels.alertname : kind;
   const input: AlertInput = { key: `${fingerprint}@${startsAt}`, kind, status, halts: labels.halt === 'true', rank: Number.isInteger(rank) ? rank : undefined, message };
   // `result` is a placeholder until the actions decide.
   return { result: { run, anomaly_type: kind, result: 'failed' }, act: { target, input } };

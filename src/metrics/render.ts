@@ -280,7 +280,7 @@ class RunRows {
     const n = this.views.length;
     const g = RANK_GAUGES.length;
     for (let i = 0; i < n; i++) {
-      const v = this.views[i]!;
+      const v = this.views[i];
       const s = v.s;
       v.stallS = effectiveStallS(s, t);
       v.lag = lags.get(s.rank);
@@ -289,10 +289,10 @@ class RunRows {
       // Only with crash detection: the crash rule reads `== 0` as a crash.
       v.alive = !t.crashDetect ? undefined : proc === 'alive' ? true : proc === 'gone' ? false : undefined;
       v.anomalies = active?.get(s.rank);
-      for (let k = 0; k < g; k++) this.note(k, k * n + i, rankValue(RANK_GAUGES[k]!, v, now, t.fetchWarmupN));
+      for (let k = 0; k < g; k++) this.note(k, k * n + i, rankValue(RANK_GAUGES[k], v, now, t.fetchWarmupN));
       const base = g * n + i * MSG_CLASSES.length;
       for (let c = 0; c < MSG_CLASSES.length; c++) {
-        const count = s.records[MSG_CLASSES[c]!];
+        const count = s.records[MSG_CLASSES[c]];
         this.note(RECORDS_SLOT, base + c, count > 0 ? count : undefined);
       }
     }
@@ -307,7 +307,7 @@ class RunRows {
       return;
     }
     this.count[slot]++;
-    const old = this.vals[j]!;
+    const old = this.vals[j];
     if (this.has[j] !== 0 && (v === old || (v !== v && old !== old))) return;
     this.has[j] = 1;
     this.vals[j] = v;
@@ -322,13 +322,13 @@ class RunRows {
 
   /** Copies the slot's bytes of the previous scrape if nothing changed; false if it must be rendered. */
   private reuse(out: Out, slot: number, key: MetricKey): boolean {
-    const len = this.segLen[slot]!;
+    const len = this.segLen[slot];
     if (this.changed[slot] !== 0 || len < 0) return false;
     if (len === 0) return true;
     out.head(key);
     out.room(len);
     const at = out.pos;
-    this.segBuf[slot]!.copy(out.buf, at, this.segOff[slot]!, this.segOff[slot]! + len);
+    this.segBuf[slot].copy(out.buf, at, this.segOff[slot], this.segOff[slot] + len);
     out.pos += len;
     this.remember(slot, out, at);
     return true;
@@ -344,9 +344,9 @@ class RunRows {
 
   /** Writes this run's rows of one rank gauge. */
   gauge(out: Out, slot: number): void {
-    const key = RANK_GAUGES[slot]!;
+    const key = RANK_GAUGES[slot];
     if (this.reuse(out, slot, key)) return;
-    const count = this.count[slot]!;
+    const count = this.count[slot];
     if (count === 0) return this.remember(slot, out, out.pos);
     const name = FAMILY[key].name;
     out.head(key);
@@ -357,10 +357,10 @@ class RunRows {
     for (let i = 0; i < n; i++) {
       if (this.has[base + i] === 0) continue;
       out.put(name);
-      out.put(this.labels[i]!);
+      out.put(this.labels[i]);
       out.buf[out.pos++] = CLOSE;
       out.buf[out.pos++] = SP;
-      out.value(this.vals[base + i]!);
+      out.value(this.vals[base + i]);
     }
     this.remember(slot, out, at);
   }
@@ -368,7 +368,7 @@ class RunRows {
   /** Writes this run's trainwatch_records_total rows (classes with a count > 0). */
   records(out: Out): void {
     if (this.reuse(out, RECORDS_SLOT, 'records')) return;
-    const count = this.count[RECORDS_SLOT]!;
+    const count = this.count[RECORDS_SLOT];
     if (count === 0) return this.remember(RECORDS_SLOT, out, out.pos);
     const name = FAMILY.records.name;
     const w = MSG_CLASSES.length;
@@ -382,9 +382,9 @@ class RunRows {
         const j = base + i * w + c;
         if (this.has[j] === 0) continue;
         out.put(name);
-        out.put(this.labels[i]!);
-        out.put(MSG_SUFFIX[c]!);
-        out.value(this.vals[j]!);
+        out.put(this.labels[i]);
+        out.put(MSG_SUFFIX[c]);
+        out.value(this.vals[j]);
       }
     }
     this.remember(RECORDS_SLOT, out, at);
@@ -450,7 +450,7 @@ export class MetricsRenderer {
     out.add('runsExpired', '', w.stats.runsExpired);
     for (const [k, n] of w.stats.actions) {
       const [action, result] = k.split('|');
-      out.add('actions', `{action="${esc(action!)}",result="${esc(result!)}"}`, n);
+      out.add('actions', `{action="${esc(action)}",result="${esc(result)}"}`, n);
     }
     for (const [reason, n] of Object.entries(w.stats.auditErrors)) out.add('auditErrors', `{reason="${reason}"}`, n);
     out.add('auditRotations', '', w.stats.auditRotations);

@@ -48,7 +48,7 @@ async function gzip(chunks: Buffer[]): Promise<Buffer> {
   for (let i = 0; i < chunks.length; ) {
     const group: Buffer[] = [];
     let n = 0;
-    while (i < chunks.length && n < GZIP_PIECE) n += group[group.push(chunks[i++]!) - 1]!.length;
+    while (i < chunks.length && n < GZIP_PIECE) n += group[group.push(chunks[i++]) - 1].length;
     const piece = Buffer.concat(group, n);
     await new Promise<void>((resolve, reject) => z.write(piece, (e) => (e ? reject(e) : resolve())));
   }

@@ -52,8 +52,9 @@ export function parseColumns(buf: Buffer): LineColumns {
     let rec: HeartbeatRecord | undefined;
     if (typeof o === 'string') out.error[i] = 1 + PARSE_ERROR_REASONS.indexOf(o);
     else if (Array.isArray(o)) {
-      out.error[i] = 1 + PARSE_ERROR_REASONS.indexOf(o[0]);
-      rec = o[1];
+      const [reason, salvaged] = o as readonly [ParseErrorReason, HeartbeatRecord];
+      out.error[i] = 1 + PARSE_ERROR_REASONS.indexOf(reason);
+      rec = salvaged;
     } else rec = o as HeartbeatRecord;
     if (!rec) {
       out.msg[i] = NO_RECORD;
@@ -67,7 +68,7 @@ export function parseColumns(buf: Buffer): LineColumns {
     out.msg[i] = m;
     let bits = 0;
     for (let k = 0; k < W; k++) {
-      const v = rec[FIELDS[k]!];
+      const v = rec[FIELDS[k]];
       if (typeof v === 'number') {
         out.values[i * W + k] = v;
         bits |= 1 << k;
@@ -80,18 +81,18 @@ export function parseColumns(buf: Buffer): LineColumns {
 
 /** Line i's outcome, exactly as parseHeartbeatLine() gave it in the worker. */
 export function outcomeAt(c: LineColumns, i: number): LineOutcome {
-  const e = c.error[i]!;
-  const error = e === 0 ? undefined : (PARSE_ERROR_REASONS[e - 1] as ParseErrorReason);
+  const e = c.error[i];
+  const error = e === 0 ? undefined : (PARSE_ERROR_REASONS[e - 1]);
   if (c.msg[i] === NO_RECORD) return error!;
   const v = c.values;
   const b = i * W;
-  const p = c.present[i]!;
+  const p = c.present[i];
   // Same shape as toRecord()'s literal (field order included), so records stay one hidden class.
   const record: HeartbeatRecord = {
-    ts: v[b]!,
-    rank: v[b + 1]!,
-    step: v[b + 2]!,
-    msg: c.msgs[c.msg[i]!]!,
+    ts: v[b],
+    rank: v[b + 1],
+    step: v[b + 2],
+    msg: c.msgs[c.msg[i]],
     pid: p & (1 << 3) ? v[b + 3] : undefined,
     loss: p & (1 << 4) ? v[b + 4] : undefined,
     toks_per_s: p & (1 << 5) ? v[b + 5] : undefined,

@@ -15,7 +15,7 @@ export function nameApart<L extends { name: string; dir: string }>(locs: readonl
   }
   for (const [name, g] of groups) {
     if (g.length === 1) {
-      out.set(g[0]!, name);
+      out.set(g[0], name);
       continue;
     }
     const parts = g.map((l) => l.dir.split(sep).filter((p) => p !== ''));
@@ -28,7 +28,7 @@ export function nameApart<L extends { name: string; dir: string }>(locs: readonl
     // Identical paths cannot reach here (discovery de-duplicates by realpath); equal suffixes
     // of unequal length still tie, so the last resort is the full path.
     if (new Set(names).size !== names.length) names = g.map((l) => l.dir);
-    g.forEach((l, i) => out.set(l, names[i]!));
+    g.forEach((l, i) => out.set(l, names[i]));
   }
   return out;
 }

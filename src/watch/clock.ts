@@ -2,7 +2,7 @@
 // evaluation rules are tested with a manual clock: no processes, no sleeps.
 
 /** A timer handle, as the clock hands it out. */
-export type Timer = unknown;
+export type Timer = object | number;
 
 /** Time in seconds, and one-shot timers. */
 export interface Clock {

@@ -9,7 +9,7 @@ import type { Actions, TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
 import { procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
 import type { Config, Thresholds } from '../config/settings.js';
-import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts } from '../detect/detect.js';
+import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts, type StallDeadline } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import { attemptKeyOf, haltAuthor, isNewAttempt, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact } from '../state/lifecycle.js';
@@ -119,7 +119,7 @@ export class Evaluator {
       return this.evaluate(run, true);
     }
     run.stalled = run.anomalies.some((a) => a.kind === 'heartbeat_stall');
-    run.deadlines = run.expired ? new Map() : stallDeadlines(facts, this.thresholds);
+    run.deadlines = run.expired ? new Map<number, StallDeadline>() : stallDeadlines(facts, this.thresholds);
     run.primary = primaryOf(run.anomalies);
     this.judge(run, now);
     this.clock.clearTimeout(run.timer);

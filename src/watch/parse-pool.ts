@@ -33,7 +33,7 @@ export class ParsePool {
     } catch (e) {
       // e.g. a missing parse-worker.js in a broken install: never an exception out of a read
       this.fail(`parse thread could not start: ${(e as Error).message}`);
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     clearTimeout(this.idleTimer);
     const id = this.nextId++;

@@ -184,7 +184,7 @@ export class HeartbeatSink extends CountingSink {
   /** Applies every ready batch at the head of the queue. */
   private drain(): void {
     while (this.queue.length > 0) {
-      const b = this.queue[0]!;
+      const b = this.queue[0];
       if ('pending' in b && b.pending) return;
       this.queue.shift();
       if ('outcomes' in b) for (const o of b.outcomes) this.applyOutcome(o);

@@ -97,7 +97,7 @@ scrape_configs:
     const dir = join(d.path, 'runs', name);
     const episodes = audit(dir).filter((e) => e.event === 'anomaly');
     assert.equal(1, episodes.length, `${name}: ${JSON.stringify(episodes)}`);
-    assert.equal('alertmanager', episodes[0]!.source);
+    assert.equal('alertmanager', episodes[0].source);
   }
   // The hung trainer never read .HALT: escalation stopped it, and said so.
   const escalation = audit(join(d.path, 'runs', 'stall')).filter((e) => e.signal);

@@ -252,7 +252,7 @@ test('two runs with the same directory name (--dir a/run --dir b/run) get distin
     const runs = (await status(tw)).runs;
     return runs.length === 2 && runs.every((r) => r.ranks.length === 2) ? runs : undefined;
   }, 'both runs seen');
-  assert.notEqual(runs[0]!.run, runs[1]!.run);
+  assert.notEqual(runs[0].run, runs[1].run);
   assert.deepEqual([a, b], runs.map((r) => r.dir).sort());
   const metrics = await (await fetch(`${tw.url}/metrics`)).text();
   const labels = new Set([...metrics.matchAll(/^trainwatch_run_ranks\{run="([^"]+)"\}/gm)].map((m) => m[1]));
@@ -290,7 +290,7 @@ test('escalation ends a hung trainer that ignores SIGTERM: SIGUSR1, SIGTERM, the
   const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30']);
   await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
   assert.notEqual(0, await s.exited); // killed
-  const pids = [...new Set([0, 1].map((r) => records(dir, r)[0]!.pid))];
+  const pids = [...new Set([0, 1].map((r) => records(dir, r)[0].pid))];
   const exits = await waitFor(() => {
     const exits = audit(dir).filter((e) => String(e.action).startsWith('exit:'));
     return exits.length === pids.length ? exits : undefined;

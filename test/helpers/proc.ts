@@ -46,7 +46,7 @@ export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeo
   for (;;) {
     try {
       const v = await cond();
-      if (v) return v as NonNullable<T>;
+      if (v) return v;
     } catch (e) {
       last = e;
     }
@@ -79,8 +79,8 @@ export async function startTrainwatch(args: string[], env: Record<string, string
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   const url = `http://127.0.0.1:${port}`;
   await waitFor(
@@ -153,8 +153,8 @@ export function startSimTrainer(args: string[]): SimTrainer {
   // Its own process group, so that kill() reaches every forked rank, hung ones included.
   const proc = spawn('python3', [SIM, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   return {
     proc,

@@ -59,8 +59,8 @@ export async function startTw(t: T, args: string[], opts: { wrap?: string[]; env
   const full = [...(opts.wrap ?? []), ...argv];
   const proc = spawn(full[0], full.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code, sig) => r(code ?? (sig ? -1 : null))));
   const alive = () => proc.exitCode === null && proc.signalCode === null;
   const stop = async (signal: NodeJS.Signals = 'SIGTERM', graceMs = 6000) => {
@@ -244,8 +244,8 @@ export function startWriter(t: T, path: string, rank: number, first: number, n: 
   requireBinary('python3', 'python3');
   const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS), String(gapMs / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
   const done = new Promise<number>((res, rej) =>
     proc.on('exit', (code) => (code === 0 ? res(Number(out.trim().split(' ')[0])) : rej(new Error(`writer exited with ${code}: ${out}`)))),
   );

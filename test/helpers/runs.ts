@@ -20,7 +20,7 @@ export const QUIRKY = "a&b <i>'quoted'";
  */
 export function writeRuns(root: string, livePid: number): Record<string, number> {
   const now = Date.now() / 1000;
-  const dead = spawnSync('true').pid!;
+  const dead = spawnSync('true').pid;
   const write = (name: string, rank: number, recs: Array<Record<string, unknown>>) => {
     mkdirSync(join(root, name), { recursive: true });
     appendFileSync(join(root, name, `heartbeat_rank${rank}.jsonl`), recs.map((r) => pyJson({ rank, ...r }) + '\n').join(''));

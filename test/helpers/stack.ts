@@ -16,8 +16,8 @@ export interface Service {
 function launch(bin: string, args: string[], readyUrl: string, cleanup: () => void): Promise<Service> & { proc: ChildProcess } {
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
+  proc.stdout.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => (out += d));
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
   const url = readyUrl.replace(/\/-\/ready$/, '');
   const p = waitFor(

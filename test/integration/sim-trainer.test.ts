@@ -78,7 +78,7 @@ describe('the simulated trainer', { concurrency: 3 }, () => {
     const { dir, sim } = setup(t);
     const s = sim(['--ranks', '2', '--step-s', '0.02', '--steps', '150']);
     await waitFor(() => records(dir, 1).length >= 2, 'both ranks booted');
-    const pids = [0, 1].map((r) => records(dir, r)[0]!.pid);
+    const pids = [0, 1].map((r) => records(dir, r)[0].pid);
     for (const pid of pids) process.kill(pid, 'SIGTERM');
     s.kill('SIGUSR1');
     assert.equal(0, await s.exited);

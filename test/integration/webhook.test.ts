@@ -82,12 +82,12 @@ test('a firing halting alert writes .anomaly_type, .HALT and one audit entry; du
   const { tw, run } = await setup(t);
   const first = await post(tw, payload([alert('exp1')]));
   assert.equal(200, first.status);
-  assert.equal('acted', first.body.alerts![0]!.result);
+  assert.equal('acted', first.body.alerts![0].result);
   assert.equal('heartbeat_stall\n', readFileSync(join(run, '.anomaly_type'), 'utf8'));
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(run, '.HALT'), 'utf8'));
   const all = await Promise.all(Array.from({ length: 100 }, () => post(tw, payload([alert('exp1')]))));
   assert.deepEqual(Array(100).fill(200), all.map((r) => r.status));
-  assert.deepEqual(Array(100).fill('duplicate'), all.map((r) => r.body.alerts![0]!.result));
+  assert.deepEqual(Array(100).fill('duplicate'), all.map((r) => r.body.alerts![0].result));
   assert.equal(1, auditOf(run).filter((e) => e.event === 'anomaly').length);
   const m = await scrape(tw.url);
   assert.equal(100, m.get('trainwatch_webhook_alerts_total{result="duplicate"}'));
@@ -98,7 +98,7 @@ test('a firing halting alert writes .anomaly_type, .HALT and one audit entry; du
 test('100 concurrent first deliveries of one new alert act exactly once', async (t) => {
   const { tw, run } = await setup(t);
   const all = await Promise.all(Array.from({ length: 100 }, () => post(tw, payload([alert('exp1', { fingerprint: 'conc' })]))));
-  assert.equal(1, all.filter((r) => r.body.alerts![0]!.result === 'acted').length);
+  assert.equal(1, all.filter((r) => r.body.alerts![0].result === 'acted').length);
   assert.equal(1, auditOf(run).filter((e) => e.event === 'anomaly').length);
 });
 
@@ -106,11 +106,11 @@ test('a resolved alert is recorded but never removes .HALT; a later re-fire is a
   const { tw, run } = await setup(t);
   await post(tw, payload([alert('exp1')]));
   const resolved = await post(tw, payload([alert('exp1', { status: 'resolved' })], { status: 'resolved' }));
-  assert.equal('resolved', resolved.body.alerts![0]!.result);
+  assert.equal('resolved', resolved.body.alerts![0].result);
   assert.equal(true, existsSync(join(run, '.HALT')));
-  assert.equal('resolved_duplicate', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0]!.result);
+  assert.equal('resolved_duplicate', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0].result);
   const refire = await post(tw, payload([alert('exp1', { startsAt: '2026-11-28T11:00:00Z' })]));
-  assert.equal('acted', refire.body.alerts![0]!.result);
+  assert.equal('acted', refire.body.alerts![0].result);
   const events = auditOf(run).filter((e) => e.event !== 'action').map((e) => e.event);
   assert.deepEqual(['anomaly', 'resolved', 'anomaly'], events);
   // .HALT existed already: the new episode is audited, and nothing rewrites the control files.
@@ -123,9 +123,9 @@ test('labels with traversal, separators, encodings or NUL are rejected and nothi
   for (const run of ['../exp1', '/etc', 'exp1/../../x', '..', '.', 'exp1%2f..', 'exp1\u0000', 'a\\b', '%2e%2e']) {
     const r = await post(tw, payload([alert(run)]));
     assert.equal(200, r.status, run);
-    assert.equal('rejected', r.body.alerts![0]!.result, run);
+    assert.equal('rejected', r.body.alerts![0].result, run);
   }
-  assert.equal('not_ours', (await post(tw, payload([alert('someone-elses-run')]))).body.alerts![0]!.result);
+  assert.equal('not_ours', (await post(tw, payload([alert('someone-elses-run')]))).body.alerts![0].result);
   assert.equal(before, JSON.stringify([readdirSync(d.path).sort(), readdirSync(root).sort(), readdirSync(join(root, 'exp1')).sort()]));
 });
 
@@ -173,14 +173,14 @@ test('after kill -9 and a restart, a redelivered alert is still a duplicate (the
   await tw.stop('SIGKILL');
   const tw2 = await startTrainwatch(args);
   t.after(() => tw2.stop());
-  assert.equal('duplicate', (await post(tw2, payload([alert('exp1')]))).body.alerts![0]!.result);
+  assert.equal('duplicate', (await post(tw2, payload([alert('exp1')]))).body.alerts![0].result);
   assert.equal(1, auditOf(run).filter((e) => e.event === 'anomaly').length);
 });
 
 test('a non-halting alert (halt="false") writes .anomaly_type but not .HALT', async (t) => {
   const { tw, run } = await setup(t);
   const r = await post(tw, payload([alert('exp1', { kind: 'fetch_stall', halt: 'false', fingerprint: 'f2' })]));
-  assert.equal('acted', r.body.alerts![0]!.result);
+  assert.equal('acted', r.body.alerts![0].result);
   assert.equal('fetch_stall\n', readFileSync(join(run, '.anomaly_type'), 'utf8'));
   assert.equal(false, existsSync(join(run, '.HALT')));
 });
@@ -202,9 +202,9 @@ test('basic auth from --web.config.file guards every endpoint and is accepted by
 
 test('the audit log deleted while trainwatch runs is re-created by the next delivery', async (t) => {
   const { tw, run } = await setup(t);
-  assert.equal('acted', (await post(tw, payload([alert('exp1')]))).body.alerts![0]!.result);
+  assert.equal('acted', (await post(tw, payload([alert('exp1')]))).body.alerts![0].result);
   rmSync(join(run, '.trainwatch-audit.jsonl'));
-  assert.equal('resolved', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0]!.result);
+  assert.equal('resolved', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0].result);
   assert.deepEqual(['resolved'], auditOf(run).map((e) => e.event));
 });
 
@@ -220,7 +220,7 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   const unauth = await send(JSON.stringify(payload([alert('exp1')])), { authorization: 'Bearer nope' });
   assert.deepEqual([401, 'Bearer', 'deny', 'unauthorized'], [unauth.status, unauth.headers.get('www-authenticate'), unauth.headers.get('x-frame-options'), unauth.body.error]);
   const ok = await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json' });
-  assert.deepEqual([200, 'acted', 'deny', 'application/json; charset=utf-8'], [ok.status, ok.body.alerts![0]!.result, ok.headers.get('x-frame-options'), ok.headers.get('content-type')]);
+  assert.deepEqual([200, 'acted', 'deny', 'application/json; charset=utf-8'], [ok.status, ok.body.alerts![0].result, ok.headers.get('x-frame-options'), ok.headers.get('content-type')]);
   const bad = await send('{"version": "4", "alerts": [');
   assert.deepEqual([400, 'body is not valid JSON', 'deny'], [bad.status, bad.body.error, bad.headers.get('x-frame-options')]);
   const big = JSON.stringify(payload([alert('exp1')], { commonAnnotations: { x: 'y'.repeat(5000) } }));
@@ -230,7 +230,7 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   const chunked = await send(new ReadableStream({ start: (c) => (c.enqueue(new TextEncoder().encode(big)), c.close()) }));
   assert.deepEqual([413, 'body larger than --webhook.max-body-bytes (2048)'], [chunked.status, chunked.body.error]);
   // Encodings the fast path leaves to express's body parser still work as they did.
-  assert.equal('duplicate', (await send(gzipSync(JSON.stringify(payload([alert('exp1')]))), { 'content-encoding': 'gzip' })).body.alerts![0]!.result);
+  assert.equal('duplicate', (await send(gzipSync(JSON.stringify(payload([alert('exp1')]))), { 'content-encoding': 'gzip' })).body.alerts![0].result);
   assert.equal(415, (await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json; charset=latin1' })).status);
   const m = await scrape(tw.url);
   assert.deepEqual([1, 2, 1, 2, 1], ['401', '200', '400', '413', '415'].map((c) => m.get(`trainwatch_webhook_requests_total{code="${c}"}`)));

@@ -116,14 +116,14 @@ describe('control files and the audit log', { concurrency: 1 }, () => {
     const long = 'x'.repeat(16 << 10);
     for (let round = 0; round < 36; round++) {
       const fps = kinds.map((k) => `r${round}-${k}`);
-      assert.deepEqual(kinds.map(() => 'acted'), await post(kinds.map((k, i) => alert(fps[i]!, k, 'firing', long))));
-      assert.deepEqual(kinds.map(() => 'resolved'), await post(kinds.map((k, i) => alert(fps[i]!, k, 'resolved'))));
+      assert.deepEqual(kinds.map(() => 'acted'), await post(kinds.map((k, i) => alert(fps[i], k, 'firing', long))));
+      assert.deepEqual(kinds.map(() => 'resolved'), await post(kinds.map((k, i) => alert(fps[i], k, 'resolved'))));
     }
     const m = await scrape(tw.url);
     assert.equal(1, m.get('trainwatch_audit_rotations_total'));
     assert.equal(true, existsSync(join(dir, `${AUDIT}.1`)));
     const lines = readFileSync(join(dir, AUDIT), 'utf8').trim().split('\n');
-    const head = JSON.parse(lines[0]!) as { event: string; state: { keys: string[] } };
+    const head = JSON.parse(lines[0]) as { event: string; state: { keys: string[] } };
     assert.equal('checkpoint', head.event);
     assert.equal(true, head.state.keys.includes('old@2026-11-28T10:00:00Z'));
     assert.equal(false, lines.slice(1).some((l) => l.includes('"old@')), 'the old alert is only in the checkpoint of the current log');

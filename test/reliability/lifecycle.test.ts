@@ -21,7 +21,7 @@ describe('lifecycle', { concurrency: 4 }, () => {
     // descriptor is in question.
     const holder = spawn('python3', ['-c', 'import sys, time\nf = open(sys.argv[1], "a")\nprint("open", flush=True)\ntime.sleep(120)', f], { stdio: ['ignore', 'pipe', 'inherit'] });
     killAtEnd(t, holder);
-    await new Promise((r) => holder.stdout!.once('data', r));
+    await new Promise((r) => holder.stdout.once('data', r));
     const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '0.5']);
     await scrapeUntil(tw.url, (m) => records(m, 'del', 0) === 5, '5 records');
     assert.equal(1, fdTargets(tw.pid).filter((p) => p === f).length, 'trainwatch holds the file open');

@@ -5,7 +5,6 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { scrape } from '../helpers/proc.js';
 import { assertServing, beat, nonZeroParseErrors, record, records, scrapeUntil, startTw, step, scratch } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];

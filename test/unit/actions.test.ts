@@ -190,10 +190,10 @@ test('killed between the control-file writes and their audit entries: the restar
   await again.reconcile({ ...run, halted: true }, [stall], 1010, procs);
   const actions = audit().filter((e) => e.event === 'action');
   assert.deepEqual(['anomaly_type', 'details', 'halt'], actions.map((e) => e.action));
-  assert.deepEqual({ result: 'ok', recovered: true }, { result: actions[2]!.result, recovered: actions[2]!.recovered });
+  assert.deepEqual({ result: 'ok', recovered: true }, { result: actions[2].result, recovered: actions[2].recovered });
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
   await again.reconcile({ ...run, halted: true }, [stall], 1010 + 60, procs);
-  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0].pid}`)?.result);
 });
 
 test('a .HALT older than the restored episode, or with another reason, is not taken for its own: it counts as found', async (t) => {
@@ -376,7 +376,7 @@ test('a rotated audit log carries the open episode, its done actions and the hal
     await first.alerts(run, [{ ...a, status: 'resolved' }], 1001);
   }
   assert.equal(1, stats.auditRotations);
-  assert.equal('checkpoint', audit()[0]!.event);
+  assert.equal('checkpoint', audit()[0].event);
   rmSync(join(dir, '.anomaly_type'));
   const again = mk();
   t.after(() => again.close());
@@ -384,7 +384,7 @@ test('a rotated audit log carries the open episode, its done actions and the hal
   await again.reconcile({ ...run, halted: true }, [stall], 1100, procs);
   assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
   assert.deepEqual([], audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'));
-  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0]!.pid}`)?.result);
+  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0].pid}`)?.result);
 });
 
 test('.anomaly.json holds exactly the keys docs/detection.md lists for it', async () => {
@@ -394,7 +394,7 @@ test('.anomaly.json holds exactly the keys docs/detection.md lists for it', asyn
   const doc = readFileSync(join(REPO, 'docs/detection.md'), 'utf8');
   const para = /`\.anomaly\.json` holds\s([\s\S]*?); the numbers/.exec(doc);
   assert.ok(para, 'docs/detection.md: the sentence "`.anomaly.json` holds …; the numbers …" is gone');
-  const documented = [...para[1]!.matchAll(/`([a-z_]+)`/g)].map((m) => m[1]!).filter((k) => !['embedded', 'alertmanager'].includes(k)).sort();
+  const documented = [...para[1].matchAll(/`([a-z_]+)`/g)].map((m) => m[1]).filter((k) => !['embedded', 'alertmanager'].includes(k)).sort();
   assert.deepEqual(documented, written);
   d.cleanup();
 });

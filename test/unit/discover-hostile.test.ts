@@ -59,9 +59,9 @@ test('run_dir_name_not_utf8: refused with a reason that shows the name escaped a
       const runs = await discoverRuns([], [d.path], (p, e) => errors.push([p, e]), cache);
       assert.deepEqual(['ok'], runs.map((r) => r.name));
       assert.equal(1, errors.length);
-      assert.equal(join(d.path, 'run-%FF%FE%25x'), errors[0]![0]);
-      assert.equal(true, errors[0]![1] instanceof RunNameNotUtf8);
-      assert.match(errors[0]![1].message, /not valid UTF-8 \(shown escaped: run-%FF%FE%25x\).*Fix: rename it/);
+      assert.equal(join(d.path, 'run-%FF%FE%25x'), errors[0][0]);
+      assert.equal(true, errors[0][1] instanceof RunNameNotUtf8);
+      assert.match(errors[0][1].message, /not valid UTF-8 \(shown escaped: run-%FF%FE%25x\).*Fix: rename it/);
     }
   } finally {
     d.cleanup();

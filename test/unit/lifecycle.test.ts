@@ -24,7 +24,7 @@ class Trainer {
     this.pids = this.ranks.map((_, r) => pid0 + r);
   }
   write(rank: number, msg: string, extra: Partial<HeartbeatRecord> = {}): void {
-    reduce(this.ranks[rank]!, { ts: this.t, rank, step: 0, msg, pid: this.pids[rank], ...extra }, P);
+    reduce(this.ranks[rank], { ts: this.t, rank, step: 0, msg, pid: this.pids[rank], ...extra }, P);
   }
   boot(): void {
     for (let r = 0; r < this.ranks.length; r++) this.write(r, 'boot');
@@ -39,7 +39,7 @@ class Trainer {
       this.write(0, 'step_end');
       lastWrite[0] = this.t;
       for (let r = 1; r < this.ranks.length; r++) {
-        if (this.t - lastWrite[r]! >= 180) {
+        if (this.t - lastWrite[r] >= 180) {
           this.write(r, 'watchdog_dump');
           lastWrite[r] = this.t;
         }
@@ -55,9 +55,9 @@ test('a healthy 2-rank run of the real layout is never stalled, though rank 1 wr
   const tr = new Trainer(2, 1000);
   tr.boot();
   tr.train(3600);
-  assert.ok(tr.ranks[1]!.records.watchdog_dump >= 15, 'the simulated trainer dumped on rank 1');
-  assert.equal('periodic', rankRole(tr.ranks[0]!));
-  assert.equal('boot_only', rankRole(tr.ranks[1]!));
+  assert.ok(tr.ranks[1].records.watchdog_dump >= 15, 'the simulated trainer dumped on rank 1');
+  assert.equal('periodic', rankRole(tr.ranks[0]));
+  assert.equal('boot_only', rankRole(tr.ranks[1]));
   for (let dt = 0; dt <= 10; dt += 1) assert.deepEqual([], kinds(tr, tr.t + dt));
 });
 
@@ -118,8 +118,8 @@ test('a dump from another process than the one the rank records come from is ign
   const tr = new Trainer(1, 1000);
   tr.boot();
   tr.train(100);
-  reduce(tr.ranks[0]!, { ts: tr.t + 1, rank: 0, step: 0, msg: 'watchdog_dump', pid: 999 }, P);
-  assert.equal(undefined, tr.ranks[0]!.lastDumpTs);
+  reduce(tr.ranks[0], { ts: tr.t + 1, rank: 0, step: 0, msg: 'watchdog_dump', pid: 999 }, P);
+  assert.equal(undefined, tr.ranks[0].lastDumpTs);
   assert.deepEqual([], kinds(tr, tr.t + 2));
 });
 
@@ -161,7 +161,7 @@ test('a new process on the lowest rank is a new attempt; the key does not depend
   tr.boot();
   assert.equal('0/pid:100', attemptKeyOf(tr.ranks));
   assert.equal('0/pid:100', attemptKeyOf([...tr.ranks].reverse()));
-  assert.equal(false, isNewAttempt(attemptKeyOf([tr.ranks[1]!]), attemptKeyOf(tr.ranks)!), 'rank 0 read after rank 1 is the same attempt');
+  assert.equal(false, isNewAttempt(attemptKeyOf([tr.ranks[1]]), attemptKeyOf(tr.ranks)!), 'rank 0 read after rank 1 is the same attempt');
   tr.pids = [200, 201];
   tr.t += 500;
   tr.boot();

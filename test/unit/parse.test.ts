@@ -32,7 +32,7 @@ test('the string "NaN" inside quotes stays a string, even on a line that also ha
   assert.equal(true, Number.isNaN(v.b as number));
   assert.equal('x Infinity y', v.c);
   assert.equal('say "NaN"', v.d);
-  assert.equal(true, Number.isNaN((v.e as number[])[0]!));
+  assert.equal(true, Number.isNaN((v.e as number[])[0]));
   assert.equal(-Infinity, (v.e as number[])[1]);
 });
 

@@ -32,7 +32,7 @@ const params = (w: Watcher) => {
 };
 
 function record(w: Watcher, runIdx: number, rec: HeartbeatRecord): void {
-  const run = [...w.runs.values()][runIdx]!;
+  const run = [...w.runs.values()][runIdx];
   let s = run.ranks.get(rec.rank);
   if (!s) run.ranks.set(rec.rank, (s = newRankState(rec.rank)));
   reduce(s, rec, params(w));
@@ -89,11 +89,11 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 
 function apply(w: Watcher, op: Op): void {
   if (op.k === 'tick') return;
-  const run = [...w.runs.values()][op.run]!;
+  const run = [...w.runs.values()][op.run];
   if (op.k === 'record') record(w, op.run, op.rec);
   else if (op.k === 'dropRank') run.ranks.delete(op.rank);
   else if (op.k === 'expire') run.expired = !run.expired;
-  else if (op.k === 'anomalies') run.anomalies = op.ranks.map((rank) => ({ kind: ANOMALY_KINDS[op.kind]!.name, rank, value: 1, threshold: 1, message: '' }));
+  else if (op.k === 'anomalies') run.anomalies = op.ranks.map((rank) => ({ kind: ANOMALY_KINDS[op.kind].name, rank, value: 1, threshold: 1, message: '' }));
   else if (op.k === 'alive') run.procs.set(op.pid, op.alive ? 'alive' : 'gone');
   else if (op.k === 'halted') run.halted = !run.halted;
   else run.csv = { rows: op.step + 1, step: op.step, loss: op.loss, throughputZero: 0 };
@@ -148,8 +148,8 @@ test('a run that expires or loses a rank loses those series at the next scrape',
   for (const run of [0, 2]) for (const rank of [0, 1]) record(w, run, { ts: 1000, rank, step: 3, msg: 'beat' });
   r.render(1000);
   const runs = [...w.runs.values()];
-  runs[0]!.expired = true;
-  runs[2]!.ranks.delete(1);
+  runs[0].expired = true;
+  runs[2].ranks.delete(1);
   const m = parseExposition(text(r.render(1000)));
   assert.equal(undefined, m.get('trainwatch_step{run="a",rank="0"}'));
   assert.equal(undefined, m.get('trainwatch_step{run="c",rank="1"}'));

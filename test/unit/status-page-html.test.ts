@@ -14,7 +14,7 @@ function run(name: string, state: RunDoc['state'], extra: Partial<RunDoc> = {}):
   return {
     run: name, dir: `/runs/${name}`, state, reason: `why ${name}`, primary: undefined, liveness: 'verified', attempt: 1, halt: undefined,
     expired: false, halted: false, anomalies: [], episodes: [], audit: [], ranks: [], ...extra,
-  } as RunDoc;
+  };
 }
 
 function doc(runs: RunDoc[]): StatusDoc {
@@ -24,7 +24,7 @@ function doc(runs: RunDoc[]): StatusDoc {
 }
 
 /** The rows as served inside <main> (the script also carries the view's source). */
-const main = (html: string) => /<main id="runs">([^]*?)<\/main>/.exec(html)![1]!;
+const main = (html: string) => /<main id="runs">([^]*?)<\/main>/.exec(html)![1];
 /** The runs served, by name. */
 const served = (html: string) => [...main(html).matchAll(/data-run="([^"]*)"/g)].map((m) => m[1]);
 
@@ -41,7 +41,7 @@ test('run names, reasons, messages and .HALT text are escaped in the rows, and t
   assert.equal(2, html.match(/<\/script>/g)?.length);
   assert.equal(2, html.match(/<script[ >]/g)?.length);
   assert.equal(false, html.includes('<!--'));
-  const embedded = /<script type="application\/json" id="status-data">([^]*?)<\/script>/.exec(html)![1]!;
+  const embedded = /<script type="application\/json" id="status-data">([^]*?)<\/script>/.exec(html)![1];
   assert.deepEqual(JSON.parse(JSON.stringify(d)), JSON.parse(embedded));
 });
 

@@ -12,7 +12,7 @@ const P = { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, f
 function referenceLags(ranks: readonly RankState[]): Map<number, number> {
   const stepAt = (s: RankState, ts: number) => {
     const h = s.stepHistory;
-    for (let i = h.length - 2; i >= 0; i -= 2) if (h[i]! <= ts) return h[i + 1];
+    for (let i = h.length - 2; i >= 0; i -= 2) if (h[i] <= ts) return h[i + 1];
     return undefined;
   };
   const out = new Map<number, number>();

@@ -50,7 +50,7 @@ test('fifo_at_heartbeat_path: never read, counted once as not_regular_file while
   await tail.poll();
   await tail.poll();
   assert.deepEqual(['not_regular_file'], sink.errors);
-  assert.match(sink.details[0]!, /FIFO, not a regular file.*Fix:/);
+  assert.match(sink.details[0], /FIFO, not a regular file.*Fix:/);
   spawnSync('rm', [path]);
   writeFileSync(path, 'a\nb\n');
   await tail.poll();
@@ -272,7 +272,7 @@ test('emfile_on_open: out of descriptors is a counted read error that names the 
   await tail.poll();
   await tail.poll();
   assert.deepEqual(['read_error'], sink.errors); // once per failure, not once per poll
-  assert.match(sink.details[0]!, /EMFILE.*Fix: raise the open-files limit/);
+  assert.match(sink.details[0], /EMFILE.*Fix: raise the open-files limit/);
   fail = false;
   appendFileSync(path, 'b\n');
   await tail.poll();
