@@ -13,7 +13,7 @@ import type { Config, Thresholds } from '../config/settings.js';
 import { thresholdsOf } from '../config/settings.js';
 import type { Logger } from '../log.js';
 import { Actions } from '../actions/actions.js';
-import { DiscoveryCache, discoverRuns, listRunFiles, listRunFilesSync, roleOf } from '../source/discover.js';
+import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
 import type { ReduceParams } from '../state/rank.js';
@@ -216,12 +216,29 @@ export class Watcher {
     // system whose directory times do not move).
     const events = this.started && !this.events.polling;
     if (seq % SWEEP_PASS === 0) this.discovery.clear();
-    const locs = await discoverRuns(
-      this.config.dir,
-      this.config.root,
-      (path, err) => this.warnOnce(`dir:${path}`, err.message, { path }, /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions'),
-      events ? this.discovery : undefined,
-    );
+    let locs;
+    try {
+      locs = await discoverRuns(
+        this.config.dir,
+        this.config.root,
+        (path, err) => {
+          if (err instanceof RunNameNotUtf8 && !this.warned.has(`dir:${path}`)) this.stats.parseErrors.run_name_not_utf8++;
+          this.warnOnce(`dir:${path}`, err.message, { path }, err instanceof RunNameNotUtf8 ? 'run directory skipped: its name is not UTF-8' : /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions');
+        },
+        events ? this.discovery : undefined,
+      );
+    } catch (e) {
+      if (!(e instanceof DiscoveryRetry)) throw e;
+      // Out of descriptors (EMFILE/ENFILE) is not "every run is gone": keep the runs we have,
+      // read them, and list the roots again next sweep.
+      this.warnOnce('discovery:retry', e.message, { path: e.path }, 'cannot list run directories now; the runs already watched go on being read. Retrying at the next sweep');
+      locs = undefined;
+    }
+    if (locs === undefined) {
+      await Promise.all([...this.runs.values()].map((run) => this.sweepRun(run).catch(() => undefined)));
+      return;
+    }
+    this.warned.delete('discovery:retry');
     const seen = new Set<string>();
     const names = nameApart(locs);
     for (const loc of locs) {
@@ -360,8 +377,11 @@ export class Watcher {
   addTail(run: Run, name: string): FileTail {
     const role = roleOf(name);
     const file = join(run.dir, name);
-    const onReadError = (err: string) => this.log.warn({ run: run.name, file, err }, `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`);
-    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel);
+    const onReadError = (err: string, reason: string) =>
+      this.log.warn({ run: run.name, file, err, reason }, reason === 'read_error' ? `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep` : `file problem (${reason}); see the error for the fix`);
+    const maxRanks = this.config['run.max-ranks'];
+    const onRankCap = () => this.warnOnce(`ranks:${run.dir}`, 'cap', { run: run.name, max: maxRanks }, `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`);
+    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
