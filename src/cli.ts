@@ -1,6 +1,6 @@
 // Command line → (flag values, command). Flags and their help come from SETTINGS.
 import { Command, Option } from 'commander';
-import { SETTINGS, type Setting } from './config/settings.js';
+import { SETTINGS, settingFor, type Setting } from './config/settings.js';
 
 /** What the command line asked for. */
 export interface CliResult {
@@ -39,6 +39,7 @@ export function buildProgram(version: string): Command {
     const opt = new Option(flag, describe(s)).helpGroup(`${s.group}:`);
     if (s.type === 'list') opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     program.addOption(opt);
+    for (const a of s.aliases ?? []) program.addOption(new Option(flag.replace(`--${s.key}`, `--${a}`), `Same as --${s.key} (the original watchdog's flag).`).helpGroup(`${s.group}:`));
   }
   program.addHelpText(
     'after',
@@ -96,11 +97,17 @@ export function parseCli(argv: string[], version: string): CliResult {
   if (program.args.length > 0) throw new Error(`unexpected argument '${program.args[0]}'. Did you mean --dir ${program.args[0]}?`);
   const opts = program.opts();
   const flags = new Map<string, unknown>();
+  const givenAs = new Map<string, string>();
   for (const opt of program.options) {
     const name = opt.long?.replace(/^--/, '');
     if (!name || name === 'version' || name === 'help') continue;
     const v = opts[opt.attributeName()];
-    if (v !== undefined) flags.set(name, v);
+    if (v === undefined) continue;
+    // An alias sets its setting's key; giving both spellings is ambiguous.
+    const key = settingFor(name)!.key;
+    if (givenAs.has(key)) throw new Error(`--${givenAs.get(key)} and --${name} are the same setting; give only one`);
+    givenAs.set(key, name);
+    flags.set(key, v);
   }
   return { command, flags, demo: command === 'demo' ? demo : undefined };
 }

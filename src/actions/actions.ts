@@ -147,7 +147,7 @@ export class Actions {
         // While a .HALT is there nothing is rewritten, except by the episode that halted (its
         // failed writes are retried) or to record what a predecessor killed mid-episode already
         // wrote (see the header).
-        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
+        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch, { value: primary.value, threshold: primary.threshold, ...primary.details });
       } catch (e) {
         err = e;
       }
@@ -304,7 +304,7 @@ export class Actions {
 
   // Performs whichever required actions of an episode are not done yet; their results join the
   // batch. Throws if any failed with an error a retry could fix, so that the webhook can answer 5xx.
-  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch): Promise<void> {
+  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch, values: Record<string, number | undefined> = {}): Promise<void> {
     const kind = ep.kind;
     // Never into a run whose trainer is known to have exited: it would stop the next resume.
     const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
@@ -335,7 +335,9 @@ export class Actions {
     // .HALT's content is staged while the other two are written; only linking it waits for them.
     const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind)) : undefined;
     haltStaged?.catch(() => undefined); // its failure is reported by the halt step
-    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
+    // The values replace the original's gate_collapse_details.json (docs/detection.md); non-finite ones travel as strings.
+    const vals = Object.fromEntries(Object.entries(values).map(([k, v]) => [k, v === undefined || Number.isFinite(v) ? v : String(v)]));
+    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, ...vals, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
     const entries = await Promise.all([
       step('anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')),
       step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),

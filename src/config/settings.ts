@@ -17,6 +17,8 @@ export interface Setting {
   choices?: readonly string[];
   /** Placeholder in --help. */
   arg?: string;
+  /** Other flag (and YAML key) names for the same setting, e.g. the original watchdog's `interval`. */
+  aliases?: readonly string[];
   help: string;
   /** Section in --help and docs. */
   group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Web' | 'Tailing' | 'Logging';
@@ -29,7 +31,7 @@ export const SETTINGS = [
   { key: 'mode', env: 'TRAINWATCH_MODE', type: 'enum', choices: ['embedded', 'alertmanager'], default: 'embedded', group: 'Watch', help: 'embedded: trainwatch detects and acts by itself. alertmanager: it only exports metrics, and acts on alerts posted to its webhook.' },
   { key: 'run.ttl-s', env: 'TRAINWATCH_RUN_TTL_S', type: 'number', default: 21600, min: 60, max: 31536000, group: 'Watch', help: 'A run whose newest record is older than this many seconds is expired: its series go away and it no longer alerts.' },
   // Detection
-  { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
+  { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', aliases: ['interval'], type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
   { key: 'watch.heartbeat-stall-s', env: 'NSA_WATCH_HEARTBEAT_STALL_S', type: 'number', default: 180, min: 1, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'heartbeat_stall: no liveness record for this many seconds (watchdog_dump records are not liveness).' },
   { key: 'watch.flatline-n', env: 'NSA_WATCH_FLATLINE_N', type: 'int', default: 5, min: 1, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'throughput_flatline: this many consecutive progress records (or training.csv rows) with toks_per_s <= 0.' },
   { key: 'watch.loss-flatline-n', env: 'NSA_WATCH_LOSS_FLATLINE_N', type: 'int', default: 10, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'loss_flatline: this many consecutive progress records with the identical loss; 0 disables.' },
@@ -159,6 +161,11 @@ export function thresholdsOf(c: Config): Thresholds {
     stragglerSteps: c['watch.straggler-steps'],
     crashDetect: c['watch.crash-detect'],
   };
+}
+
+/** The setting an alias or key names (e.g. `interval` → `watch.interval-s`), or undefined. */
+export function settingFor(name: string): Setting | undefined {
+  return (SETTINGS as readonly Setting[]).find((s) => s.key === name || s.aliases?.includes(name));
 }
 
 /** The default config (every setting at its default). */
