@@ -8,6 +8,7 @@ import type { Config } from './config/settings.js';
 import { makeLogger } from './log.js';
 import { start, VERSION, type Running } from './app.js';
 import { runDemo } from './demo.js';
+import { runStatus } from './status-cmd.js';
 
 async function main(): Promise<number> {
   let cli;
@@ -30,6 +31,7 @@ async function main(): Promise<number> {
   const level = cli.command === 'demo' && !cli.flags.has('log.level') && !process.env.TRAINWATCH_LOG_LEVEL ? 'warn' : config['log.level'];
   const log = makeLogger(level, config['log.format']);
   if (cli.command === 'demo') return runDemo(config, log, cli.demo!);
+  if (cli.command === 'status') return runStatus(config, cli.status!, VERSION);
   const byDefault = applyDefaultDir(config);
   if (config.dir.length === 0 && config.root.length === 0) {
     process.stderr.write(`trainwatch: error: ${NOTHING_TO_WATCH}\n`);

@@ -59,6 +59,8 @@ export interface ActionOptions {
   autoClearHalt: boolean;
   log: Logger;
   stats: Stats;
+  /** `trainwatch status` reading files by itself: the audit log is read, never appended to */
+  readOnly?: boolean;
 }
 
 /** An alert from Alertmanager, mapped to a run. */
@@ -441,7 +443,7 @@ export class Actions {
   // Appends entries to the run's audit log in one write (one fdatasync), then remembers them.
   private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
     const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
-    await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
+    if (!this.o.readOnly) await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
     const mem = this.runs.get(run.real)?.mem;
     if (mem) for (const e of entries) remember(mem, e);
   }

@@ -46,6 +46,8 @@ const ROTATED_SUFFIXES = ['.gz', '.1', '.1.gz', '.old'];
 export interface WatcherOptions {
   /** the clock and timers evaluation runs on; detection itself never reads a clock */
   clock?: Clock;
+  /** never write into run directories, not even the audit log (`trainwatch status`) */
+  readOnly?: boolean;
 }
 
 /** Watches every run and keeps its state, metrics and actions current. */
@@ -106,6 +108,7 @@ export class Watcher {
       autoClearHalt: config['watch.auto-clear-halt'],
       log,
       stats: this.stats,
+      readOnly: opts.readOnly,
     });
     const host = {
       runs: this.runs,
