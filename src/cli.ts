@@ -40,7 +40,7 @@ function describe(s: Setting): string {
   return parts.join(' ');
 }
 
-const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Actions', 'Web', 'Tailing', 'Logging'];
+const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Actions', 'Notifications', 'Web', 'Tailing', 'Logging'];
 
 /** Builds the commander program; exported so --help text can be tested and documented. */
 export function buildProgram(version: string): Command {

@@ -61,6 +61,20 @@ export interface ActionOptions {
   stats: Stats;
   /** `trainwatch status` reading files by itself: the audit log is read, never appended to */
   readOnly?: boolean;
+  /** called once an episode's opening or end is in the audit log (notifications); must not throw */
+  onEpisode?: (event: EpisodeEvent) => void;
+}
+
+/** An episode opened or ended, as recorded in the audit log. */
+export interface EpisodeEvent {
+  event: 'opened' | 'resolved';
+  run: RunRef;
+  episode: string;
+  kind: string;
+  rank?: number;
+  message?: string;
+  source?: string;
+  ts: number;
 }
 
 /** An alert from Alertmanager, mapped to a run. */
@@ -446,6 +460,19 @@ export class Actions {
     if (!this.o.readOnly) await this.auditLog.append(run.dir, run.real, CONTROL_FILES.audit, entries.map((e) => JSON.stringify(e)).join('\n'));
     const mem = this.runs.get(run.real)?.mem;
     if (mem) for (const e of entries) remember(mem, e);
+    for (const e of entries) {
+      if (this.o.onEpisode && (e.event === 'anomaly' || e.event === 'resolved')) this.o.onEpisode({ event: e.event === 'anomaly' ? 'opened' : 'resolved', run, episode: e.episode, kind: e.kind ?? '', rank: e.rank, message: e.message, source: e.source, ts: e.ts });
+    }
+  }
+
+  /** Records a notification's result (notify/notify.ts) as an action of its episode. */
+  recordNotified(run: RunRef, episode: string, channel: string, result: string, event: string): Promise<void> {
+    return this.serial(run, () => this.audit(run, { ts: Date.now() / 1000, event: 'action', episode, action: `notified_${channel}`, result, reason: event }));
+  }
+
+  /** Resolves once the run's current serialised step (its writes) is done. */
+  settled(run: RunRef): Promise<void> {
+    return this.serial(run, async () => undefined);
   }
 }
 

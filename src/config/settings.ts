@@ -21,7 +21,7 @@ export interface Setting {
   aliases?: readonly string[];
   help: string;
   /** Section in --help and docs. */
-  group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Web' | 'Tailing' | 'Logging';
+  group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Notifications' | 'Web' | 'Tailing' | 'Logging';
 }
 
 export const SETTINGS = [
@@ -53,6 +53,19 @@ export const SETTINGS = [
   { key: 'watch.escalate-term-s', env: 'NSA_WATCH_ESCALATE_TERM_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGUSR1, send SIGTERM. 0 never sends SIGTERM.' },
   { key: 'watch.escalate-kill-s', env: 'NSA_WATCH_ESCALATE_KILL_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGTERM, send SIGKILL if the trainer still runs (the NSA trainer catches SIGTERM, dumps stacks and runs on). 0 never sends SIGKILL.' },
   { key: 'watch.auto-clear-halt', env: 'NSA_WATCH_AUTO_CLEAR_HALT', type: 'bool', default: false, group: 'Actions', help: 'Once the trainer that a .HALT written by trainwatch addressed has exited, remove that .HALT (audited), so an automated restart trains instead of stopping at step 1.' },
+  // Notifications
+  { key: 'notify.exec', env: 'TRAINWATCH_NOTIFY_EXEC', type: 'string', default: undefined, arg: 'command', group: 'Notifications', help: 'Run this command once when an episode opens (docs/notifications.md): split into words (\'…\' and "…" quote), run without a shell, with TRAINWATCH_RUN, _DIR, _KIND, _RANK, _MESSAGE, _SEVERITY, _HALTED, _STATE and _EVENT in its environment.' },
+  { key: 'notify.shell', type: 'bool', default: false, group: 'Notifications', help: 'Run --notify.exec through /bin/sh -c (pipes, redirections); the values still only travel in the environment.' },
+  { key: 'notify.on-resolve', env: 'TRAINWATCH_NOTIFY_ON_RESOLVE', type: 'bool', default: false, group: 'Notifications', help: 'Also notify when an episode ends (TRAINWATCH_EVENT=resolved).' },
+  { key: 'notify.exec-timeout-s', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Notifications', help: 'A notification command still running after this many seconds is killed (SIGKILL to its process group) and counted as timeout.' },
+  { key: 'notify.exec-concurrency', type: 'int', default: 2, min: 1, max: 64, group: 'Notifications', help: 'At most this many notification commands run at once; the others wait in the queue.' },
+  { key: 'notify.queue', type: 'int', default: 100, min: 1, max: 100000, group: 'Notifications', help: 'Notifications waiting per channel (the command, each webhook URL); beyond this the oldest is dropped and counted (result dropped).' },
+  { key: 'notify.webhook', env: 'TRAINWATCH_NOTIFY_WEBHOOK', type: 'list', default: [], arg: 'url', group: 'Notifications', help: 'POST a JSON event to this URL once when an episode opens (repeatable; env: comma-separated).' },
+  { key: 'notify.webhook-format', env: 'TRAINWATCH_NOTIFY_WEBHOOK_FORMAT', type: 'enum', choices: ['json', 'slack'], default: 'json', group: 'Notifications', help: 'json: the event object of docs/notifications.md. slack: {"text": "…"} for Slack-compatible incoming webhooks.' },
+  { key: 'notify.webhook-token-file', env: 'TRAINWATCH_NOTIFY_WEBHOOK_TOKEN_FILE', type: 'string', default: undefined, arg: 'file', group: 'Notifications', help: 'File holding a bearer token sent as Authorization: Bearer <token> (credentials never go in a flag).' },
+  { key: 'notify.webhook-timeout-s', type: 'number', default: 10, min: 0.1, max: 600, group: 'Notifications', help: 'One webhook request may take this long.' },
+  { key: 'notify.webhook-retries', type: 'int', default: 5, min: 0, max: 100, group: 'Notifications', help: 'Retries of a delivery answered 5xx (or not at all), with exponential backoff; 4xx is not retried.' },
+  { key: 'notify.webhook-backoff-s', type: 'number', default: 1, min: 0.01, max: 3600, group: 'Notifications', help: 'The first retry waits this long; each further retry twice as long (at most 5 minutes).' },
   // Web
   { key: 'web.listen-address', env: 'TRAINWATCH_WEB_LISTEN_ADDRESS', type: 'string', default: ':9465', arg: 'host:port', group: 'Web', help: 'Address to serve /metrics, the status page and the webhook on (port 0 picks a free port).' },
   { key: 'web.telemetry-path', type: 'string', default: '/metrics', arg: 'path', group: 'Web', help: 'Path under which to expose metrics.' },
@@ -105,6 +118,18 @@ export interface Config {
   'watch.escalate-term-s': number;
   'watch.escalate-kill-s': number;
   'watch.auto-clear-halt': boolean;
+  'notify.exec': string | undefined;
+  'notify.shell': boolean;
+  'notify.on-resolve': boolean;
+  'notify.exec-timeout-s': number;
+  'notify.exec-concurrency': number;
+  'notify.queue': number;
+  'notify.webhook': string[];
+  'notify.webhook-format': 'json' | 'slack';
+  'notify.webhook-token-file': string | undefined;
+  'notify.webhook-timeout-s': number;
+  'notify.webhook-retries': number;
+  'notify.webhook-backoff-s': number;
   'web.listen-address': string;
   'web.telemetry-path': string;
   'web.config.file': string | undefined;

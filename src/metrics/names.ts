@@ -84,6 +84,7 @@ export const METRICS = {
   runsExpired: { name: 'trainwatch_runs_expired_total', type: 'counter', labels: [], help: 'Runs dropped because their directory went away or they were idle past the TTL.' },
   actions: { name: 'trainwatch_actions_total', type: 'counter', labels: ['action', 'result'], help: 'Control-file writes and signals, by action and result.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
+  notifications: { name: 'trainwatch_notifications_total', type: 'counter', labels: ['channel', 'result'], help: 'Episode notifications by channel (exec, webhook) and result (ok, failed, timeout, retry, dropped).' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
 } as const satisfies Record<string, MetricDef>;
 

@@ -452,6 +452,10 @@ export class MetricsRenderer {
       out.add('actions', `{action="${esc(action!)}",result="${esc(result!)}"}`, n);
     }
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
+    for (const [k, n] of w.stats.notifications) {
+      const [channel, result] = k.split('|');
+      out.add('notifications', `{channel="${channel}",result="${result}"}`, n);
+    }
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
     return out.done();
   }

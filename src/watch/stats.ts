@@ -15,6 +15,15 @@ export class Stats {
   /** result → count */
   webhookAlerts = new Map<string, number>();
 
+  /** `channel|result` → count: notification commands and webhook deliveries */
+  notifications = new Map<string, number>();
+
+  /** Counts one notification outcome (exec or webhook: ok, failed, timeout, retry, dropped). */
+  notification(channel: string, result: string): void {
+    const k = `${channel}|${result}`;
+    this.notifications.set(k, (this.notifications.get(k) ?? 0) + 1);
+  }
+
   /** Counts one action outcome. */
   action(action: string, result: string): void {
     const k = `${action}|${result}`;
