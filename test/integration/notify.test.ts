@@ -107,3 +107,37 @@ test('a webhook receiver that fails twice and then succeeds gets exactly one del
   const m = await scrape(tw.url);
   assert.deepEqual([2, 1], [m.get('trainwatch_notifications_total{channel="webhook",result="retry"}'), m.get('trainwatch_notifications_total{channel="webhook",result="ok"}')]);
 });
+
+test('when a webhook queue is full the oldest waiting event is dropped, counted and audited; the rest are delivered', { timeout: 60_000 }, async (t) => {
+  const { d, later } = runDir(t);
+  // Three runs whose ranks went silent long ago: three heartbeat_stall episodes at start-up.
+  for (const name of ['a', 'b', 'c']) {
+    mkdirSync(join(d.path, name));
+    const ts = Date.now() / 1000 - 1000;
+    writeFileSync(join(d.path, name, 'heartbeat_rank0.jsonl'), [pyJson({ ts, rank: 0, step: 0, msg: 'boot', pid: 4194305 }), pyJson({ ts: ts + 1, rank: 0, step: 1, msg: 'progress', loss: 3, toks_per_s: 100, pid: 4194305 })].join('\n') + '\n');
+  }
+  const held: Array<() => void> = [];
+  let received = 0;
+  const port = await freePort();
+  // The receiver holds every request until released: the first event is in flight, the others wait.
+  const server = createServer((req, res) => {
+    received++;
+    req.resume();
+    held.push(() => res.writeHead(200).end());
+  });
+  await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+  later(() => new Promise((r) => server.close(r)));
+  later(() => held.forEach((release) => release()));
+  const tw = await startTrainwatch(['--root', d.path, '--notify.webhook', `http://127.0.0.1:${port}/`, '--notify.queue', '1', '--notify.webhook-timeout-s', '60'], FAST);
+  later(() => tw.stop());
+  await waitFor(async () => (await scrape(tw.url)).get('trainwatch_notifications_total{channel="webhook",result="dropped"}') === 1, 'one event dropped');
+  assert.equal(1, received);
+  held.shift()!();
+  await waitFor(() => received === 2, 'the newest event delivered');
+  held.shift()!();
+  const results = await waitFor(() => {
+    const r = ['a', 'b', 'c'].flatMap((n) => audit(join(d.path, n)).filter((e) => e.action === 'notified_webhook').map((e) => e.result as string));
+    return r.length === 3 ? r.sort() : undefined;
+  }, 'every event audited');
+  assert.deepEqual(['dropped', 'ok', 'ok'], results);
+});
