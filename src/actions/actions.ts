@@ -58,6 +58,22 @@ export interface ActionOptions {
   autoClearHalt: boolean;
   log: Logger;
   stats: Stats;
+  /** `trainwatch status` reading files by itself: the audit log is read, never appended to */
+  readOnly?: boolean;
+  /** called once an episode's opening or end is in the audit log (notifications); must not throw */
+  onEpisode?: (event: EpisodeEvent) => void;
+}
+
+/** An episode opened or ended, as recorded in the audit log. */
+export interface EpisodeEvent {
+  event: 'opened' | 'resolved';
+  run: RunRef;
+  episode: string;
+  kind: string;
+  rank?: number;
+  message?: string;
+  source?: string;
+  ts: number;
 }
 
 /** An alert from Alertmanager, mapped to a run. */
@@ -146,7 +162,7 @@ export class Actions {
         // While a .HALT is there nothing is rewritten, except by the episode that halted (its
         // failed writes are retried) or to record what a predecessor killed mid-episode already
         // wrote (see the header).
-        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
+        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch, { value: primary.value, threshold: primary.threshold, ...primary.details });
       } catch (e) {
         err = e;
       }
@@ -303,7 +319,7 @@ export class Actions {
 
   // Performs whichever required actions of an episode are not done yet; their results join the
   // batch. Throws if any failed with an error a retry could fix, so that the webhook can answer 5xx.
-  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch): Promise<void> {
+  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch, values: Record<string, number | undefined> = {}): Promise<void> {
     const kind = ep.kind;
     // Never into a run whose trainer is known to have exited: it would stop the next resume.
     const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
@@ -336,7 +352,9 @@ export class Actions {
     // On a full disk .HALT is staged empty: the trainer only tests that it exists.
     const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind), true) : undefined;
     haltStaged?.catch(() => undefined); // its failure is reported by the halt step
-    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
+    // The values replace the original's gate_collapse_details.json (docs/detection.md); non-finite ones travel as strings.
+    const vals = Object.fromEntries(Object.entries(values).map(([k, v]) => [k, v === undefined || Number.isFinite(v) ? v : String(v)]));
+    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, ...vals, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
     const entries = await Promise.all([
       step('anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')),
       step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),
@@ -442,8 +460,21 @@ export class Actions {
   private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
     const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
     const mem = this.runs.get(run.real)?.mem;
-    await appendAudit(this.auditLog, run, entries, mem, this.o);
+    if (!this.o.readOnly) await appendAudit(this.auditLog, run, entries, mem, this.o);
     if (mem) for (const e of entries) remember(mem, e);
+    for (const e of entries) {
+      if (this.o.onEpisode && (e.event === 'anomaly' || e.event === 'resolved')) this.o.onEpisode({ event: e.event === 'anomaly' ? 'opened' : 'resolved', run, episode: e.episode, kind: e.kind ?? '', rank: e.rank, message: e.message, source: e.source, ts: e.ts });
+    }
+  }
+
+  /** Records a notification's result (notify/notify.ts) as an action of its episode. */
+  recordNotified(run: RunRef, episode: string, channel: string, result: string, event: string): Promise<void> {
+    return this.serial(run, () => this.audit(run, { ts: Date.now() / 1000, event: 'action', episode, action: `notified_${channel}`, result, reason: event }));
+  }
+
+  /** Resolves once the run's current serialised step (its writes) is done. */
+  settled(run: RunRef): Promise<void> {
+    return this.serial(run, async () => undefined);
   }
 }
 

@@ -17,9 +17,11 @@ export interface Setting {
   choices?: readonly string[];
   /** Placeholder in --help. */
   arg?: string;
+  /** Other flag (and YAML key) names for the same setting, e.g. the original watchdog's `interval`. */
+  aliases?: readonly string[];
   help: string;
   /** Section in --help and docs. */
-  group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Web' | 'Tailing' | 'Logging';
+  group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Notifications' | 'Web' | 'Tailing' | 'Logging';
 }
 
 export const SETTINGS = [
@@ -30,7 +32,7 @@ export const SETTINGS = [
   { key: 'run.ttl-s', env: 'TRAINWATCH_RUN_TTL_S', type: 'number', default: 21600, min: 60, max: 31536000, group: 'Watch', help: 'A run whose newest record is older than this many seconds is expired: its series go away and it no longer alerts.' },
   { key: 'run.max-ranks', env: 'TRAINWATCH_RUN_MAX_RANKS', type: 'int', default: 4096, min: 1, max: 1048576, group: 'Watch', help: 'At most this many distinct ranks per run: records of further ranks are dropped and counted as too_many_ranks (a file whose records carry many rank values cannot make one run cost unbounded memory and CPU). Raise it for larger jobs.' },
   // Detection
-  { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
+  { key: 'watch.interval-s', env: 'NSA_WATCH_INTERVAL_S', aliases: ['interval'], type: 'number', default: 30, min: 0.1, max: 3600, group: 'Detection (NSA_WATCH_*)', help: 'Safety sweep period: every interval all files are re-checked and all rules re-evaluated. Detection itself is event-driven.' },
   { key: 'watch.heartbeat-stall-s', env: 'NSA_WATCH_HEARTBEAT_STALL_S', type: 'number', default: 180, min: 1, max: 604800, group: 'Detection (NSA_WATCH_*)', help: 'heartbeat_stall: no liveness record for this many seconds (watchdog_dump records are not liveness).' },
   { key: 'watch.flatline-n', env: 'NSA_WATCH_FLATLINE_N', type: 'int', default: 5, min: 1, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'throughput_flatline: this many consecutive progress records (or training.csv rows) with toks_per_s <= 0.' },
   { key: 'watch.loss-flatline-n', env: 'NSA_WATCH_LOSS_FLATLINE_N', type: 'int', default: 10, min: 0, max: 100000, group: 'Detection (NSA_WATCH_*)', help: 'loss_flatline: this many consecutive progress records with the identical loss; 0 disables.' },
@@ -52,6 +54,19 @@ export const SETTINGS = [
   { key: 'watch.escalate-term-s', env: 'NSA_WATCH_ESCALATE_TERM_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGUSR1, send SIGTERM. 0 never sends SIGTERM.' },
   { key: 'watch.escalate-kill-s', env: 'NSA_WATCH_ESCALATE_KILL_S', type: 'number', default: 0, min: 0, max: 604800, group: 'Actions', help: 'This many seconds after SIGTERM, send SIGKILL if the trainer still runs (the NSA trainer catches SIGTERM, dumps stacks and runs on). 0 never sends SIGKILL.' },
   { key: 'watch.auto-clear-halt', env: 'NSA_WATCH_AUTO_CLEAR_HALT', type: 'bool', default: false, group: 'Actions', help: 'Once the trainer that a .HALT written by trainwatch addressed has exited, remove that .HALT (audited), so an automated restart trains instead of stopping at step 1.' },
+  // Notifications
+  { key: 'notify.exec', env: 'TRAINWATCH_NOTIFY_EXEC', type: 'string', default: undefined, arg: 'command', group: 'Notifications', help: 'Run this command once when an episode opens (docs/notifications.md): split into words (\'…\' and "…" quote), run without a shell, with TRAINWATCH_RUN, _DIR, _KIND, _RANK, _MESSAGE, _SEVERITY, _HALTED, _STATE and _EVENT in its environment.' },
+  { key: 'notify.shell', type: 'bool', default: false, group: 'Notifications', help: 'Run --notify.exec through /bin/sh -c (pipes, redirections); the values still only travel in the environment.' },
+  { key: 'notify.on-resolve', env: 'TRAINWATCH_NOTIFY_ON_RESOLVE', type: 'bool', default: false, group: 'Notifications', help: 'Also notify when an episode ends (TRAINWATCH_EVENT=resolved).' },
+  { key: 'notify.exec-timeout-s', type: 'number', default: 30, min: 0.1, max: 3600, group: 'Notifications', help: 'A notification command still running after this many seconds is killed (SIGKILL to its process group) and counted as timeout.' },
+  { key: 'notify.exec-concurrency', type: 'int', default: 2, min: 1, max: 64, group: 'Notifications', help: 'At most this many notification commands run at once; the others wait in the queue.' },
+  { key: 'notify.queue', type: 'int', default: 100, min: 1, max: 100000, group: 'Notifications', help: 'Notifications waiting per channel (the command, each webhook URL); beyond this the oldest is dropped and counted (result dropped).' },
+  { key: 'notify.webhook', env: 'TRAINWATCH_NOTIFY_WEBHOOK', type: 'list', default: [], arg: 'url', group: 'Notifications', help: 'POST a JSON event to this URL once when an episode opens (repeatable; env: comma-separated).' },
+  { key: 'notify.webhook-format', env: 'TRAINWATCH_NOTIFY_WEBHOOK_FORMAT', type: 'enum', choices: ['json', 'slack'], default: 'json', group: 'Notifications', help: 'json: the event object of docs/notifications.md. slack: {"text": "…"} for Slack-compatible incoming webhooks.' },
+  { key: 'notify.webhook-token-file', env: 'TRAINWATCH_NOTIFY_WEBHOOK_TOKEN_FILE', type: 'string', default: undefined, arg: 'file', group: 'Notifications', help: 'File holding a bearer token sent as Authorization: Bearer <token> (credentials never go in a flag).' },
+  { key: 'notify.webhook-timeout-s', type: 'number', default: 10, min: 0.1, max: 600, group: 'Notifications', help: 'One webhook request may take this long.' },
+  { key: 'notify.webhook-retries', type: 'int', default: 5, min: 0, max: 100, group: 'Notifications', help: 'Retries of a delivery answered 5xx (or not at all), with exponential backoff; 4xx is not retried.' },
+  { key: 'notify.webhook-backoff-s', type: 'number', default: 1, min: 0.01, max: 3600, group: 'Notifications', help: 'The first retry waits this long; each further retry twice as long (at most 5 minutes).' },
   // Web
   { key: 'web.listen-address', env: 'TRAINWATCH_WEB_LISTEN_ADDRESS', type: 'string', default: ':9465', arg: 'host:port', group: 'Web', help: 'Address to serve /metrics, the status page and the webhook on (port 0 picks a free port).' },
   { key: 'web.telemetry-path', type: 'string', default: '/metrics', arg: 'path', group: 'Web', help: 'Path under which to expose metrics.' },
@@ -131,6 +146,11 @@ export function thresholdsOf(c: Config): Thresholds {
     stragglerSteps: c['watch.straggler-steps'],
     crashDetect: c['watch.crash-detect'],
   };
+}
+
+/** The setting an alias or key names (e.g. `interval` → `watch.interval-s`), or undefined. */
+export function settingFor(name: string): Setting | undefined {
+  return (SETTINGS as readonly Setting[]).find((s) => s.key === name || s.aliases?.includes(name));
 }
 
 /** The default config (every setting at its default). */

@@ -18,6 +18,8 @@ export interface Anomaly {
   message: string;
   /** trainer ts of the newest evidence; an acknowledgement at or after it hides the anomaly */
   evidenceTs?: number;
+  /** kind-specific values for .anomaly.json (gate_collapse: the gate fields and their thresholds) */
+  details?: Record<string, number | undefined>;
 }
 
 /** What detection needs to know about a run. */
@@ -267,7 +269,19 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: 
   if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN) push('throughput_flatline', st.throughputZero, t.flatlineN, `toks_per_s <= 0 in ${t.flatlineN} progress records in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`, at);
   if (t.lossFlatlineN > 0 && st.lossSame >= t.lossFlatlineN) push('loss_flatline', st.lossSame, t.lossFlatlineN, `loss stuck at ${s.loss} in ${t.lossFlatlineN} progress records in a row (NSA_WATCH_LOSS_FLATLINE_N=${t.lossFlatlineN})`, at);
   if (t.gradZeroN > 0 && st.gradZero >= t.gradZeroN) push('zero_grad', st.gradZero, t.gradZeroN, `grad_norm == 0 in ${t.gradZeroN} progress records in a row (NSA_WATCH_GRAD_ZERO_N=${t.gradZeroN})`, at);
-  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`, at);
+  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) {
+    push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`, at);
+    // What the original's gate_collapse_details.json held: the newest gate values and the limits.
+    out[out.length - 1]!.details = {
+      gate_entropy_mean: s.gateEntropyMean,
+      gate_entropy_min: s.gateEntropyMin,
+      gate_max_gate: s.gateMaxGate,
+      gate_collapse_frac: s.gateCollapseFrac,
+      threshold_gate_entropy_min: t.gateEntropyMin,
+      threshold_gate_max: t.gateMaxThreshold,
+      threshold_gate_collapse_frac: t.gateCollapseFrac,
+    };
+  }
   if (t.nonfiniteN > 0 && st.nonfinite >= t.nonfiniteN) push('nonfinite_loss', st.nonfinite, t.nonfiniteN, `loss=${s.loss} grad_norm=${s.gradNorm}: not finite in ${t.nonfiniteN} progress record${t.nonfiniteN === 1 ? '' : 's'} in a row (NSA_WATCH_NONFINITE_N=${t.nonfiniteN})`, at);
   if (t.fetchStallRatio > 0 && s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchSamples >= t.fetchWarmupN && s.dtFetchS > t.fetchStallRatio * s.fetchBaseline) {
     const ratio = s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : Infinity;

@@ -24,7 +24,7 @@ export function configurationDoc(): string {
     for (const s of (SETTINGS as readonly Setting[]).filter((x) => x.group === g)) {
       const d = s.default === undefined || (Array.isArray(s.default) && s.default.length === 0) ? '–' : typeof s.default === 'boolean' ? (s.default ? '1' : '0') : String(s.default);
       const acc = s.type === 'bool' ? '0, 1' : s.type === 'enum' ? s.choices!.join(', ') : s.min !== undefined ? `${s.min} … ${s.max}` : s.type === 'list' ? 'paths (repeatable)' : s.type;
-      out += `| \`--${s.key}\` | ${s.env ? `\`${s.env}\`` : '–'} | ${d} | ${acc} | ${s.help.replace(/\|/g, '\\|')} |\n`;
+      out += `| \`--${s.key}\`${(s.aliases ?? []).map((a) => ` (alias \`--${a}\`)`).join('')} | ${s.env ? `\`${s.env}\`` : '–'} | ${d} | ${acc} | ${s.help.replace(/\|/g, '\\|')} |\n`;
     }
     out += '\n';
   }

@@ -19,6 +19,9 @@ import { BasicAuth, clientCertRefusal, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
 
+/** The listen address is taken (main.ts then asks who holds it: http/peer.ts). */
+export class AddressInUseError extends ConfigError {}
+
 /** A started server and how to stop it. */
 export interface Started {
   server: Server;
@@ -151,7 +154,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   const port = Number(addr.slice(cut + 1));
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new ConfigError(e.code === 'EADDRINUSE' ? `--web.listen-address ${addr}: the port is in use; pick another port (e.g. --web.listen-address=:0 for any free one)` : `--web.listen-address ${addr}: ${e.message}`)),
+      reject(e.code === 'EADDRINUSE' ? new AddressInUseError(`--web.listen-address ${addr}: the port is in use; pick another port (e.g. --web.listen-address=:0 for any free one)`) : new ConfigError(`--web.listen-address ${addr}: ${e.message}`)),
     );
     server.listen(port, host, () => resolve());
   });

@@ -86,6 +86,7 @@ export const METRICS = {
   auditErrors: { name: 'trainwatch_audit_errors_total', type: 'counter', labels: ['reason'], help: 'Audit-log reads, appends and rotations that failed, by reason; trainwatch acts anyway.' },
   auditRotations: { name: 'trainwatch_audit_rotations_total', type: 'counter', labels: [], help: 'Audit logs rotated to .trainwatch-audit.jsonl.1 (at 4 MiB), each new file starting with a checkpoint.' },
   webhookRequests: { name: 'trainwatch_webhook_requests_total', type: 'counter', labels: ['code'], help: 'Webhook requests, by HTTP status code.' },
+  notifications: { name: 'trainwatch_notifications_total', type: 'counter', labels: ['channel', 'result'], help: 'Episode notifications by channel (exec, webhook) and result (ok, failed, timeout, retry, dropped).' },
   webhookAlerts: { name: 'trainwatch_webhook_alerts_total', type: 'counter', labels: ['result'], help: 'Alerts received on the webhook, by what was done with them.' },
   httpConnections: { name: 'trainwatch_http_connections', type: 'gauge', labels: [], help: 'Open HTTP connections (at most web.max-connections).' },
   httpConnectionsRefused: { name: 'trainwatch_http_connections_refused_total', type: 'counter', labels: ['reason'], help: 'Connections closed unserved: max_connections (web.max-connections reached), client_cert (client_auth_type not met after the handshake) or tls_handshake (the TLS handshake failed).' },

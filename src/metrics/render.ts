@@ -455,6 +455,10 @@ export class MetricsRenderer {
     for (const [reason, n] of Object.entries(w.stats.auditErrors)) out.add('auditErrors', `{reason="${reason}"}`, n);
     out.add('auditRotations', '', w.stats.auditRotations);
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
+    for (const [k, n] of w.stats.notifications) {
+      const [channel, result] = k.split('|');
+      out.add('notifications', `{channel="${channel}",result="${result}"}`, n);
+    }
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
     if (http) {
       out.add('httpConnections', '', http.connections);

@@ -13,6 +13,7 @@ import type { Config, Thresholds } from '../config/settings.js';
 import { thresholdsOf } from '../config/settings.js';
 import type { Logger } from '../log.js';
 import { Actions } from '../actions/actions.js';
+import { Notifier } from '../notify/notify.js';
 import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
@@ -46,6 +47,8 @@ const ROTATED_SUFFIXES = ['.gz', '.1', '.1.gz', '.old'];
 export interface WatcherOptions {
   /** the clock and timers evaluation runs on; detection itself never reads a clock */
   clock?: Clock;
+  /** never write into run directories, not even the audit log (`trainwatch status`) */
+  readOnly?: boolean;
 }
 
 /** Watches every run and keeps its state, metrics and actions current. */
@@ -56,6 +59,8 @@ export class Watcher {
   readonly stats = new Stats();
   readonly thresholds: Thresholds;
   readonly actions: Actions;
+  /** --notify.exec and --notify.webhook, when configured */
+  private readonly notifier: Notifier | undefined;
   readonly clock: Clock;
   /** judges runs and acts on the verdicts */
   readonly evaluator: Evaluator;
@@ -106,7 +111,11 @@ export class Watcher {
       autoClearHalt: config['watch.auto-clear-halt'],
       log,
       stats: this.stats,
+      readOnly: opts.readOnly,
+      onEpisode: (e) => this.notifier?.episode(e),
     });
+    const notifier = opts.readOnly ? undefined : new Notifier(config, log, this.stats, () => this.actions, (real) => this.runs.get(real)?.life.state);
+    this.notifier = notifier?.enabled ? notifier : undefined;
     const host = {
       runs: this.runs,
       byDir: this.byDir,
@@ -161,6 +170,7 @@ export class Watcher {
   /** Stops timers, file events and tails. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.notifier?.stop();
     clearInterval(this.sweepTimer);
     clearInterval(this.evalTimer);
     await this.busy.stop();

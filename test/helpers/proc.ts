@@ -72,10 +72,11 @@ export interface TrainwatchProc {
 }
 
 /** Starts the real trainwatch CLI on a free port and waits until it serves. */
-export async function startTrainwatch(args: string[], env: Record<string, string> = {}): Promise<TrainwatchProc> {
+export async function startTrainwatch(args: string[], env: Record<string, string> = {}, cwd?: string): Promise<TrainwatchProc> {
   const port = await freePort();
   const proc = spawn(process.execPath, [BIN, '--web.listen-address', `127.0.0.1:${port}`, '--log.level', 'debug', ...args], {
     env: { ...process.env, ...env },
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

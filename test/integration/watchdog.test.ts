@@ -52,6 +52,12 @@ describe('each anomaly kind is caught, written once and, where it halts, stops t
       const details = JSON.parse(read(dir, '.anomaly.json')!) as Record<string, unknown>;
       assert.equal(kind, details.kind);
       assert.equal('run', details.run);
+      assert.equal(({ throughput_flatline: 3, loss_flatline: 5, zero_grad: 3, gate_collapse: 3, nonfinite_loss: 1 } as Record<string, number>)[kind], details.threshold);
+      if (kind === 'gate_collapse') {
+        // .anomaly.json replaces the original's gate_collapse_details.json: the gate values and limits.
+        assert.deepEqual([0.05, 0.5, 0.99, 0, 0.2, 0.9, 0.5], ['gate_entropy_mean', 'gate_entropy_min', 'gate_max_gate', 'gate_collapse_frac', 'threshold_gate_entropy_min', 'threshold_gate_max', 'threshold_gate_collapse_frac'].map((k) => details[k]));
+        assert.equal(false, existsSync(join(dir, 'gate_collapse_details.json')));
+      }
     });
   }
 

@@ -20,7 +20,7 @@ function run(name: string, state: RunDoc['state'], extra: Partial<RunDoc> = {}):
 function doc(runs: RunDoc[]): StatusDoc {
   const states = { starting: 0, training: 0, anomalous: 0, halt_requested: 0, halted: 0, finished: 0, crashed: 0, expired: 0 };
   for (const r of runs) states[r.state]++;
-  return { version: '0.0.0', now: 1_700_000_000, mode: 'embedded', halt: true, thresholds: {} as StatusDoc['thresholds'], states, runs };
+  return { version: '0.0.0', now: 1_700_000_000, mode: 'embedded', halt: true, watch: { dirs: [], roots: [] }, thresholds: {} as StatusDoc['thresholds'], states, runs };
 }
 
 /** The rows as served inside <main> (the script also carries the view's source). */
