@@ -14,10 +14,10 @@ export interface CliResult {
 function takeOwn(args: string[], name: string, withValue: boolean): string | true | undefined {
   let got: string | true | undefined;
   for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
+    const a = args[i];
     if (a === `--${name}`) {
-      if (withValue && (args[i + 1] === undefined || args[i + 1]!.startsWith('--'))) throw new Error(`--${name} needs a value`);
-      got = withValue ? args[i + 1]! : true;
+      if (withValue && (args[i + 1] === undefined || args[i + 1].startsWith('--'))) throw new Error(`--${name} needs a value`);
+      got = withValue ? args[i + 1] : true;
       args.splice(i, withValue ? 2 : 1);
       i--;
     } else if (withValue && a.startsWith(`--${name}=`)) {

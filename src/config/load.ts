@@ -1,7 +1,6 @@
 // Resolves the config: flag > env > config file > default, and validates every value with
 // an error that names the key, the source and the accepted range.
-import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { SETTINGS, defaultConfig, settingFor, type Config, type Setting } from './settings.js';

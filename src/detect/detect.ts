@@ -272,7 +272,7 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: 
   if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) {
     push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`, at);
     // What the original's gate_collapse_details.json held: the newest gate values and the limits.
-    out[out.length - 1]!.details = {
+    out[out.length - 1].details = {
       gate_entropy_mean: s.gateEntropyMean,
       gate_entropy_min: s.gateEntropyMin,
       gate_max_gate: s.gateMaxGate,

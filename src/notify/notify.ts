@@ -50,7 +50,7 @@ export function splitCommand(line: string): string[] {
   let inWord = false;
   let q: string | undefined;
   for (let i = 0; i < line.length; i++) {
-    const c = line[i]!;
+    const c = line[i];
     if (q) {
       if (c === q) q = undefined;
       else if (c === '\\' && q === '"' && i + 1 < line.length) cur += line[++i];
@@ -257,7 +257,7 @@ export class Notifier {
         resolve();
       };
       // Its own process group, so that a timeout kills what it started too (a shell's children).
-      const child = spawn(file!, args, { env: { ...process.env, ...noticeEnv(n) }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      const child = spawn(file, args, { env: { ...process.env, ...noticeEnv(n) }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       const timer = setTimeout(() => {
         try {
           process.kill(-child.pid!, 'SIGKILL');

@@ -42,8 +42,8 @@ test('a notification command runs exactly once per episode across a trainwatch r
     { TRAINWATCH_EVENT: 'opened', TRAINWATCH_RUN: 'run', TRAINWATCH_DIR: dir, TRAINWATCH_KIND: 'throughput_flatline', TRAINWATCH_SEVERITY: 'critical', TRAINWATCH_HALTED: '1', TRAINWATCH_STATE: 'halt_requested' },
     Object.fromEntries(['TRAINWATCH_EVENT', 'TRAINWATCH_RUN', 'TRAINWATCH_DIR', 'TRAINWATCH_KIND', 'TRAINWATCH_SEVERITY', 'TRAINWATCH_HALTED', 'TRAINWATCH_STATE'].map((k) => [k, first[k]])),
   );
-  assert.match(first.TRAINWATCH_RANK!, /^[01]$/);
-  assert.match(first.TRAINWATCH_MESSAGE!, /toks_per_s <= 0 in 3 progress records in a row/);
+  assert.match(first.TRAINWATCH_RANK, /^[01]$/);
+  assert.match(first.TRAINWATCH_MESSAGE, /toks_per_s <= 0 in 3 progress records in a row/);
   await waitFor(() => audit(dir).some((e) => e.action === 'notified_exec' && e.result === 'ok'), 'notified_exec in the audit log');
   await tw.stop('SIGKILL');
   const tw2 = await startTrainwatch(args, FAST);
@@ -101,7 +101,7 @@ test('a webhook receiver that fails twice and then succeeds gets exactly one del
   await waitFor(() => audit(dir).some((e) => e.action === 'notified_webhook'), 'the delivery in the audit log');
   assert.deepEqual([503, 503, 200], got.map((g) => g.status));
   assert.deepEqual(['Bearer s3cret'], [...new Set(got.map((g) => g.auth))]);
-  const event = JSON.parse(got[2]!.body) as Record<string, unknown>;
+  const event = JSON.parse(got[2].body) as Record<string, unknown>;
   assert.deepEqual([1, 'opened', 'run', 'zero_grad', 'critical', true, 'halt_requested'], [event.version, event.event, event.run, event.kind, event.severity, event.halted, event.state]);
   assert.deepEqual(['ok'], audit(dir).filter((e) => e.action === 'notified_webhook').map((e) => e.result));
   const m = await scrape(tw.url);

@@ -55,8 +55,8 @@ test('status on bare directories: a healthy and a stalled, halted run; table wit
   const o = JSON.parse(json.out) as Out;
   assert.deepEqual([1, 'files', 1], [o.format, o.source, o.exit]);
   assert.deepEqual(['healthy:training:true', 'stalled:halt_requested:false'], o.runs.map((r) => `${r.run}:${r.state}:${r.healthy}`));
-  assert.deepEqual({ kind: 'heartbeat_stall', by: 'unknown' }, o.runs[1]!.halt);
-  assert.deepEqual([0, 'periodic', 20, 12500], [o.runs[0]!.ranks[0]!.rank, o.runs[0]!.ranks[0]!.role, o.runs[0]!.ranks[0]!.step, o.runs[0]!.ranks[0]!.tokens_per_s]);
+  assert.deepEqual({ kind: 'heartbeat_stall', by: 'unknown' }, o.runs[1].halt);
+  assert.deepEqual([0, 'periodic', 20, 12500], [o.runs[0].ranks[0].rank, o.runs[0].ranks[0].role, o.runs[0].ranks[0].step, o.runs[0].ranks[0].tokens_per_s]);
   assert.deepEqual(before, readdirSync(join(d.path, 'stalled')).sort());
 });
 
@@ -68,7 +68,7 @@ test('status on a stalled run without .HALT reports the heartbeat_stall as prima
   const r = await status(['--dir', join(d.path, 'hung'), '--json', '--web.listen-address', `127.0.0.1:${port}`]);
   assert.equal(1, r.code, r.err);
   const o = JSON.parse(r.out) as Out;
-  assert.deepEqual(['anomalous', { kind: 'heartbeat_stall', rank: 0 }], [o.runs[0]!.state, { kind: o.runs[0]!.primary!.kind, rank: o.runs[0]!.primary!.rank }]);
+  assert.deepEqual(['anomalous', { kind: 'heartbeat_stall', rank: 0 }], [o.runs[0].state, { kind: o.runs[0].primary!.kind, rank: o.runs[0].primary!.rank }]);
   assert.deepEqual(['heartbeat_rank0.jsonl', 'heartbeat_rank1.jsonl'], readdirSync(join(d.path, 'hung')).sort());
 });
 
@@ -88,7 +88,7 @@ test('status against a live trainwatch: --url and the listen address both ask it
     return o.runs[0]?.halt ? { code: got.code, o } : undefined;
   }, 'the halt in the live status');
   assert.equal(1, r.code);
-  assert.deepEqual([tw.url, 'throughput_flatline', { kind: 'throughput_flatline', by: 'trainwatch' }], [r.o.source, r.o.runs[0]!.primary?.kind ?? r.o.runs[0]!.halt!.kind, r.o.runs[0]!.halt]);
+  assert.deepEqual([tw.url, 'throughput_flatline', { kind: 'throughput_flatline', by: 'trainwatch' }], [r.o.source, r.o.runs[0].primary?.kind ?? r.o.runs[0].halt!.kind, r.o.runs[0].halt]);
   const viaAddress = await status(['--web.listen-address', `127.0.0.1:${tw.port}`]);
   assert.equal(1, viaAddress.code);
   assert.match(viaAddress.out, /^run +halt\S* +.* throughput_flatline$/m);
