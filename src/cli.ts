@@ -46,7 +46,9 @@ const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Ac
 export function buildProgram(version: string): Command {
   const program = new Command('trainwatch');
   program
-    .description('Watchdog and Prometheus exporter for ML training runs: tails heartbeat_rank<N>.jsonl files, serves /metrics and a status page, and writes .anomaly_type and .HALT when a run hangs, diverges or stops learning.')
+    .description(
+      'Watchdog and Prometheus exporter for ML training runs: tails heartbeat_rank<N>.jsonl files, serves /metrics and a status page, and writes .anomaly_type and .HALT when a run hangs, diverges or stops learning.',
+    )
     .version(version, '--version', 'Print the version and exit.')
     .helpOption('-h, --help', 'Show this help.')
     .showHelpAfterError('(run trainwatch --help for every flag)')
@@ -59,7 +61,8 @@ export function buildProgram(version: string): Command {
     const opt = new Option(flag, describe(s)).helpGroup(`${s.group}:`);
     if (s.type === 'list') opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     program.addOption(opt);
-    for (const a of s.aliases ?? []) program.addOption(new Option(flag.replace(`--${s.key}`, `--${a}`), `Same as --${s.key} (the original watchdog's flag).`).helpGroup(`${s.group}:`));
+    for (const a of s.aliases ?? [])
+      program.addOption(new Option(flag.replace(`--${s.key}`, `--${a}`), `Same as --${s.key} (the original watchdog's flag).`).helpGroup(`${s.group}:`));
   }
   program.addHelpText(
     'after',

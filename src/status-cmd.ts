@@ -67,7 +67,14 @@ export function statusOutput(doc: StatusDoc, source: string): StatusOutput {
     halt: r.halt ? { kind: orNull(r.halt.kind), by: r.halt.by } : null,
     liveness: r.liveness,
     attempt: r.attempt,
-    ranks: (r.ranks ?? []).map((k) => ({ rank: k.rank, role: k.role, age_s: orNull(k.age), step: orNull(k.step), tokens_per_s: orNull(k.toksPerS), anomalies: k.anomalies })),
+    ranks: (r.ranks ?? []).map((k) => ({
+      rank: k.rank,
+      role: k.role,
+      age_s: orNull(k.age),
+      step: orNull(k.step),
+      tokens_per_s: orNull(k.toksPerS),
+      anomalies: k.anomalies,
+    })),
   }));
   return { format: STATUS_FORMAT, source, version: doc.version, now: doc.now, exit: runs.every((r) => r.healthy) ? 0 : 1, runs };
 }
@@ -113,7 +120,9 @@ export function statusTable(o: StatusOutput): string {
     lines.push(`${fit(r.run, 20)} ${fit(r.state, 14)} ${fit(primary, 22)} ${halt}`);
     for (const k of r.ranks) {
       const flags = k.anomalies.length > 0 ? `  ! ${k.anomalies.join(',')}` : '';
-      lines.push(`  rank ${String(k.rank).padEnd(4)} ${fit(k.role, 9)} age ${age(k.age_s).padStart(6)}  step ${(k.step === null ? '-' : String(k.step)).padStart(9)}  tok/s ${rate(k.tokens_per_s).padStart(6)}${flags}`);
+      lines.push(
+        `  rank ${String(k.rank).padEnd(4)} ${fit(k.role, 9)} age ${age(k.age_s).padStart(6)}  step ${(k.step === null ? '-' : String(k.step)).padStart(9)}  tok/s ${rate(k.tokens_per_s).padStart(6)}${flags}`,
+      );
     }
     lines.push(...wrap(`  why: ${r.reason}`, '       '));
   }
@@ -149,7 +158,9 @@ export async function runStatus(config: Config, opts: StatusOptions, version: st
     const url = opts.url.replace(/\/+$/, '');
     doc = (await askPeer(url)) as StatusDoc | undefined;
     if (!doc) {
-      err.write(`trainwatch status: error: no trainwatch answered at ${url}/api/status. Check --url (e.g. http://127.0.0.1:9465), or drop it and pass --dir/--root to read the files directly\n`);
+      err.write(
+        `trainwatch status: error: no trainwatch answered at ${url}/api/status. Check --url (e.g. http://127.0.0.1:9465), or drop it and pass --dir/--root to read the files directly\n`,
+      );
       return 2;
     }
     source = url;
@@ -164,7 +175,9 @@ export async function runStatus(config: Config, opts: StatusOptions, version: st
     } else {
       applyDefaultDir(config);
       if (config.dir.length === 0 && config.root.length === 0) {
-        err.write(`trainwatch status: error: no trainwatch answered at ${url}, and ${NOTHING_TO_WATCH.replace(/, or try: trainwatch demo$/, '')}; or pass --url\n`);
+        err.write(
+          `trainwatch status: error: no trainwatch answered at ${url}, and ${NOTHING_TO_WATCH.replace(/, or try: trainwatch demo$/, '')}; or pass --url\n`,
+        );
         return 2;
       }
       doc = await readOnce(config);

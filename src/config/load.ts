@@ -154,7 +154,8 @@ function validateCombination(c: Config): void {
   }
   const port = Number(c['web.listen-address'].split(':').pop());
   if (port > 65535) throw new ConfigError(`--web.listen-address: port ${port} is out of range 0..65535`);
-  if (!c['web.telemetry-path'].startsWith('/')) throw new ConfigError(`--web.telemetry-path: must start with '/', got ${JSON.stringify(c['web.telemetry-path'])}`);
+  if (!c['web.telemetry-path'].startsWith('/'))
+    throw new ConfigError(`--web.telemetry-path: must start with '/', got ${JSON.stringify(c['web.telemetry-path'])}`);
 }
 
 /** The original watchdog's default run directory (relative to the working directory). */

@@ -79,11 +79,20 @@ export async function deferToPeer(address: string, mine: WatchedPaths, halt: boo
   const what = [...mine.dirs, ...mine.roots].join(', ');
   if (!peer) return { code: 2, message: `error: ${inUse}` };
   if (!covers(peer, mine)) {
-    return { code: 2, message: `error: ${address} is served by another trainwatch (${url}), which does not watch ${what}. Add the directory to that instance (one trainwatch watches every run on a host), or give this one another port: --web.listen-address=:0` };
+    return {
+      code: 2,
+      message: `error: ${address} is served by another trainwatch (${url}), which does not watch ${what}. Add the directory to that instance (one trainwatch watches every run on a host), or give this one another port: --web.listen-address=:0`,
+    };
   }
   const desc = `trainwatch ${peer.version} at ${url} (mode ${peer.mode}, .HALT ${peer.halt ? 'on' : 'off'})`;
   if (halt && !peer.halt && peer.mode === 'embedded') {
-    return { code: 1, message: `error: ${what} is already watched by ${desc}, which does not write .HALT, while this one was asked to (--halt 1). Restart that one with --halt 1 (NSA_WATCH_HALT=1); a second watchdog would act on every episode twice. Not starting.` };
+    return {
+      code: 1,
+      message: `error: ${what} is already watched by ${desc}, which does not write .HALT, while this one was asked to (--halt 1). Restart that one with --halt 1 (NSA_WATCH_HALT=1); a second watchdog would act on every episode twice. Not starting.`,
+    };
   }
-  return { code: 0, message: `${what} is already watched by ${desc}; not starting a second watchdog (it would act on every episode twice). One trainwatch watches every rank; see \`trainwatch status\`.` };
+  return {
+    code: 0,
+    message: `${what} is already watched by ${desc}; not starting a second watchdog (it would act on every episode twice). One trainwatch watches every rank; see \`trainwatch status\`.`,
+  };
 }

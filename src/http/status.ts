@@ -75,7 +75,8 @@ export function statusJson(w: Watcher, now: number, version: string) {
     // halted the run still names what went wrong.
     const open = w.actions.openEpisodes(run.real);
     const held = primaryOf(open);
-    const p = run.primary ?? (held && { kind: held.kind, rank: held.rank ?? 0, message: `${held.kind} (open since ${new Date(held.ts * 1000).toISOString()})` });
+    const p =
+      run.primary ?? (held && { kind: held.kind, rank: held.rank ?? 0, message: `${held.kind} (open since ${new Date(held.ts * 1000).toISOString()})` });
     runs.push({
       run: run.name,
       dir: run.dir,

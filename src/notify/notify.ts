@@ -94,7 +94,10 @@ export function noticeEnv(n: Notice): Record<string, string> {
 /** The webhook body for a notice in the chosen format. */
 export function webhookBody(n: Notice, format: 'json' | 'slack'): string {
   if (format === 'json') return JSON.stringify({ version: 1, ...n });
-  const what = n.event === 'opened' ? `${n.severity === 'critical' ? ':rotating_light:' : ':warning:'} ${n.kind} on run ${n.run}${n.rank === null ? '' : ` rank ${n.rank}`}` : `:white_check_mark: ${n.kind} on run ${n.run} resolved`;
+  const what =
+    n.event === 'opened'
+      ? `${n.severity === 'critical' ? ':rotating_light:' : ':warning:'} ${n.kind} on run ${n.run}${n.rank === null ? '' : ` rank ${n.rank}`}`
+      : `:white_check_mark: ${n.kind} on run ${n.run} resolved`;
   return JSON.stringify({ text: `${what} (${n.host}): ${n.message}${n.halted ? ' — .HALT written' : ''} [${n.state}]` });
 }
 
@@ -151,7 +154,8 @@ export class Notifier {
         throw new ConfigError(`--notify.webhook: ${JSON.stringify(url)} is not a URL; give e.g. https://hooks.example.com/trainwatch`);
       }
       if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(`--notify.webhook: ${url}: only http and https URLs are supported`);
-      if (u.username || u.password) throw new ConfigError(`--notify.webhook: ${u.host}: credentials do not belong in the URL; put a bearer token in --notify.webhook-token-file`);
+      if (u.username || u.password)
+        throw new ConfigError(`--notify.webhook: ${u.host}: credentials do not belong in the URL; put a bearer token in --notify.webhook-token-file`);
     }
     const tf = c['notify.webhook-token-file'];
     if (tf !== undefined) {
@@ -252,7 +256,11 @@ export class Notifier {
         clearTimeout(timer);
         this.stats.notification('exec', result);
         if (result === 'ok') this.log.info({ ...fields, ...detail }, 'notification command done');
-        else this.log.warn({ ...fields, ...detail }, `notification command ${result === 'timeout' ? `killed after --notify.exec-timeout-s ${this.c['notify.exec-timeout-s']}s` : 'failed'}`);
+        else
+          this.log.warn(
+            { ...fields, ...detail },
+            `notification command ${result === 'timeout' ? `killed after --notify.exec-timeout-s ${this.c['notify.exec-timeout-s']}s` : 'failed'}`,
+          );
         this.record(j, 'exec', result);
         resolve();
       };
@@ -266,7 +274,10 @@ export class Notifier {
         }
         finish('timeout', {});
       }, this.c['notify.exec-timeout-s'] * 1000);
-      for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
+      for (const [name, stream] of [
+        ['stdout', child.stdout],
+        ['stderr', child.stderr],
+      ] as const) {
         let got = 0;
         let buf = '';
         stream.on('data', (d: Buffer) => {
@@ -319,7 +330,12 @@ export class Notifier {
       const retry = (status === undefined || status >= 500) && attempt < this.c['notify.webhook-retries'] && !this.stopped;
       if (!retry) {
         this.stats.notification('webhook', 'failed');
-        this.log.warn({ run: j.notice.run, anomaly: j.notice.kind, host, status, err, attempts: attempt + 1 }, status !== undefined && status < 500 ? 'notification webhook refused the event (not retried)' : 'notification webhook failed after its retries (notify.webhook-retries)');
+        this.log.warn(
+          { run: j.notice.run, anomaly: j.notice.kind, host, status, err, attempts: attempt + 1 },
+          status !== undefined && status < 500
+            ? 'notification webhook refused the event (not retried)'
+            : 'notification webhook failed after its retries (notify.webhook-retries)',
+        );
         this.record(j, 'webhook', 'failed');
         return;
       }

@@ -32,7 +32,13 @@ abstract class CountingSink implements TailSink {
   error(reason: TailErrorReason, detail?: string): void {
     this.stats.parseErrors[reason]++;
     // Counted always; logged (once per distinct failure, the tail de-duplicates) where a person can act.
-    if (reason === 'read_error' || reason === 'not_regular_file' || reason === 'copytruncate_lost' || (reason === 'sparse_skip' && detail?.includes('skipped a hole'))) this.onReadError?.(detail ?? reason, reason);
+    if (
+      reason === 'read_error' ||
+      reason === 'not_regular_file' ||
+      reason === 'copytruncate_lost' ||
+      (reason === 'sparse_skip' && detail?.includes('skipped a hole'))
+    )
+      this.onReadError?.(detail ?? reason, reason);
   }
 
   bytes(n: number): void {
@@ -289,7 +295,6 @@ export class CsvSink extends CountingSink {
       this.table.touched();
     }
   }
-
 
   wantsMoreHistory(): boolean {
     const c = this.table.csv;

@@ -97,10 +97,17 @@ export class Watcher {
     this.thresholds = thresholdsOf(config);
     const coalesceMs = config['tail.event-coalesce-ms'];
     const t = this.thresholds;
-    this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+    this.params = {
+      gateEntropyMin: t.gateEntropyMin,
+      gateMaxThreshold: t.gateMaxThreshold,
+      gateCollapseFrac: t.gateCollapseFrac,
+      fetchStallRatio: t.fetchStallRatio,
+      fetchWarmupN: t.fetchWarmupN,
+    };
     const minBytes = config['tail.parse-thread-bytes'];
     // The thread failing costs speed only: its batches are parsed here from the same bytes.
-    const pool = minBytes > 0 ? new ParsePool((detail) => this.log.warn({ detail }, 'the parse thread failed; parsing on the main thread from now on')) : undefined;
+    const pool =
+      minBytes > 0 ? new ParsePool((detail) => this.log.warn({ detail }, 'the parse thread failed; parsing on the main thread from now on')) : undefined;
     this.parallel = pool && { pool, minBytes };
     this.actions = new Actions({
       halt: config.halt,
@@ -114,7 +121,15 @@ export class Watcher {
       readOnly: opts.readOnly,
       onEpisode: (e) => this.notifier?.episode(e),
     });
-    const notifier = opts.readOnly ? undefined : new Notifier(config, log, this.stats, () => this.actions, (real) => this.runs.get(real)?.life.state);
+    const notifier = opts.readOnly
+      ? undefined
+      : new Notifier(
+          config,
+          log,
+          this.stats,
+          () => this.actions,
+          (real) => this.runs.get(real)?.life.state,
+        );
     this.notifier = notifier?.enabled ? notifier : undefined;
     const host = {
       runs: this.runs,
@@ -233,7 +248,16 @@ export class Watcher {
         this.config.root,
         (path, err) => {
           if (err instanceof RunNameNotUtf8 && !this.warned.has(`dir:${path}`)) this.stats.parseErrors.run_name_not_utf8++;
-          this.warnOnce(`dir:${path}`, err.message, { path }, err instanceof RunNameNotUtf8 ? 'run directory skipped: its name is not UTF-8' : /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions');
+          this.warnOnce(
+            `dir:${path}`,
+            err.message,
+            { path },
+            err instanceof RunNameNotUtf8
+              ? 'run directory skipped: its name is not UTF-8'
+              : /symlink loop|ELOOP/.test(err.message)
+                ? 'skipping directory: symlink loop'
+                : 'cannot read directory; check its permissions',
+          );
         },
         events ? this.discovery : undefined,
       );
@@ -241,7 +265,12 @@ export class Watcher {
       if (!(e instanceof DiscoveryRetry)) throw e;
       // Out of descriptors (EMFILE/ENFILE) is not "every run is gone": keep the runs we have,
       // read them, and list the roots again next sweep.
-      this.warnOnce('discovery:retry', e.message, { path: e.path }, 'cannot list run directories now; the runs already watched go on being read. Retrying at the next sweep');
+      this.warnOnce(
+        'discovery:retry',
+        e.message,
+        { path: e.path },
+        'cannot list run directories now; the runs already watched go on being read. Retrying at the next sweep',
+      );
       locs = undefined;
     }
     if (locs === undefined) {
@@ -388,10 +417,24 @@ export class Watcher {
     const role = roleOf(name);
     const file = join(run.dir, name);
     const onReadError = (err: string, reason: string) =>
-      this.log.warn({ run: run.name, file, err, reason }, reason === 'read_error' ? `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep` : `file problem (${reason}); see the error for the fix`);
+      this.log.warn(
+        { run: run.name, file, err, reason },
+        reason === 'read_error'
+          ? `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`
+          : `file problem (${reason}); see the error for the fix`,
+      );
     const maxRanks = this.config['run.max-ranks'];
-    const onRankCap = () => this.warnOnce(`ranks:${run.dir}`, 'cap', { run: run.name, max: maxRanks }, `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`);
-    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
+    const onRankCap = () =>
+      this.warnOnce(
+        `ranks:${run.dir}`,
+        'cap',
+        { run: run.name, max: maxRanks },
+        `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`,
+      );
+    const sink =
+      role === 'csv'
+        ? new CsvSink(run, this.stats, onReadError)
+        : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
@@ -446,7 +489,6 @@ export class Watcher {
     for (const r of this.runs.values()) for (const t of r.tails.values()) if (t.isOpen) n++;
     return n;
   }
-
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -457,4 +499,3 @@ async function exists(p: string): Promise<boolean> {
     return false;
   }
 }
-

@@ -38,7 +38,7 @@ test('--interval is the original flag for NSA_WATCH_INTERVAL_S; giving both spel
   assert.match(bad.out, /--watch.interval-s: invalid value "0"/);
 });
 
-test('the guide\'s `--dir X --halt 1 --interval 15` starts and watches X', async (t) => {
+test("the guide's `--dir X --halt 1 --interval 15` starts and watches X", async (t) => {
   const d = tmpDir();
   const later = teardown(t);
   later(() => d.cleanup());
@@ -57,7 +57,10 @@ test('with no arguments it watches artifacts/train_showcase, as the original did
   const tw = await startTrainwatch([], {}, d.path);
   later(() => tw.stop());
   const s = (await (await fetch(`${tw.url}/api/status`)).json()) as { runs: Array<{ run: string; dir: string }> };
-  assert.deepEqual([['train_showcase', join(d.path, 'artifacts/train_showcase')]], s.runs.map((r) => [r.run, r.dir]));
+  assert.deepEqual(
+    [['train_showcase', join(d.path, 'artifacts/train_showcase')]],
+    s.runs.map((r) => [r.run, r.dir]),
+  );
   assert.match(tw.logs(), /no --dir or --root given: watching artifacts\/train_showcase/);
 });
 
@@ -86,7 +89,10 @@ test('Multiple Watchdogs: a second trainwatch for the same directory says it is 
   // The guide's rank 1+ watchdog: same directory, monitoring only, same (default) port.
   const second = await runCli(['--dir', dir, '--halt', '0', '--web.listen-address', `127.0.0.1:${first.port}`]);
   assert.equal(0, second.code);
-  assert.match(second.out, new RegExp(`${dir} is already watched by trainwatch \\S+ at http://127.0.0.1:${first.port} \\(mode embedded, .HALT on\\); not starting a second watchdog`));
+  assert.match(
+    second.out,
+    new RegExp(`${dir} is already watched by trainwatch \\S+ at http://127.0.0.1:${first.port} \\(mode embedded, .HALT on\\); not starting a second watchdog`),
+  );
   assert.equal(200, (await fetch(`${first.url}/readyz`)).status);
 });
 

@@ -25,12 +25,26 @@ function writeRun(dir: string, ageS: number, pid: number): void {
   const now = Date.now() / 1000 - ageS;
   for (const rank of [0, 1]) {
     const lines = [pyJson({ ts: now - 60, rank, step: 0, msg: 'boot', phase: 'start', pid })];
-    if (rank === 0) for (let step = 1; step <= 20; step++) lines.push(pyJson({ ts: now - 20 + step, rank, step, msg: 'progress', loss: 3 - step / 100, toks_per_s: 12500, pid }));
+    if (rank === 0)
+      for (let step = 1; step <= 20; step++)
+        lines.push(pyJson({ ts: now - 20 + step, rank, step, msg: 'progress', loss: 3 - step / 100, toks_per_s: 12500, pid }));
     writeFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), lines.join('\n') + '\n');
   }
 }
 
-type Out = { format: number; source: string; exit: number; runs: Array<{ run: string; state: string; healthy: boolean; primary: { kind: string; rank: number } | null; halt: { kind: string | null; by: string } | null; ranks: Array<{ rank: number; role: string; age_s: number | null; step: number | null; tokens_per_s: number | null }> }> };
+type Out = {
+  format: number;
+  source: string;
+  exit: number;
+  runs: Array<{
+    run: string;
+    state: string;
+    healthy: boolean;
+    primary: { kind: string; rank: number } | null;
+    halt: { kind: string | null; by: string } | null;
+    ranks: Array<{ rank: number; role: string; age_s: number | null; step: number | null; tokens_per_s: number | null }>;
+  }>;
+};
 
 test('status on bare directories: a healthy and a stalled, halted run; table within 80 columns, --json, exit 1, nothing written', async (t) => {
   const d = tmpDir();
@@ -44,7 +58,10 @@ test('status on bare directories: a healthy and a stalled, halted run; table wit
   const table = await status(['--root', d.path, '--web.listen-address', `127.0.0.1:${port}`]);
   assert.equal(1, table.code, table.err);
   const lines = table.out.trimEnd().split('\n');
-  assert.deepEqual([], lines.filter((l) => l.length > 80));
+  assert.deepEqual(
+    [],
+    lines.filter((l) => l.length > 80),
+  );
   assert.match(table.out, /^healthy +training +- +-$/m);
   assert.match(table.out, /^stalled +halt_requested +- +heartbeat_stall$/m);
   assert.match(table.out, /^ {2}why: \.HALT present: heartbeat_stall; waiting for the trainer to stop \(liveness\n {7}unknown\)$/m);
@@ -54,7 +71,10 @@ test('status on bare directories: a healthy and a stalled, halted run; table wit
   assert.equal(1, json.code);
   const o = JSON.parse(json.out) as Out;
   assert.deepEqual([1, 'files', 1], [o.format, o.source, o.exit]);
-  assert.deepEqual(['healthy:training:true', 'stalled:halt_requested:false'], o.runs.map((r) => `${r.run}:${r.state}:${r.healthy}`));
+  assert.deepEqual(
+    ['healthy:training:true', 'stalled:halt_requested:false'],
+    o.runs.map((r) => `${r.run}:${r.state}:${r.healthy}`),
+  );
   assert.deepEqual({ kind: 'heartbeat_stall', by: 'unknown' }, o.runs[1].halt);
   assert.deepEqual([0, 'periodic', 20, 12500], [o.runs[0].ranks[0].rank, o.runs[0].ranks[0].role, o.runs[0].ranks[0].step, o.runs[0].ranks[0].tokens_per_s]);
   assert.deepEqual(before, readdirSync(join(d.path, 'stalled')).sort());
@@ -88,7 +108,10 @@ test('status against a live trainwatch: --url and the listen address both ask it
     return o.runs[0]?.halt ? { code: got.code, o } : undefined;
   }, 'the halt in the live status');
   assert.equal(1, r.code);
-  assert.deepEqual([tw.url, 'throughput_flatline', { kind: 'throughput_flatline', by: 'trainwatch' }], [r.o.source, r.o.runs[0].primary?.kind ?? r.o.runs[0].halt!.kind, r.o.runs[0].halt]);
+  assert.deepEqual(
+    [tw.url, 'throughput_flatline', { kind: 'throughput_flatline', by: 'trainwatch' }],
+    [r.o.source, r.o.runs[0].primary?.kind ?? r.o.runs[0].halt!.kind, r.o.runs[0].halt],
+  );
   const viaAddress = await status(['--web.listen-address', `127.0.0.1:${tw.port}`]);
   assert.equal(1, viaAddress.code);
   assert.match(viaAddress.out, /^run +halt\S* +.* throughput_flatline$/m);
