@@ -51,14 +51,12 @@ const truncated = validRecord.chain((g) =>
 // A writer killed mid-line, then the next record appended onto its fragment: the record is salvaged.
 const glued = fc.tuple(truncated, flatRecord).map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: 'salvage' }));
 const garbage = fc.uint8Array({ minLength: 1, maxLength: 200 }).map((a): Gen => ({ bytes: Buffer.from(a.filter((b) => b !== 10)), expect: 'any' }));
-const deep = fc
-  .integer({ min: 1, max: 20000 })
-  .map((n): Gen => ({
-    bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`),
-    expect: 'record',
-    rank: 0,
-    step: 1,
-  }));
+const deep = fc.integer({ min: 1, max: 20000 }).map((n): Gen => ({
+  bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`),
+  expect: 'record',
+  rank: 0,
+  step: 1,
+}));
 // 1e300 is a finite ts (a record), 1e309 is not (bad_field_type).
 const hugeNumber = fc
   .integer({ min: 300, max: 5000 })
