@@ -1,6 +1,7 @@
 // The docs are checked against the repository they describe: links and paths resolve, the
 // README's settings table and every env variable named in the docs agree with the one settings
 // table (src/config/settings.ts).
+import { noticeEnv } from '../src/notify/notify.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -99,8 +100,30 @@ test('the README settings table gives each flag the env variable and default of 
 
 test('every NSA_WATCH_* and TRAINWATCH_* variable the docs name is a setting, or one of the few documented elsewhere', () => {
   const envs = new Set((SETTINGS as readonly Setting[]).flatMap((s) => (s.env ? [s.env] : [])));
-  // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's.
-  const others = new Set(['TRAINWATCH_RUNS_DIR', 'TRAINWATCH_UID', 'TRAINWATCH_GID', 'TRAINWATCH_PROMETHEUSRULE_LABELS', 'TRAINWATCH_FUZZ_SEED']);
+  // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's,
+  // and the environment a --notify.exec command gets (taken from the code that sets it).
+  const sample = noticeEnv({
+    event: 'opened',
+    run: '',
+    dir: '',
+    kind: '',
+    rank: 0,
+    message: '',
+    severity: '',
+    halted: false,
+    state: '',
+    episode: '',
+    ts: 0,
+    host: '',
+  });
+  const others = new Set([
+    'TRAINWATCH_RUNS_DIR',
+    'TRAINWATCH_UID',
+    'TRAINWATCH_GID',
+    'TRAINWATCH_PROMETHEUSRULE_LABELS',
+    'TRAINWATCH_FUZZ_SEED',
+    ...Object.keys(sample),
+  ]);
   const unknown: string[] = [];
   for (const f of DOCS)
     for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]) && !others.has(m[1])) unknown.push(`${f}: ${m[1]}`);
