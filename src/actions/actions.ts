@@ -193,7 +193,7 @@ export class Actions {
         // While a .HALT is there nothing is rewritten, except by the episode that halted (its
         // failed writes are retried) or to record what a predecessor killed mid-episode already
         // wrote (see the header).
-        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run)))))
+        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(await haltThere(run))))
           await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch, {
             value: primary.value,
             threshold: primary.threshold,
@@ -277,7 +277,7 @@ export class Actions {
         .filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0)
         .map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
       const primary = primaryOf(firing);
-      if (primary && (primary.ep.done.has('halt') || !(run.halted || (await haltThere(run))))) {
+      if (primary && (primary.ep.done.has('halt') || !(await haltThere(run)))) {
         batch.owner = -1;
         const mine = inputs.flatMap((a, i) => (primary.ep.keys.has(a.key) ? [i] : []));
         try {
@@ -619,7 +619,11 @@ class Batch {
   }
 }
 
-/** Whether a regular .HALT file is there now (the watcher's view can trail our own write by an event). */
+/**
+ * Whether a regular .HALT file is there now. Read from disk, not from the watcher's view: that
+ * trails our own write by an event, and it follows symlinks (as the trainer does), where a
+ * planted symlink must not count as a halt that stops us writing one (files.ts replaces it).
+ */
 async function haltThere(run: RunRef): Promise<boolean> {
   try {
     return (await lstat(join(run.real, CONTROL_FILES.halt))).isFile();

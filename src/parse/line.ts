@@ -65,11 +65,20 @@ export function parseHeartbeatLine(buf: Buffer, start: number, end: number): Lin
 
 function salvage(text: string, reason: ParseErrorReason): HeartbeatRecord | undefined {
   if (reason !== 'invalid_json') return undefined;
-  const at = text.lastIndexOf('{"');
-  if (at <= 0) return undefined;
-  const res = parseLine(text.slice(at));
-  return res.ok ? res.record : undefined;
+  // The glued record is a suffix starting at some `{"`; the last one may be inside a string of
+  // it (`"note": "{"`), so earlier ones are tried too, a bounded number.
+  let at = text.length;
+  for (let tries = 0; tries < SALVAGE_TRIES; tries++) {
+    at = text.lastIndexOf('{"', at - 1);
+    if (at <= 0) return undefined;
+    const res = parseLine(text.slice(at));
+    if (res.ok) return res.record;
+  }
+  return undefined;
 }
+
+/** How many `{"` positions salvage tries, from the end: a bound on the work one bad line costs. */
+const SALVAGE_TRIES = 8;
 
 /** A number field, or undefined when absent or of another type. */
 const num = (v: unknown): number | undefined => (typeof v === 'number' ? v : undefined);

@@ -72,11 +72,12 @@ test('status on bare directories: a healthy and a stalled, halted run; table wit
   const o = JSON.parse(json.out) as Out;
   assert.deepEqual([1, 'files', 1], [o.format, o.source, o.exit]);
   assert.deepEqual(
-    ['healthy:training:true', 'stalled:halt_requested:false'],
+    // Most urgent first, as the status page orders them.
+    ['stalled:halt_requested:false', 'healthy:training:true'],
     o.runs.map((r) => `${r.run}:${r.state}:${r.healthy}`),
   );
-  assert.deepEqual({ kind: 'heartbeat_stall', by: 'unknown' }, o.runs[1].halt);
-  assert.deepEqual([0, 'periodic', 20, 12500], [o.runs[0].ranks[0].rank, o.runs[0].ranks[0].role, o.runs[0].ranks[0].step, o.runs[0].ranks[0].tokens_per_s]);
+  assert.deepEqual({ kind: 'heartbeat_stall', by: 'unknown' }, o.runs[0].halt);
+  assert.deepEqual([0, 'periodic', 20, 12500], [o.runs[1].ranks[0].rank, o.runs[1].ranks[0].role, o.runs[1].ranks[0].step, o.runs[1].ranks[0].tokens_per_s]);
   assert.deepEqual(before, readdirSync(join(d.path, 'stalled')).sort());
 });
 

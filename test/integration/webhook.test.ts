@@ -305,7 +305,8 @@ test('a delivery with the alerts of 8 ranks opens one episode that the other 7 j
   );
   const log = auditOf(run);
   assert.deepEqual(
-    ['anomaly', 'action', 'action', 'action', ...Array(7).fill('joined'), ...Array(7).fill('alert_resolved'), 'resolved'],
+    // The delivery's alerts are taken in first; then its primary episode writes the control files.
+    ['anomaly', ...Array(7).fill('joined'), 'action', 'action', 'action', ...Array(7).fill('alert_resolved'), 'resolved'],
     log.map((e) => e.event),
   );
   assert.deepEqual(
