@@ -8,6 +8,7 @@
 // The seed varies from run to run and is printed; TRAINWATCH_FUZZ_SEED=<seed> replays one.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import fc from 'fast-check';
 import { PARSE_ERROR_REASONS, parseHeartbeatLine, type LineOutcome } from '../../src/parse/line.js';
 import type { RankState } from '../../src/state/rank.js';
@@ -38,11 +39,15 @@ const fields = {
 };
 const toGen = (r: { rank: number; step: number }): Gen => ({ bytes: Buffer.from(pyJson(r) + (r.rank % 7 === 0 ? '\r' : '')), expect: 'record', rank: r.rank, step: r.step });
 const validRecord = fc.record({ ...fields, nested: fc.jsonValue({ maxDepth: 3 }) }).map(toGen);
-// Without nested objects: the record's only "{\"" is its first (strings escape their quotes).
-const flatRecord = fc.record(fields).map(toGen);
+// Without nested objects, and no "{" in its string: the record's only '{"' is then its first.
+// (Salvage starts at the line's last '{"', so a string value ending in "{" defeats it: a known
+// limit of the heuristic, not fuzzed here.)
+const flatRecord = fc.record({ ...fields, note: str.map((x) => x.replaceAll('{', '(')) }).map(toGen);
 const truncated = validRecord.chain((g) => fc.integer({ min: 1, max: Math.max(1, g.bytes.length - 2) }).map((n): Gen => ({ bytes: g.bytes.subarray(0, n), expect: 'error' })));
 // A writer killed mid-line, then the next record appended onto its fragment: the record is salvaged.
-const glued = fc.tuple(truncated, flatRecord).map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: 'salvage' }));
+// A fragment cut inside a UTF-8 sequence makes the whole line invalid_utf8, which is never
+// salvaged (src/parse/line.ts checks the encoding first): that record is lost.
+const glued = fc.tuple(truncated, flatRecord).map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: isUtf8(frag.bytes) ? 'salvage' : 'error' }));
 const garbage = fc.uint8Array({ minLength: 1, maxLength: 200 }).map((a): Gen => ({ bytes: Buffer.from(a.filter((b) => b !== 10)), expect: 'any' }));
 const deep = fc.integer({ min: 1, max: 20000 }).map((n): Gen => ({ bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`), expect: 'record', rank: 0, step: 1 }));
 // 1e300 is a finite ts (a record), 1e309 is not (bad_field_type).
@@ -111,7 +116,9 @@ test(`${BATCHES * PER_BATCH} generated lines: no throw, each line one outcome (r
       { numRuns: BATCHES, seed: SEED },
     );
   } catch (e) {
-    throw new Error(`fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${(e as Error).message}`);
+    // fast-check keeps the failing assertion in `cause`.
+    const cause = (e as Error).cause as Error | undefined;
+    throw new Error(`fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${cause?.message ?? ''}\n${(e as Error).message.slice(0, 2000)}`);
   }
   assert.equal(BATCHES * PER_BATCH, lines);
   assert.equal(lines, stats.linesRead);
