@@ -48,11 +48,15 @@ const validRecord = fc.record({ ...fields, nested: fc.jsonValue({ maxDepth: 3 })
 // (Salvage starts at the line's last '{"', so a string value ending in "{" defeats it: a known
 // limit of the heuristic, not fuzzed here.)
 const flatRecord = fc.record({ ...fields, note: str.map((x) => x.replaceAll('{', '(')) }).map(toGen);
-const truncated = validRecord.chain((g) => fc.integer({ min: 1, max: Math.max(1, g.bytes.length - 2) }).map((n): Gen => ({ bytes: g.bytes.subarray(0, n), expect: 'error' })));
+const truncated = validRecord.chain((g) =>
+  fc.integer({ min: 1, max: Math.max(1, g.bytes.length - 2) }).map((n): Gen => ({ bytes: g.bytes.subarray(0, n), expect: 'error' })),
+);
 // A writer killed mid-line, then the next record appended onto its fragment: the record is salvaged.
 // A fragment cut inside a UTF-8 sequence makes the whole line invalid_utf8, which is never
 // salvaged (src/parse/line.ts checks the encoding first): that record is lost.
-const glued = fc.tuple(truncated, flatRecord).map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: isUtf8(frag.bytes) ? 'salvage' : 'error' }));
+const glued = fc
+  .tuple(truncated, flatRecord)
+  .map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: isUtf8(frag.bytes) ? 'salvage' : 'error' }));
 const garbage = fc.uint8Array({ minLength: 1, maxLength: 200 }).map((a): Gen => ({ bytes: Buffer.from(a.filter((b) => b !== 10)), expect: 'any' }));
 const deep = fc.integer({ min: 1, max: 20000 }).map((n): Gen => ({
   bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`),
@@ -105,54 +109,60 @@ function check(g: Gen, o: LineOutcome): [number, number] {
 
 const SEED = Number(process.env.TRAINWATCH_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
-test(`${BATCHES * PER_BATCH} generated lines: no throw, each line one outcome (records + errors = lines + salvaged), every valid and every glued record read`, { timeout: 3_600_000 }, (t) => {
-  t.diagnostic(`seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz`);
-  const stats = new Stats();
-  const ranks = new Map<number, RankState>();
-  const table: RankTable = { ranks, touched: () => undefined };
-  const sink = new HeartbeatSink(table, { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 }, stats);
-  let lines = 0;
-  let valid = 0;
-  let salvaged = 0;
-  let records = 0;
-  try {
-    fc.assert(
-      fc.property(fc.array(line, { minLength: PER_BATCH, maxLength: PER_BATCH }), (batch) => {
-        const before = countRecords(ranks);
-        const errorsBefore = totalErrors(stats);
-        let wantRecords = 0;
-        let wantErrors = 0;
-        for (const g of batch) {
-          const buf = Buffer.concat([Buffer.from('xx'), g.bytes, Buffer.from('\n')]);
-          // What the pure parser makes of the line, checked against what the generator meant...
-          const [r, e] = check(g, parseHeartbeatLine(buf, 2, buf.length - 1));
-          wantRecords += r;
-          wantErrors += e;
-          if (r && e) salvaged++;
-          // ...and the sink, fed the same bytes, counts exactly that.
-          sink.line(buf, 2, buf.length - 1);
-          if (g.expect === 'record') valid++;
-        }
-        const got = countRecords(ranks) - before;
-        const errs = totalErrors(stats) - errorsBefore;
-        lines += batch.length;
-        records += got;
-        assert.deepEqual([wantRecords, wantErrors], [got, errs], 'records and errors the sink counted vs. the lines\' outcomes');
-      }),
-      { numRuns: BATCHES, seed: SEED },
-    );
-  } catch (e) {
-    // fast-check keeps the failing assertion in `cause`.
-    const cause = (e as Error).cause as Error | undefined;
-    throw new Error(`fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${cause?.message ?? ''}\n${(e as Error).message.slice(0, 2000)}`);
-  }
-  assert.equal(BATCHES * PER_BATCH, lines);
-  assert.equal(lines, stats.linesRead);
-  assert.equal(lines + salvaged, records + totalErrors(stats), 'records + errors = lines + salvaged lines');
-  assert.equal(true, valid > lines / 2);
-  assert.equal(true, salvaged >= lines / 20, `only ${salvaged} salvaged lines: the glued generator is not reaching salvage`);
-  for (const s of ranks.values()) assert.equal(true, s.toksHistory.length <= 40);
-});
+test(
+  `${BATCHES * PER_BATCH} generated lines: no throw, each line one outcome (records + errors = lines + salvaged), every valid and every glued record read`,
+  { timeout: 3_600_000 },
+  (t) => {
+    t.diagnostic(`seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz`);
+    const stats = new Stats();
+    const ranks = new Map<number, RankState>();
+    const table: RankTable = { ranks, touched: () => undefined };
+    const sink = new HeartbeatSink(table, { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 }, stats);
+    let lines = 0;
+    let valid = 0;
+    let salvaged = 0;
+    let records = 0;
+    try {
+      fc.assert(
+        fc.property(fc.array(line, { minLength: PER_BATCH, maxLength: PER_BATCH }), (batch) => {
+          const before = countRecords(ranks);
+          const errorsBefore = totalErrors(stats);
+          let wantRecords = 0;
+          let wantErrors = 0;
+          for (const g of batch) {
+            const buf = Buffer.concat([Buffer.from('xx'), g.bytes, Buffer.from('\n')]);
+            // What the pure parser makes of the line, checked against what the generator meant...
+            const [r, e] = check(g, parseHeartbeatLine(buf, 2, buf.length - 1));
+            wantRecords += r;
+            wantErrors += e;
+            if (r && e) salvaged++;
+            // ...and the sink, fed the same bytes, counts exactly that.
+            sink.line(buf, 2, buf.length - 1);
+            if (g.expect === 'record') valid++;
+          }
+          const got = countRecords(ranks) - before;
+          const errs = totalErrors(stats) - errorsBefore;
+          lines += batch.length;
+          records += got;
+          assert.deepEqual([wantRecords, wantErrors], [got, errs], "records and errors the sink counted vs. the lines' outcomes");
+        }),
+        { numRuns: BATCHES, seed: SEED },
+      );
+    } catch (e) {
+      // fast-check keeps the failing assertion in `cause`.
+      const cause = (e as Error).cause as Error | undefined;
+      throw new Error(
+        `fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${cause?.message ?? ''}\n${(e as Error).message.slice(0, 2000)}`,
+      );
+    }
+    assert.equal(BATCHES * PER_BATCH, lines);
+    assert.equal(lines, stats.linesRead);
+    assert.equal(lines + salvaged, records + totalErrors(stats), 'records + errors = lines + salvaged lines');
+    assert.equal(true, valid > lines / 2);
+    assert.equal(true, salvaged >= lines / 20, `only ${salvaged} salvaged lines: the glued generator is not reaching salvage`);
+    for (const s of ranks.values()) assert.equal(true, s.toksHistory.length <= 40);
+  },
+);
 
 function countRecords(ranks: Map<number, RankState>): number {
   let n = 0;
