@@ -63,7 +63,15 @@ const CASES: Case[] = [
       }
       assert.equal(0, await done);
       // And one FIFO that stays there for the rest of the suite.
-      assert.equal(0, spawnSync('python3', ['-c', 'import os,sys; os.mkfifo(sys.argv[1]); os.rename(sys.argv[1], sys.argv[2])', join(dir, 'x.fifo'), join(dir, 'heartbeat_rank0.jsonl')]).status);
+      assert.equal(
+        0,
+        spawnSync('python3', [
+          '-c',
+          'import os,sys; os.mkfifo(sys.argv[1]); os.rename(sys.argv[1], sys.argv[2])',
+          join(dir, 'x.fifo'),
+          join(dir, 'heartbeat_rank0.jsonl'),
+        ]).status,
+      );
     },
   },
   {
@@ -131,34 +139,38 @@ const CASES: Case[] = [
 ];
 
 describe('hostile inputs next to a control run, on one trainwatch', () => {
-  test('every hostile case leaves the control run halted and /healthz answering, and nothing outside the runs dir is written or served', { timeout: 300_000 }, async (t) => {
-    requireBinary('mkfifo', 'coreutils');
-    const base = scratch(t, 'tw-hostile-');
-    const runs = join(base, 'runs');
-    const outside = join(base, 'outside');
-    mkdirSync(runs);
-    mkdirSync(outside);
-    writeFileSync(join(outside, 'audit.jsonl'), JSON.stringify({ ts: 1, event: 'acted', episode: MARKER, run: MARKER, kind: MARKER }) + '\n');
-    const marker = join(outside, '.marker');
-    writeFileSync(marker, '');
-    const tw = await startTw(t, ['--root', runs, '--halt', '1', '--tail.sweep-interval-s', '0.5'], { env: { NSA_WATCH_HEARTBEAT_STALL_S: '604800' } });
-    for (const c of CASES) {
-      const dir = join(runs, c.name);
-      mkdirSync(dir);
-      const t0 = Date.now();
-      await c.setup(dir, { tw, outside, t });
-      const control = join(runs, `control-${c.name}`);
-      mkdirSync(control);
-      appendFileSync(join(control, 'heartbeat_rank0.jsonl'), nanRecord());
-      await waitFor(() => existsSync(join(control, '.HALT')), `the control run to be halted after ${c.name}`, 60_000);
-      await healthy(tw);
-      t.diagnostic(`${c.name}: control halted ${Date.now() - t0} ms after the case began (a figure, not asserted)`);
-      const status = await (await fetch(`${tw.url}/api/status`, { signal: AbortSignal.timeout(5000) })).text();
-      assert.equal(false, status.includes(MARKER), `after ${c.name}: /api/status serves the outside file's content`);
-    }
-    const written = spawnSync('find', [outside, '-newer', marker], { encoding: 'utf8' });
-    assert.equal(0, written.status, written.stderr);
-    assert.equal('', written.stdout, 'files written outside the runs dir');
-    await assertServing(tw);
-  });
+  test(
+    'every hostile case leaves the control run halted and /healthz answering, and nothing outside the runs dir is written or served',
+    { timeout: 300_000 },
+    async (t) => {
+      requireBinary('mkfifo', 'coreutils');
+      const base = scratch(t, 'tw-hostile-');
+      const runs = join(base, 'runs');
+      const outside = join(base, 'outside');
+      mkdirSync(runs);
+      mkdirSync(outside);
+      writeFileSync(join(outside, 'audit.jsonl'), JSON.stringify({ ts: 1, event: 'acted', episode: MARKER, run: MARKER, kind: MARKER }) + '\n');
+      const marker = join(outside, '.marker');
+      writeFileSync(marker, '');
+      const tw = await startTw(t, ['--root', runs, '--halt', '1', '--tail.sweep-interval-s', '0.5'], { env: { NSA_WATCH_HEARTBEAT_STALL_S: '604800' } });
+      for (const c of CASES) {
+        const dir = join(runs, c.name);
+        mkdirSync(dir);
+        const t0 = Date.now();
+        await c.setup(dir, { tw, outside, t });
+        const control = join(runs, `control-${c.name}`);
+        mkdirSync(control);
+        appendFileSync(join(control, 'heartbeat_rank0.jsonl'), nanRecord());
+        await waitFor(() => existsSync(join(control, '.HALT')), `the control run to be halted after ${c.name}`, 60_000);
+        await healthy(tw);
+        t.diagnostic(`${c.name}: control halted ${Date.now() - t0} ms after the case began (a figure, not asserted)`);
+        const status = await (await fetch(`${tw.url}/api/status`, { signal: AbortSignal.timeout(5000) })).text();
+        assert.equal(false, status.includes(MARKER), `after ${c.name}: /api/status serves the outside file's content`);
+      }
+      const written = spawnSync('find', [outside, '-newer', marker], { encoding: 'utf8' });
+      assert.equal(0, written.status, written.stderr);
+      assert.equal('', written.stdout, 'files written outside the runs dir');
+      await assertServing(tw);
+    },
+  );
 });
