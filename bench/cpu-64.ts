@@ -42,7 +42,7 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       }
     }
     tw = await startTw(['--root', tmp.path]);
-    const metrics = async () => (await (await fetch(`${tw!.url}/metrics`)).text());
+    const metrics = async () => await (await fetch(`${tw!.url}/metrics`)).text();
     await sleep(1000);
     const linesAt = async () => seriesValue(await metrics(), 'trainwatch_lines_read_total') ?? NaN;
     // Idle: the same 64 files, nothing written (sweeps and timers only).
@@ -53,7 +53,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     say(`idle: ${(idle * 100).toFixed(2)} % of a core over ${IDLE_S} s`);
     const before = await linesAt();
     say(`writer: ${files.length} files × ${RATE} records/s for ${SECONDS} s (python3, open-append-close per record)…`);
-    writer = spawn('python3', [join(REPO, 'bench/appender.py'), '--rate', String(RATE), '--seconds', String(SECONDS), '--files', ...files], { stdio: ['ignore', 'pipe', 'inherit'] });
+    writer = spawn('python3', [join(REPO, 'bench/appender.py'), '--rate', String(RATE), '--seconds', String(SECONDS), '--files', ...files], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let wout = '';
     writer.stdout!.on('data', (d) => (wout += d));
     const wexit = new Promise<number | null>((r) => writer!.on('exit', (c) => r(c)));
@@ -76,16 +78,31 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const after = await linesAt();
     const read = after - before;
     const cpu = (c1 - c0) / wall;
-    say(`writer wrote ${w.written} records in ${w.wall_s.toFixed(1)} s (${(w.written / w.wall_s).toFixed(0)}/s; max lateness ${(w.late_max_s * 1000).toFixed(0)} ms); writer CPU ${(((wc1 - wc0) / wall) * 100).toFixed(1)} %`);
+    say(
+      `writer wrote ${w.written} records in ${w.wall_s.toFixed(1)} s (${(w.written / w.wall_s).toFixed(0)}/s; max lateness ${(w.late_max_s * 1000).toFixed(0)} ms); writer CPU ${(((wc1 - wc0) / wall) * 100).toFixed(1)} %`,
+    );
     say(`trainwatch read ${read} of them (lines_read_total ${before} → ${after})`);
-    say(`trainwatch CPU over ${wall.toFixed(1)} s of writing after a ${WARMUP_S} s warm-up: ${(c1 - c0).toFixed(2)} s = ${(cpu * 100).toFixed(2)} % of a core (warm-up: ${(warm * 100).toFixed(2)} %; idle ${(idle * 100).toFixed(2)} %)`);
+    say(
+      `trainwatch CPU over ${wall.toFixed(1)} s of writing after a ${WARMUP_S} s warm-up: ${(c1 - c0).toFixed(2)} s = ${(cpu * 100).toFixed(2)} % of a core (warm-up: ${(warm * 100).toFixed(2)} %; idle ${(idle * 100).toFixed(2)} %)`,
+    );
     if (read !== w.written) throw new Error(`trainwatch read ${read} lines, the writer wrote ${w.written}`);
     return {
       name: NAME,
       figure: `${(cpu * 100).toFixed(2)} % of a core after a ${WARMUP_S} s warm-up (first ${WARMUP_S} s: ${(warm * 100).toFixed(1)} %; idle ${(idle * 100).toFixed(2)} %); writer ${(w.written / w.wall_s).toFixed(0)} rec/s`,
       target: TARGET,
       verdict: cpu < 0.01 ? 'met' : 'MISSED',
-      data: { cpuFraction: cpu, warmupCpuFraction: warm, warmupS: WARMUP_S, idleCpuFraction: idle, cpuSeconds: c1 - c0, wallS: wall, written: w.written, read, writerCpuFraction: (wc1 - wc0) / wall, initialLines },
+      data: {
+        cpuFraction: cpu,
+        warmupCpuFraction: warm,
+        warmupS: WARMUP_S,
+        idleCpuFraction: idle,
+        cpuSeconds: c1 - c0,
+        wallS: wall,
+        written: w.written,
+        read,
+        writerCpuFraction: (wc1 - wc0) / wall,
+        initialLines,
+      },
     };
   } finally {
     if (writer && writer.exitCode === null) writer.kill('SIGKILL');

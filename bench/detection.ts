@@ -95,7 +95,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       const seen = await watchFor(dir, cross + WAIT_S);
       if (seen.kind !== 'throughput_flatline') throw new Error(`flatline trial ${i}: .anomaly_type is ${seen.kind}`);
       flat.push({ anomaly: seen.anomaly - cross, halt: seen.halt - cross });
-      say(`flatline trial ${i + 1}: .anomaly_type ${ms(seen.anomaly - cross)} and .HALT ${ms(seen.halt - cross)} after the ${FLATLINE_N}th zero record was written`);
+      say(
+        `flatline trial ${i + 1}: .anomaly_type ${ms(seen.anomaly - cross)} and .HALT ${ms(seen.halt - cross)} after the ${FLATLINE_N}th zero record was written`,
+      );
     }
     const worst = (xs: { anomaly: number; halt: number }[]) => Math.max(...xs.flatMap((x) => [x.anomaly, x.halt]));
     const med = (xs: { anomaly: number; halt: number }[], k: 'anomaly' | 'halt') => median(xs.map((x) => x[k]));

@@ -24,7 +24,24 @@ import { Agent, get } from 'node:http';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { REPO } from '../test/helpers/proc.js';
-import { benchTmp, bootLine, cpuSecondsOf, median, memOf, pct, prng, runMain, say, seriesValue, sleep, startTw, stepLines, wallS, type Row, type Tw } from './lib.js';
+import {
+  benchTmp,
+  bootLine,
+  cpuSecondsOf,
+  median,
+  memOf,
+  pct,
+  prng,
+  runMain,
+  say,
+  seriesValue,
+  sleep,
+  startTw,
+  stepLines,
+  wallS,
+  type Row,
+  type Tw,
+} from './lib.js';
 
 const NAME = 'event-loop blocking';
 const TARGET = 'max < 100 ms (scrape, 50 MB append, both)';
@@ -174,7 +191,9 @@ async function bench(): Promise<Row> {
       if ((text.match(/^trainwatch_step\{/gm)?.length ?? 0) >= RUNS * RANKS) break;
       await sleep(100);
     }
-    say(`trainwatch ready: ${text.match(/^trainwatch_step\{/gm)?.length ?? 0} ranks exported of ${total} files (backlog runs have no step yet), /metrics ${(text.length / 2 ** 20).toFixed(1)} MiB`);
+    say(
+      `trainwatch ready: ${text.match(/^trainwatch_step\{/gm)?.length ?? 0} ranks exported of ${total} files (backlog runs have no step yet), /metrics ${(text.length / 2 ** 20).toFixed(1)} MiB`,
+    );
     prober = startProber(url);
     await sleep(1000);
 
@@ -252,12 +271,18 @@ async function bench(): Promise<Row> {
       } finally {
         closeSync(fd);
       }
-      say(`  burst ${b}: ${(bursts[b].buf.length / 2 ** 20).toFixed(0)} MiB appended to ${burstFiles[b].slice(tmp.path.length + 1)} in ${(performance.now() - t).toFixed(0)} ms`);
+      say(
+        `  burst ${b}: ${(bursts[b].buf.length / 2 ** 20).toFixed(0)} MiB appended to ${burstFiles[b].slice(tmp.path.length + 1)} in ${(performance.now() - t).toFixed(0)} ms`,
+      );
     };
 
     await phase('idle', IDLE_S, async () => undefined, false);
     await phase('(a) scrape alone', SCRAPE_S, async () => undefined, true);
-    writer = spawn('python3', [join(REPO, 'bench/appender.py'), '--rate', String(STEADY_RATE), '--seconds', String(2 * APPEND_S + 8), '--files', ...steadyFiles], { stdio: ['ignore', 'pipe', 'inherit'] });
+    writer = spawn(
+      'python3',
+      [join(REPO, 'bench/appender.py'), '--rate', String(STEADY_RATE), '--seconds', String(2 * APPEND_S + 8), '--files', ...steadyFiles],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     let wout = '';
     writer.stdout!.on('data', (d) => (wout += d));
     const wexit = new Promise<number | null>((r) => writer!.on('exit', (c) => r(c)));

@@ -111,7 +111,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       bareHttp.push(await timeSpawn(['-e', httpScript, String(port)], async () => (await get(`http://127.0.0.1:${port}/`)) !== undefined));
       twTiny.push(await twToCorrectScrape(tinyDir, tinyMeta.lastStep));
       tw1g.push(await twToCorrectScrape(dir, meta.lastStep));
-      say(`round ${i + 1}: node -e 0 ${ms(bare[i])}, node http server ${ms(bareHttp[i])}, trainwatch tiny file ${ms(twTiny[i])}, trainwatch 1 GiB file ${ms(tw1g[i])}`);
+      say(
+        `round ${i + 1}: node -e 0 ${ms(bare[i])}, node http server ${ms(bareHttp[i])}, trainwatch tiny file ${ms(twTiny[i])}, trainwatch 1 GiB file ${ms(tw1g[i])}`,
+      );
     }
     const b = median(bare);
     const bh = median(bareHttp);
@@ -125,7 +127,19 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       figure: `${ms(t)} spawn→correct scrape − ${ms(b)} bare node = ${ms(work)} (tiny file: ${ms(tt)})`,
       target: TARGET,
       verdict: work < 0.3 ? 'met' : 'MISSED',
-      data: { spawnToScrapeS: t, bareNodeS: b, bareNodeHttpS: bh, tinyFileS: tt, workS: work, fixtureBytes: meta.bytes, fixtureLines: meta.lines, tw1g, twTiny, bare, bareHttp },
+      data: {
+        spawnToScrapeS: t,
+        bareNodeS: b,
+        bareNodeHttpS: bh,
+        tinyFileS: tt,
+        workS: work,
+        fixtureBytes: meta.bytes,
+        fixtureLines: meta.lines,
+        tw1g,
+        twTiny,
+        bare,
+        bareHttp,
+      },
     };
   } finally {
     tiny.cleanup();

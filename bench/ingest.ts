@@ -95,7 +95,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       gc();
       const c = rawChunkedPass(path);
       chunked.push(c.lines / c.s);
-      say(`round ${i + 1}: pipeline ${fmtRate(pipe[i])} lines/s | raw whole-file ${fmtRate(whole[i])} | raw 1 MiB chunks ${fmtRate(chunked[i])} lines/s (raw: ${c.threw} NaN lines threw)`);
+      say(
+        `round ${i + 1}: pipeline ${fmtRate(pipe[i])} lines/s | raw whole-file ${fmtRate(whole[i])} | raw 1 MiB chunks ${fmtRate(chunked[i])} lines/s (raw: ${c.threw} NaN lines threw)`,
+      );
     }
     // Verdict on the best round of each (noise from neighbours only ever slows a pass down);
     // medians are printed too.
@@ -106,14 +108,30 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const r = Math.max(rw, rc);
     const ratio = p / r;
     const medRatio = median(pipe) / Math.max(median(whole), median(chunked));
-    say(`best of ${ROUNDS}: pipeline ${fmtRate(p)} lines/s (${((p * g.bytes) / g.lines / 2 ** 20).toFixed(0)} MiB/s); raw whole-file ${fmtRate(rw)}, raw chunked ${fmtRate(rc)} lines/s`);
-    say(`pipeline = ${(ratio * 100).toFixed(1)} % of the faster raw loop (medians: ${fmtRate(median(pipe))} vs ${fmtRate(Math.max(median(whole), median(chunked)))} = ${(medRatio * 100).toFixed(1)} %)`);
+    say(
+      `best of ${ROUNDS}: pipeline ${fmtRate(p)} lines/s (${((p * g.bytes) / g.lines / 2 ** 20).toFixed(0)} MiB/s); raw whole-file ${fmtRate(rw)}, raw chunked ${fmtRate(rc)} lines/s`,
+    );
+    say(
+      `pipeline = ${(ratio * 100).toFixed(1)} % of the faster raw loop (medians: ${fmtRate(median(pipe))} vs ${fmtRate(Math.max(median(whole), median(chunked)))} = ${(medRatio * 100).toFixed(1)} %)`,
+    );
     return {
       name: NAME,
       figure: `${fmtRate(p)} lines/s = ${(ratio * 100).toFixed(0)} % of raw (raw: ${fmtRate(r)} lines/s)`,
       target: TARGET,
       verdict: ratio >= 0.7 ? 'met' : 'MISSED',
-      data: { medianRatio: medRatio, pipelineLinesPerS: p, rawLinesPerS: r, rawWholeLinesPerS: rw, rawChunkedLinesPerS: rc, ratio, lines: g.lines, bytes: g.bytes, pipe, whole, chunked },
+      data: {
+        medianRatio: medRatio,
+        pipelineLinesPerS: p,
+        rawLinesPerS: r,
+        rawWholeLinesPerS: rw,
+        rawChunkedLinesPerS: rc,
+        ratio,
+        lines: g.lines,
+        bytes: g.bytes,
+        pipe,
+        whole,
+        chunked,
+      },
     };
   } finally {
     tmp.cleanup();

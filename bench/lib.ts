@@ -177,7 +177,11 @@ export function bootLine(rank: number, pid: number, ts: number): string {
 }
 
 /** Writes a heartbeat file of about `targetBytes` (whole steps); a NaN step every `nanEvery` steps. */
-export function writeHeartbeatFile(path: string, targetBytes: number, opts: { rank?: number; startTs?: number; nanEvery?: number; seed?: number } = {}): { lines: number; bytes: number; lastStep: number; nanLines: number } {
+export function writeHeartbeatFile(
+  path: string,
+  targetBytes: number,
+  opts: { rank?: number; startTs?: number; nanEvery?: number; seed?: number } = {},
+): { lines: number; bytes: number; lastStep: number; nanLines: number } {
   const rank = opts.rank ?? 0;
   const rnd = prng(opts.seed ?? 42);
   const pid = 4242;

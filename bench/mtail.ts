@@ -54,7 +54,8 @@ function metric(text: string, name: string): number | undefined {
 }
 
 runMain(NAME, TARGET, async (): Promise<Row> => {
-  if (spawnSync('sh', ['-c', `command -v ${MTAIL}`]).status !== 0) throw new Error(`${MTAIL} is missing. Fix: apt-get install -y --no-install-recommends mtail`);
+  if (spawnSync('sh', ['-c', `command -v ${MTAIL}`]).status !== 0)
+    throw new Error(`${MTAIL} is missing. Fix: apt-get install -y --no-install-recommends mtail`);
   const version = spawnSync(MTAIL, ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0].trim();
   say(`mtail: ${version}`);
   const tmp = benchTmp('mtail');
@@ -88,11 +89,15 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
       const p = await pipelinePass(log, pool);
       const c = process.cpuUsage(c0);
       const p1 = await pipelinePass(log);
-      for (const x of [p, p1]) if (x.lines !== g.lines || x.lastStep !== g.lastStep) throw new Error(`trainwatch read ${x.lines} lines / step ${x.lastStep}, expected ${g.lines} / ${g.lastStep}`);
+      for (const x of [p, p1])
+        if (x.lines !== g.lines || x.lastStep !== g.lastStep)
+          throw new Error(`trainwatch read ${x.lines} lines / step ${x.lastStep}, expected ${g.lines} / ${g.lastStep}`);
       tw.push(p.lines / p.s);
       twMain.push(p1.lines / p1.s);
       twCpu.push((c.user + c.system) / 1e6);
-      say(`round ${i + 1}: mtail ${m.wallS.toFixed(2)} s wall (${m.cpuS.toFixed(2)} s CPU) → ${fmtRate(mt[i])} lines/s; trainwatch ${p.s.toFixed(2)} s (${twCpu[i].toFixed(2)} s CPU) → ${fmtRate(tw[i])} lines/s; main thread only ${fmtRate(twMain[i])} lines/s`);
+      say(
+        `round ${i + 1}: mtail ${m.wallS.toFixed(2)} s wall (${m.cpuS.toFixed(2)} s CPU) → ${fmtRate(mt[i])} lines/s; trainwatch ${p.s.toFixed(2)} s (${twCpu[i].toFixed(2)} s CPU) → ${fmtRate(tw[i])} lines/s; main thread only ${fmtRate(twMain[i])} lines/s`,
+      );
     }
     // Best round of each: neighbours' noise only ever slows a pass down.
     await pool.close();
@@ -103,14 +108,32 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const mPerCpu = g.lines / Math.min(...mtCpu);
     const tPerCpu = g.lines / Math.min(...twCpu);
     say(`mtail start-up on an empty file: ${(st * 1000).toFixed(0)} ms (subtracted from its wall time)`);
-    say(`best of ${ROUNDS}: trainwatch ${fmtRate(t)} lines/s (main thread only ${fmtRate(t1)} = ${(t1 / m).toFixed(2)}×), mtail ${fmtRate(m)} lines/s → ${ratio.toFixed(2)}×`);
+    say(
+      `best of ${ROUNDS}: trainwatch ${fmtRate(t)} lines/s (main thread only ${fmtRate(t1)} = ${(t1 / m).toFixed(2)}×), mtail ${fmtRate(m)} lines/s → ${ratio.toFixed(2)}×`,
+    );
     say(`per CPU-second: trainwatch ${fmtRate(tPerCpu)}, mtail ${fmtRate(mPerCpu)} lines → ${(tPerCpu / mPerCpu).toFixed(2)}×`);
     return {
       name: NAME,
       figure: `trainwatch ${fmtRate(t)} vs mtail ${fmtRate(m)} lines/s = ${ratio.toFixed(1)}× (main thread only: ${(t1 / m).toFixed(1)}×; per CPU-second: ${(tPerCpu / mPerCpu).toFixed(1)}×)`,
       target: TARGET,
       verdict: ratio >= 4 ? 'met' : 'MISSED',
-      data: { trainwatchLinesPerS: t, trainwatchMainThreadLinesPerS: t1, trainwatchLinesPerCpuS: tPerCpu, mtailLinesPerS: m, mtailLinesPerCpuS: mPerCpu, ratio, mtailStartupS: st, lines: g.lines, bytes: g.bytes, mtailVersion: version, mt, tw, twMain, twCpu, mtCpu },
+      data: {
+        trainwatchLinesPerS: t,
+        trainwatchMainThreadLinesPerS: t1,
+        trainwatchLinesPerCpuS: tPerCpu,
+        mtailLinesPerS: m,
+        mtailLinesPerCpuS: mPerCpu,
+        ratio,
+        mtailStartupS: st,
+        lines: g.lines,
+        bytes: g.bytes,
+        mtailVersion: version,
+        mt,
+        tw,
+        twMain,
+        twCpu,
+        mtCpu,
+      },
     };
   } finally {
     tmp.cleanup();

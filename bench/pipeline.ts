@@ -9,10 +9,19 @@ import { Stats } from '../src/watch/stats.js';
 import { Run } from '../src/watch/watcher.js';
 
 /** One pass of the real pipeline over `path`; returns lines and seconds. With `pool`, big reads are also parsed on its thread, as the watcher does by default (tail.parse-thread-bytes). */
-export async function pipelinePass(path: string, pool?: ParsePool): Promise<{ lines: number; s: number; parseErrors: number; progress: number; lastStep: number | undefined }> {
+export async function pipelinePass(
+  path: string,
+  pool?: ParsePool,
+): Promise<{ lines: number; s: number; parseErrors: number; progress: number; lastStep: number | undefined }> {
   const config = defaultConfig();
   const t = thresholdsOf(config);
-  const params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+  const params = {
+    gateEntropyMin: t.gateEntropyMin,
+    gateMaxThreshold: t.gateMaxThreshold,
+    gateCollapseFrac: t.gateCollapseFrac,
+    fetchStallRatio: t.fetchStallRatio,
+    fetchWarmupN: t.fetchWarmupN,
+  };
   const run = new Run('bench', '/nonexistent', '/nonexistent', () => undefined);
   const stats = new Stats();
   const sink = new HeartbeatSink(run, params, stats, undefined, pool && { pool, minBytes: config['tail.parse-thread-bytes'] });
@@ -25,4 +34,3 @@ export async function pipelinePass(path: string, pool?: ParsePool): Promise<{ li
   const errors = Object.values(stats.parseErrors).reduce((a, b) => a + b, 0);
   return { lines: stats.linesRead, s, parseErrors: errors, progress: run.ranks.get(0)?.records.progress ?? 0, lastStep: run.ranks.get(0)?.step };
 }
-

@@ -129,7 +129,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const w0 = performance.now();
     await sleep(IDLE_S * 1000);
     const idleCpu = (cpuSecondsOf(tw.pid) - c0) / ((performance.now() - w0) / 1000);
-    say(`idle (no scrapes, no writes) for ${IDLE_S} s: ${(idleCpu * 100).toFixed(1)} % of a core; RSS ${(memIdle.rss / 1e6).toFixed(0)} MB before timed scrapes`);
+    say(
+      `idle (no scrapes, no writes) for ${IDLE_S} s: ${(idleCpu * 100).toFixed(1)} % of a core; RSS ${(memIdle.rss / 1e6).toFixed(0)} MB before timed scrapes`,
+    );
     // Warm-up scrapes, then the timed ones, gzip and identity in turn: ABBA, since a scrape
     // right after another is slower (the previous one's garbage) and alternating would favour one.
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
@@ -170,7 +172,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     }
     const b = stats(busy);
     const memBusy = memOf(tw.pid);
-    say(`busy fleet, every rank one step further before each of ${BUSY_SCRAPES} scrapes (gzip): ${fmtStats(b)}${early ? `; ${early} scrapes came before every appended line was read` : ''}`);
+    say(
+      `busy fleet, every rank one step further before each of ${BUSY_SCRAPES} scrapes (gzip): ${fmtStats(b)}${early ? `; ${early} scrapes came before every appended line was read` : ''}`,
+    );
     say(`RSS ${(memBusy.rss / 1e6).toFixed(0)} MB (peak ${(memBusy.hwm / 1e6).toFixed(0)} MB)`);
     const ok = g.p99 < 100 && g.median < 100 && mem.rss < 300e6;
     return {

@@ -71,7 +71,10 @@ const iso = (min: number) => new Date(Date.UTC(2026, 10, 28, 0, 0, 0) + min * 60
 
 function fingerprintOf(labels: Record<string, string>): string {
   const keys = Object.keys(labels).sort();
-  return createHash('sha256').update(keys.map((k) => `${k}=${labels[k]}`).join('\0')).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(keys.map((k) => `${k}=${labels[k]}`).join('\0'))
+    .digest('hex')
+    .slice(0, 16);
 }
 
 function payload(alerts: AlertSpec[], run: string, kind: Kind, reason: string): Buffer {
@@ -92,7 +95,11 @@ function payload(alerts: AlertSpec[], run: string, kind: Kind, reason: string): 
       alerts: alerts.map((a) => ({
         status: a.status,
         labels: a.labels,
-        annotations: { summary: kind.summary, description: `Rank ${a.labels.rank} of run ${run}: ${kind.summary}`, runbook_url: `https://github.com/trainwatch/trainwatch/blob/main/docs/runbook.md#${kind.alert.toLowerCase()}` },
+        annotations: {
+          summary: kind.summary,
+          description: `Rank ${a.labels.rank} of run ${run}: ${kind.summary}`,
+          runbook_url: `https://github.com/trainwatch/trainwatch/blob/main/docs/runbook.md#${kind.alert.toLowerCase()}`,
+        },
         startsAt: a.startsAt,
         endsAt: a.endsAt,
         generatorURL: `http://prometheus.monitoring.svc:9090/graph?g0.expr=${encodeURIComponent(kind.alert)}&g0.tab=1`,
@@ -125,7 +132,16 @@ function scenario(total: number, seed: number) {
     const t0 = rnd() * span;
     const duration = 15 + rnd() * 105;
     const specs = Array.from({ length: k }, (_, i) => {
-      const labels = { alertname: kind.alert, anomaly_type: kind.name, halt: String(kind.halts), instance: `gpu-node-${node}:9465`, job: 'trainwatch', rank: String(first + i), run, severity: kind.severity };
+      const labels = {
+        alertname: kind.alert,
+        anomaly_type: kind.name,
+        halt: String(kind.halts),
+        instance: `gpu-node-${node}:9465`,
+        job: 'trainwatch',
+        rank: String(first + i),
+        run,
+        severity: kind.severity,
+      };
       return { labels, fingerprint: fingerprintOf(labels), startsAt: iso(t0 + i * 0.05), endsAt: '0001-01-01T00:00:00Z', status: 'firing' as const };
     });
     const notes: Array<{ t: number; alerts: AlertSpec[]; reason: string }> = [];
@@ -171,7 +187,14 @@ async function load(url: string, bodies: Buffer[], conc: number, atMs?: number[]
     new Promise<Res>((resolve, reject) => {
       const t0 = performance.now();
       const req = request(
-        { host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: `Bearer ${TOKEN}` } },
+        {
+          host: u.hostname,
+          port: u.port,
+          path: u.pathname,
+          method: 'POST',
+          agent,
+          headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: `Bearer ${TOKEN}` },
+        },
         (r) => {
           const chunks: Buffer[] = [];
           r.on('data', (c: Buffer) => chunks.push(c));
@@ -260,7 +283,8 @@ function checkAudit(root: string, runs: string[], incidentsOfRun: Map<string, nu
     for (const l of lines) if ((l.event === 'anomaly' || l.event === 'joined') && l.key) keyUses.set(l.key, (keyUses.get(l.key) ?? 0) + 1);
     for (const [key, n] of keyUses) if (n > 1) problems.push(`${run}: alert ${key} started/joined ${n} times`);
     const actions = new Map<string, number>();
-    for (const l of lines) if (l.event === 'action' && l.result !== 'failed') actions.set(`${l.episode}/${l.action}`, (actions.get(`${l.episode}/${l.action}`) ?? 0) + 1);
+    for (const l of lines)
+      if (l.event === 'action' && l.result !== 'failed') actions.set(`${l.episode}/${l.action}`, (actions.get(`${l.episode}/${l.action}`) ?? 0) + 1);
     for (const [a, n] of actions) if (n > 1) problems.push(`${run}: action ${a} done ${n} times`);
     if (lines.some((l) => l.event === 'action' && l.action === 'halt' && l.result === 'ok')) {
       withHalt++;
@@ -315,21 +339,30 @@ async function mixed(dir: string, tokenFile: string, sc: ReturnType<typeof scena
     const p50 = median(ms);
     const p99 = pct(ms, 99);
     const max = Math.max(...ms);
-    say(`mixed, ${label}: ${bodies.length} requests, ${sc.alerts} alerts in ${wallS.toFixed(2)} s at concurrency ≤ ${CONCURRENCY}: ${alertsPerS.toFixed(0)} alerts/s, ${reqPerS.toFixed(0)} requests/s`);
+    say(
+      `mixed, ${label}: ${bodies.length} requests, ${sc.alerts} alerts in ${wallS.toFixed(2)} s at concurrency ≤ ${CONCURRENCY}: ${alertsPerS.toFixed(0)} alerts/s, ${reqPerS.toFixed(0)} requests/s`,
+    );
     // split: requests whose alerts were all for other nodes' runs, and the rest (they touch a run here)
     const foreign = res.filter((r) => r.results.every((x) => x === 'not_ours')).map((r) => r.ms);
     const local = res.filter((r) => !r.results.every((x) => x === 'not_ours')).map((r) => r.ms);
-    const split = { foreign: { n: foreign.length, p50Ms: median(foreign), p99Ms: pct(foreign, 99) }, local: { n: local.length, p50Ms: median(local), p99Ms: pct(local, 99) } };
-    say(`  latency: p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; all-not_ours requests (${foreign.length}): p50 ${split.foreign.p50Ms.toFixed(1)}, p99 ${split.foreign.p99Ms.toFixed(1)} ms; requests touching a run here (${local.length}): p50 ${split.local.p50Ms.toFixed(1)}, p99 ${split.local.p99Ms.toFixed(1)} ms`);
+    const split = {
+      foreign: { n: foreign.length, p50Ms: median(foreign), p99Ms: pct(foreign, 99) },
+      local: { n: local.length, p50Ms: median(local), p99Ms: pct(local, 99) },
+    };
+    say(
+      `  latency: p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(1)} ms; all-not_ours requests (${foreign.length}): p50 ${split.foreign.p50Ms.toFixed(1)}, p99 ${split.foreign.p99Ms.toFixed(1)} ms; requests touching a run here (${local.length}): p50 ${split.local.p50Ms.toFixed(1)}, p99 ${split.local.p99Ms.toFixed(1)} ms`,
+    );
     say(`  statuses ${JSON.stringify(t.statuses)}; results ${JSON.stringify(t.results)}`);
-    say(`  trainwatch CPU ${twCpu.toFixed(2)} s (${((twCpu / wallS) * 100).toFixed(0)} % of a core), client CPU ${clientCpu.toFixed(2)} s; RSS ${(memBefore.rss / 1e6).toFixed(0)} → ${(mem.rss / 1e6).toFixed(0)} MB (peak ${(mem.hwm / 1e6).toFixed(0)} MB)`);
+    say(
+      `  trainwatch CPU ${twCpu.toFixed(2)} s (${((twCpu / wallS) * 100).toFixed(0)} % of a core), client CPU ${clientCpu.toFixed(2)} s; RSS ${(memBefore.rss / 1e6).toFixed(0)} → ${(mem.rss / 1e6).toFixed(0)} MB (peak ${(mem.hwm / 1e6).toFixed(0)} MB)`,
+    );
     // ------------------------------------------------------------ correctness
     await tw.stop();
     const problems: string[] = [];
     const non200 = res.filter((r) => r.status !== 200).length;
     if (non200) problems.push(`${non200} requests not 200: ${JSON.stringify(t.statuses)}`);
     const got = (k: string) => (t.results[k] as number | undefined) ?? 0;
-    const answered = Object.values(t.results).reduce((s: number, n) => s + (n), 0);
+    const answered = Object.values(t.results).reduce((s: number, n) => s + n, 0);
     if (answered !== sc.alerts) problems.push(`${answered} alert results for ${sc.alerts} alerts`);
     if (got('not_ours') !== sc.notOurs) problems.push(`not_ours ${got('not_ours')}, expected ${sc.notOurs}`);
     for (const k of ['failed', 'rejected', 'unknown_kind']) if (got(k)) problems.push(`${got(k)} alerts ${k}`);
@@ -338,9 +371,27 @@ async function mixed(dir: string, tokenFile: string, sc: ReturnType<typeof scena
     if (audit.anomalies !== got('acted')) problems.push(`${audit.anomalies} episodes in the audit logs, ${got('acted')} 'acted' answers`);
     if (audit.joins !== got('joined')) problems.push(`${audit.joins} joins in the audit logs, ${got('joined')} 'joined' answers`);
     const incidentsHere = [...sc.incidentsOfRun.values()].reduce((s, n) => s + n, 0);
-    say(`  audit: ${audit.anomalies} episodes (≤ ${incidentsHere} incidents on this node's runs), ${audit.joins} joins, .HALT in ${audit.withHalt} runs; ${problems.length ? `PROBLEMS:\n  ${problems.slice(0, 20).join('\n  ')}` : 'consistent'}`);
+    say(
+      `  audit: ${audit.anomalies} episodes (≤ ${incidentsHere} incidents on this node's runs), ${audit.joins} joins, .HALT in ${audit.withHalt} runs; ${problems.length ? `PROBLEMS:\n  ${problems.slice(0, 20).join('\n  ')}` : 'consistent'}`,
+    );
     if (problems.length) throw new Error(`webhook load (${label}): incorrect outcome: ${problems.slice(0, 5).join('; ')}`);
-    return { wallS, alertsPerS, reqPerS, p50Ms: p50, p99Ms: p99, maxMs: max, split, statuses: t.statuses, results: t.results, episodes: audit.anomalies, joins: audit.joins, twCpuS: twCpu, clientCpuS: clientCpu, rssBytes: mem.rss, peakRssBytes: mem.hwm };
+    return {
+      wallS,
+      alertsPerS,
+      reqPerS,
+      p50Ms: p50,
+      p99Ms: p99,
+      maxMs: max,
+      split,
+      statuses: t.statuses,
+      results: t.results,
+      episodes: audit.anomalies,
+      joins: audit.joins,
+      twCpuS: twCpu,
+      clientCpuS: clientCpu,
+      rssBytes: mem.rss,
+      peakRssBytes: mem.hwm,
+    };
   } finally {
     await tw.stop();
   }
@@ -355,7 +406,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const sc = scenario(TOTAL_ALERTS, 5);
     const bytes = sc.deliveries.reduce((s, d) => s + d.body.length, 0);
     const requests = sc.deliveries.length;
-    say(`scenario: ${HOURS} h of a ${NODES}-node fleet (${NODES * RUNS_PER_NODE} runs, ${RUNS_PER_NODE} here), ${sc.incidents} incidents → ${requests} deliveries, ${sc.alerts} alerts (${(sc.alerts / requests).toFixed(1)} per payload, ${(bytes / requests / 1024).toFixed(1)} KiB avg); ${sc.notOurs} alerts for other nodes' runs`);
+    say(
+      `scenario: ${HOURS} h of a ${NODES}-node fleet (${NODES * RUNS_PER_NODE} runs, ${RUNS_PER_NODE} here), ${sc.incidents} incidents → ${requests} deliveries, ${sc.alerts} alerts (${(sc.alerts / requests).toFixed(1)} per payload, ${(bytes / requests / 1024).toFixed(1)} KiB avg); ${sc.notOurs} alerts for other nodes' runs`,
+    );
     // Warm-up (JIT, connections): 300 deliveries for runs of other nodes only, nothing written.
     const warm = scenario(2_000, 99)
       .deliveries.filter((d) => !d.body.includes('"run":"n0-'))
@@ -376,8 +429,19 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     // kind-major, so the 32 in-flight requests are for 32 different runs (as many as can be)
     for (const [i, kind] of ANOMALY_KINDS.entries()) {
       for (const run of wruns) {
-        const labels = { alertname: kind.alert, anomaly_type: kind.name, halt: String(kind.halts), instance: 'gpu-node-0:9465', job: 'trainwatch', rank: '0', run, severity: kind.severity };
-        wbodies.push(payload([{ labels, fingerprint: fingerprintOf(labels), startsAt: iso(i), endsAt: '0001-01-01T00:00:00Z', status: 'firing' }], run, kind, 'new'));
+        const labels = {
+          alertname: kind.alert,
+          anomaly_type: kind.name,
+          halt: String(kind.halts),
+          instance: 'gpu-node-0:9465',
+          job: 'trainwatch',
+          rank: '0',
+          run,
+          severity: kind.severity,
+        };
+        wbodies.push(
+          payload([{ labels, fingerprint: fingerprintOf(labels), startsAt: iso(i), endsAt: '0001-01-01T00:00:00Z', status: 'firing' }], run, kind, 'new'),
+        );
       }
     }
     const wc0 = cpuSecondsOf(tw.pid);
@@ -389,7 +453,9 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
     const wp50 = median(wms);
     const wp99 = pct(wms, 99);
     const wmem = memOf(tw.pid);
-    say(`worst case: ${wbodies.length} alerts, each a new episode (1 per payload): ${worst.wallS.toFixed(2)} s = ${wRate.toFixed(0)} alerts/s; p50 ${wp50.toFixed(1)} ms, p99 ${wp99.toFixed(1)} ms, max ${Math.max(...wms).toFixed(1)} ms; trainwatch CPU ${((wcpu / worst.wallS) * 100).toFixed(0)} % of a core; RSS ${(wmem.rss / 1e6).toFixed(0)} MB`);
+    say(
+      `worst case: ${wbodies.length} alerts, each a new episode (1 per payload): ${worst.wallS.toFixed(2)} s = ${wRate.toFixed(0)} alerts/s; p50 ${wp50.toFixed(1)} ms, p99 ${wp99.toFixed(1)} ms, max ${Math.max(...wms).toFixed(1)} ms; trainwatch CPU ${((wcpu / worst.wallS) * 100).toFixed(0)} % of a core; RSS ${(wmem.rss / 1e6).toFixed(0)} MB`,
+    );
     say(`worst case statuses ${JSON.stringify(wt.statuses)}; results ${JSON.stringify(wt.results)}`);
     await tw.stop();
     tw = undefined;
@@ -412,7 +478,16 @@ runMain(NAME, TARGET, async (): Promise<Row> => {
         concurrency: CONCURRENCY,
         closedLoop: m,
         offered2000: paced,
-        worst: { alerts: wbodies.length, wallS: worst.wallS, alertsPerS: wRate, p50Ms: wp50, p99Ms: wp99, maxMs: Math.max(...wms), twCpuS: wcpu, rssBytes: wmem.rss },
+        worst: {
+          alerts: wbodies.length,
+          wallS: worst.wallS,
+          alertsPerS: wRate,
+          p50Ms: wp50,
+          p99Ms: wp99,
+          maxMs: Math.max(...wms),
+          twCpuS: wcpu,
+          rssBytes: wmem.rss,
+        },
       },
     };
   } finally {

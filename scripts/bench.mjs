@@ -53,7 +53,6 @@ const git = (args) => spawnSync('git', args, { encoding: 'utf8' }).stdout.trim()
 const dirty = git(['status', '--porcelain', '--', 'src']).split('\n').filter(Boolean).length;
 const revision = `commit ${git(['rev-parse', '--short', 'HEAD'])}${dirty ? ` + ${dirty} uncommitted file(s) in src/` : ''}`;
 
-
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, ${new Date().toISOString()}, ${revision}`;
 say(machine);
 
@@ -169,10 +168,15 @@ const changes = rows.map((r, i) => compare(chosen[i], r, recorded?.rows[chosen[i
 const table = [
   '| benchmark | figure | target | verdict | vs recorded |',
   '|---|---|---|---|---|',
-  ...rows.map((r, i) => `| ${cell(r.name)} | ${cell(r.figure)} | ${cell(r.target)} | ${r.verdict === 'met' ? 'met' : `**${r.verdict}**`} | ${cell(changes[i])} |`),
+  ...rows.map(
+    (r, i) => `| ${cell(r.name)} | ${cell(r.figure)} | ${cell(r.target)} | ${r.verdict === 'met' ? 'met' : `**${r.verdict}**`} | ${cell(changes[i])} |`,
+  ),
 ].join('\n');
 process.stdout.write(`\n${machine}; total ${((Date.now() - start) / 1000).toFixed(0)} s\n\n${table}\n`);
-if (recorded) process.stdout.write(`\nvs recorded: ${RECORD} (${recorded.machine}); a change is marked REGRESSED when it is worse by more than the run-to-run noise (${NOISE * 100} %): re-run that benchmark before believing it.\n`);
+if (recorded)
+  process.stdout.write(
+    `\nvs recorded: ${RECORD} (${recorded.machine}); a change is marked REGRESSED when it is worse by more than the run-to-run noise (${NOISE * 100} %): re-run that benchmark before believing it.\n`,
+  );
 if (record) {
   const next = { machine, rows: { ...(recorded?.rows ?? {}) } };
   for (const [i, r] of rows.entries()) if (r.verdict !== 'ERROR') next.rows[chosen[i]] = r;

@@ -29,12 +29,16 @@ const USAGE = `usage: node scripts/gen-prometheusrule.mjs [--alerts DIR] [--out 
 /** Parses "k=v,k2=v2" into an object; throws on a malformed pair or an invalid label name. */
 export function parseLabels(text) {
   const out = {};
-  for (const pair of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const pair of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const eq = pair.indexOf('=');
     if (eq <= 0) throw new Error(`label "${pair}" is not k=v`);
     const k = pair.slice(0, eq).trim();
     const v = pair.slice(eq + 1).trim();
-    if (!/^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(k)) throw new Error(`"${k}" is not a valid Kubernetes label name`);
+    if (!/^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/.test(k))
+      throw new Error(`"${k}" is not a valid Kubernetes label name`);
     if (v.length > 63 || !/^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/.test(v)) throw new Error(`"${v}" is not a valid Kubernetes label value`);
     out[k] = v;
   }
@@ -86,7 +90,14 @@ export function generate({ alertsDir = join(REPO, 'alerts'), labels = parseLabel
 }
 
 function main(argv) {
-  const opt = { alerts: join(REPO, 'alerts'), out: join(REPO, 'deploy/kubernetes/prometheusrule.yaml'), labels: process.env.TRAINWATCH_PROMETHEUSRULE_LABELS ?? DEFAULT_LABELS, name: 'trainwatch', stdout: false, check: false };
+  const opt = {
+    alerts: join(REPO, 'alerts'),
+    out: join(REPO, 'deploy/kubernetes/prometheusrule.yaml'),
+    labels: process.env.TRAINWATCH_PROMETHEUSRULE_LABELS ?? DEFAULT_LABELS,
+    name: 'trainwatch',
+    stdout: false,
+    check: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const [flag, inline] = a.includes('=') && a.startsWith('--') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];

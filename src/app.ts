@@ -38,4 +38,3 @@ export async function start(config: Config, log: Logger): Promise<Running> {
     },
   };
 }
-

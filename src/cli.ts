@@ -1,12 +1,32 @@
 // Command line → (flag values, command). Flags and their help come from SETTINGS.
 import { Command, Option } from 'commander';
-import { SETTINGS, type Setting } from './config/settings.js';
+import { SETTINGS, settingFor, type Setting } from './config/settings.js';
 
 /** What the command line asked for. */
 export interface CliResult {
-  command: 'run' | 'demo';
+  command: 'run' | 'demo' | 'status';
   flags: Map<string, unknown>;
   demo?: { fault: string; keep: boolean };
+  status?: { json: boolean; url?: string };
+}
+
+/** Removes `--name` (with a value: `--name v` or `--name=v`) from args; returns its value, true, or undefined. */
+function takeOwn(args: string[], name: string, withValue: boolean): string | true | undefined {
+  let got: string | true | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === `--${name}`) {
+      if (withValue && (args[i + 1] === undefined || args[i + 1].startsWith('--'))) throw new Error(`--${name} needs a value`);
+      got = withValue ? args[i + 1] : true;
+      args.splice(i, withValue ? 2 : 1);
+      i--;
+    } else if (withValue && a.startsWith(`--${name}=`)) {
+      got = a.slice(name.length + 3);
+      args.splice(i, 1);
+      i--;
+    }
+  }
+  return got;
 }
 
 function describe(s: Setting): string {
@@ -20,13 +40,15 @@ function describe(s: Setting): string {
   return parts.join(' ');
 }
 
-const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Actions', 'Web', 'Tailing', 'Logging'];
+const GROUP_ORDER: Setting['group'][] = ['Watch', 'Detection (NSA_WATCH_*)', 'Actions', 'Notifications', 'Web', 'Tailing', 'Logging'];
 
 /** Builds the commander program; exported so --help text can be tested and documented. */
 export function buildProgram(version: string): Command {
   const program = new Command('trainwatch');
   program
-    .description('Watchdog and Prometheus exporter for ML training runs: tails heartbeat_rank<N>.jsonl files, serves /metrics and a status page, and writes .anomaly_type and .HALT when a run hangs, diverges or stops learning.')
+    .description(
+      'Watchdog and Prometheus exporter for ML training runs: tails heartbeat_rank<N>.jsonl files, serves /metrics and a status page, and writes .anomaly_type and .HALT when a run hangs, diverges or stops learning.',
+    )
     .version(version, '--version', 'Print the version and exit.')
     .helpOption('-h, --help', 'Show this help.')
     .showHelpAfterError('(run trainwatch --help for every flag)')
@@ -39,6 +61,8 @@ export function buildProgram(version: string): Command {
     const opt = new Option(flag, describe(s)).helpGroup(`${s.group}:`);
     if (s.type === 'list') opt.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     program.addOption(opt);
+    for (const a of s.aliases ?? [])
+      program.addOption(new Option(flag.replace(`--${s.key}`, `--${a}`), `Same as --${s.key} (the original watchdog's flag).`).helpGroup(`${s.group}:`));
   }
   program.addHelpText(
     'after',
@@ -50,6 +74,12 @@ Commands:
                               the trainer stop (K: nonfinite_loss (default), throughput_flatline,
                               heartbeat_stall, watchdog_dump, zero_grad, loss_flatline, gate_collapse;
                               --keep: keep serving the status page afterwards)
+  trainwatch status [--json] [--url URL] [--dir D | --root R]
+                              every run's state, primary anomaly, .HALT and per-rank heartbeat age,
+                              step and tokens/s, from a running trainwatch (--url, or the one on
+                              --web.listen-address) or else read once from --dir/--root, writing
+                              nothing. Exit 0 all healthy, 1 a run needs attention, 2 usage error.
+                              --json: the stable format of docs/status.md
 
 Control files written into a run directory:
   .anomaly_type   "<anomaly>\\n" once per episode (heartbeat_stall, throughput_flatline, loss_flatline,
@@ -71,24 +101,18 @@ export function parseCli(argv: string[], version: string): CliResult {
   const args = [...argv];
   let command: CliResult['command'] = 'run';
   const demo = { fault: 'nonfinite_loss', keep: false };
+  let status: CliResult['status'];
   if (args[0] === 'demo') {
     command = 'demo';
     args.shift();
-    for (let i = 0; i < args.length; i++) {
-      if (args[i] === '--fault') {
-        demo.fault = args[i + 1] ?? '';
-        args.splice(i, 2);
-        i--;
-      } else if (args[i].startsWith('--fault=')) {
-        demo.fault = args[i].slice(8);
-        args.splice(i, 1);
-        i--;
-      } else if (args[i] === '--keep') {
-        demo.keep = true;
-        args.splice(i, 1);
-        i--;
-      }
-    }
+    const fault = takeOwn(args, 'fault', true);
+    if (typeof fault === 'string') demo.fault = fault;
+    demo.keep = takeOwn(args, 'keep', false) === true;
+  } else if (args[0] === 'status') {
+    command = 'status';
+    args.shift();
+    const url = takeOwn(args, 'url', true);
+    status = { json: takeOwn(args, 'json', false) === true, url: typeof url === 'string' ? url : undefined };
   }
   const program = buildProgram(version);
   program.exitOverride();
@@ -96,11 +120,17 @@ export function parseCli(argv: string[], version: string): CliResult {
   if (program.args.length > 0) throw new Error(`unexpected argument '${program.args[0]}'. Did you mean --dir ${program.args[0]}?`);
   const opts: Record<string, unknown> = program.opts();
   const flags = new Map<string, unknown>();
+  const givenAs = new Map<string, string>();
   for (const opt of program.options) {
     const name = opt.long?.replace(/^--/, '');
     if (!name || name === 'version' || name === 'help') continue;
     const v = opts[opt.attributeName()];
-    if (v !== undefined) flags.set(name, v);
+    if (v === undefined) continue;
+    // An alias sets its setting's key; giving both spellings is ambiguous.
+    const key = settingFor(name)!.key;
+    if (givenAs.has(key)) throw new Error(`--${givenAs.get(key)} and --${name} are the same setting; give only one`);
+    givenAs.set(key, name);
+    flags.set(key, v);
   }
-  return { command, flags, demo: command === 'demo' ? demo : undefined };
+  return { command, flags, demo: command === 'demo' ? demo : undefined, status };
 }

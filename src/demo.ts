@@ -42,7 +42,24 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
   const script = fileURLToPath(new URL('../../scripts/sim_trainer.py', import.meta.url));
   say(`run directory: ${dir}`);
   say(`starting a simulated 2-rank trainer; fault '${opts.fault}' at step 40`);
-  const trainer = spawn('python3', [script, '--dir', dir, '--ranks', '2', '--step-s', '0.1', '--fault', opts.fault === 'nonfinite_loss' ? 'nonfinite_grad' : opts.fault, '--fault-at', '40', '--quiet'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const trainer = spawn(
+    'python3',
+    [
+      script,
+      '--dir',
+      dir,
+      '--ranks',
+      '2',
+      '--step-s',
+      '0.1',
+      '--fault',
+      opts.fault === 'nonfinite_loss' ? 'nonfinite_grad' : opts.fault,
+      '--fault-at',
+      '40',
+      '--quiet',
+    ],
+    { stdio: ['ignore', 'inherit', 'inherit'] },
+  );
   const exited = new Promise<number | null>((resolve) => trainer.on('exit', (code) => resolve(code)));
   trainer.on('error', (e) => say(`cannot start python3 (${e.message}); install Python 3 to run the demo`));
   const running = await start(config, log);
@@ -70,7 +87,9 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
     }
     if (!halted && audit.some((e) => e.event === 'action' && e.action === 'halt' && e.result === 'ok')) {
       halted = true;
-      say(`.HALT written${hung ? '; the loop is hung and will not read it, so trainwatch escalates: SIGUSR1 (stack dump), then SIGTERM, then SIGKILL' : '; the trainer stops at its next step'}`);
+      say(
+        `.HALT written${hung ? '; the loop is hung and will not read it, so trainwatch escalates: SIGUSR1 (stack dump), then SIGTERM, then SIGKILL' : '; the trainer stops at its next step'}`,
+      );
     }
   };
   const timer = setInterval(report, 100);

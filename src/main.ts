@@ -1,11 +1,14 @@
 // Entry point: flags + env + config file → Config, then wiring only.
 import { CommanderError } from 'commander';
 import { parseCli } from './cli.js';
-import { ConfigError, resolveConfig } from './config/load.js';
+import { applyDefaultDir, ConfigError, NOTHING_TO_WATCH, resolveConfig } from './config/load.js';
+import { AddressInUseError } from './http/server.js';
+import { deferToPeer, watchedPaths } from './http/peer.js';
 import type { Config } from './config/settings.js';
 import { makeLogger } from './log.js';
 import { start, VERSION, type Running } from './app.js';
 import { runDemo } from './demo.js';
+import { runStatus } from './status-cmd.js';
 
 async function main(): Promise<number> {
   let cli;
@@ -28,14 +31,23 @@ async function main(): Promise<number> {
   const level = cli.command === 'demo' && !cli.flags.has('log.level') && !process.env.TRAINWATCH_LOG_LEVEL ? 'warn' : config['log.level'];
   const log = makeLogger(level, config['log.format']);
   if (cli.command === 'demo') return runDemo(config, log, cli.demo!);
+  if (cli.command === 'status') return runStatus(config, cli.status!, VERSION);
+  const byDefault = applyDefaultDir(config);
   if (config.dir.length === 0 && config.root.length === 0) {
-    process.stderr.write('trainwatch: error: nothing to watch. Pass --dir <run directory> (as for the original watchdog) or --root <directory of runs>, or try: trainwatch demo\n');
+    process.stderr.write(`trainwatch: error: ${NOTHING_TO_WATCH}\n`);
     return 2;
   }
+  if (byDefault) log.info({ dir: byDefault }, `no --dir or --root given: watching ${byDefault}, the original watchdog's default`);
   let running: Running;
   try {
     running = await start(config, log);
   } catch (e) {
+    if (e instanceof AddressInUseError) {
+      // The guide's "Multiple Watchdogs": defer to the trainwatch already watching these runs.
+      const peer = await deferToPeer(config['web.listen-address'], watchedPaths(config), config.halt, e.message);
+      process.stderr.write(`trainwatch: ${peer.message}\n`);
+      return peer.code;
+    }
     if (!(e instanceof ConfigError)) throw e;
     process.stderr.write(`trainwatch: error: ${e.message}\n`);
     return 2;

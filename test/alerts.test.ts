@@ -13,7 +13,11 @@ import { REPO, requireBinary } from './helpers/proc.js';
 
 const RULES = join(REPO, ALERTS_FILE);
 const TESTS_DIR = join(REPO, 'alerts/tests');
-const testFiles = () => readdirSync(TESTS_DIR).filter((n) => n.endsWith('.yml')).sort().map((n) => join('alerts/tests', n));
+const testFiles = () =>
+  readdirSync(TESTS_DIR)
+    .filter((n) => n.endsWith('.yml'))
+    .sort()
+    .map((n) => join('alerts/tests', n));
 
 function promtool(args: string[]): { status: number | null; output: string } {
   requireBinary('promtool', 'prometheus');
@@ -53,7 +57,11 @@ test('every anomaly kind has exactly one alert, with its anomaly_type, halt and 
   }
   const kindAlerts = new Set<string>(ANOMALY_KINDS.map((k) => k.alert));
   const extras = rules.filter((r) => !kindAlerts.has(r.alert));
-  assert.deepEqual([], extras.filter((r) => r.labels.anomaly_type !== undefined).map((r) => r.alert), 'only anomaly kinds carry anomaly_type (the webhook acts on it)');
+  assert.deepEqual(
+    [],
+    extras.filter((r) => r.labels.anomaly_type !== undefined).map((r) => r.alert),
+    'only anomaly kinds carry anomaly_type (the webhook acts on it)',
+  );
 });
 
 test('every alert has a unique CamelCase name, a known severity and summary, description and runbook_url', () => {
@@ -70,7 +78,13 @@ test('every runbook_url points at a heading of docs/runbook.md', () => {
   const runbook = readFileSync(join(REPO, 'docs/runbook.md'), 'utf8');
   // GitHub's anchor for a heading: lower-cased, spaces to dashes, punctuation dropped.
   const anchors = new Set(
-    [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) => m[1].trim().toLowerCase().replace(/[^\w\- ]/g, '').replace(/ /g, '-')),
+    [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) =>
+      m[1]
+        .trim()
+        .toLowerCase()
+        .replace(/[^\w\- ]/g, '')
+        .replace(/ /g, '-'),
+    ),
   );
   for (const r of allRules(checkedIn())) {
     const anchor = r.annotations.runbook_url.split('#')[1];

@@ -35,8 +35,19 @@ const hostPort = (s: string): [string, number] => {
 const ruleFilesOf = (base: string): string[] =>
   (prom.rule_files as string[]).flatMap((g) => {
     const abs = resolve(base, g);
-    const re = new RegExp('^' + posix.basename(abs).replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*') + '$');
-    return existsSync(dirname(abs)) ? readdirSync(dirname(abs)).filter((n) => re.test(n)).map((n) => join(dirname(abs), n)) : [];
+    const re = new RegExp(
+      '^' +
+        posix
+          .basename(abs)
+          .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+          .replace(/\*/g, '[^/]*') +
+        '$',
+    );
+    return existsSync(dirname(abs))
+      ? readdirSync(dirname(abs))
+          .filter((n) => re.test(n))
+          .map((n) => join(dirname(abs), n))
+      : [];
   });
 
 // ---------------------------------------------------------------- Prometheus and Alertmanager
@@ -56,7 +67,12 @@ test('deploy/prometheus.yml: promtool check config passes and loads every alerts
   // Relative rule_files resolve against the config's directory, so it is checked where it lies.
   const r = spawnSync(promtool, ['check', 'config', 'prometheus.yml'], { cwd: DEPLOY, encoding: 'utf8' });
   assert.equal(0, r.status, `promtool check config deploy/prometheus.yml:\n${r.stdout}${r.stderr}`);
-  for (const f of rules) assert.match(r.stdout, new RegExp(`Checking \\.\\./alerts/${posix.basename(f).replace(/\./g, '\\.')}\\s+SUCCESS`), `promtool did not check ${f}:\n${r.stdout}`);
+  for (const f of rules)
+    assert.match(
+      r.stdout,
+      new RegExp(`Checking \\.\\./alerts/${posix.basename(f).replace(/\./g, '\\.')}\\s+SUCCESS`),
+      `promtool did not check ${f}:\n${r.stdout}`,
+    );
   const job = trainwatchJob();
   assert.ok(job, 'a scrape job named trainwatch');
   assert.match(job.job_name, /trainwatch/, 'TrainwatchDown matches up{job=~".*trainwatch.*"}');
@@ -74,7 +90,10 @@ test('deploy/alertmanager.yml: amtool check-config passes and the trainwatch rec
   assert.equal(1, recv.webhook_configs?.length, 'one webhook per trainwatch; the example has one');
   const wh = recv.webhook_configs[0];
   // Alertmanager 0.25's webhook_config knows only these keys (no url_file, no timeout).
-  assert.deepEqual([], Object.keys(wh).filter((k) => !['url', 'send_resolved', 'http_config', 'max_alerts'].includes(k)));
+  assert.deepEqual(
+    [],
+    Object.keys(wh).filter((k) => !['url', 'send_resolved', 'http_config', 'max_alerts'].includes(k)),
+  );
   assert.equal(true, wh.send_resolved);
   const url = new URL(wh.url);
   assert.equal(WEBHOOK_PATH, url.pathname);
@@ -86,61 +105,82 @@ test('deploy/alertmanager.yml: amtool check-config passes and the trainwatch rec
   assert.ok(route, 'a route to the trainwatch receiver');
   assert.deepEqual(['anomaly_type=~".+"'], route.matchers, 'only alerts trainwatch can act on (they carry anomaly_type)');
   assert.equal(true, route.continue, 'people must still be notified: continue: true');
-  assert.ok((am.receivers as Y[]).some((x) => x.name === am.route.receiver && !x.webhook_configs), 'the default receiver is the null example');
+  assert.ok(
+    (am.receivers as Y[]).some((x) => x.name === am.route.receiver && !x.webhook_configs),
+    'the default receiver is the null example',
+  );
 });
 
-test('deploy configs end to end: Prometheus scrapes trainwatch, evaluates alerts/, Alertmanager posts to the webhook with the bearer token, trainwatch halts the run', { timeout: 120_000 }, async () => {
-  const t = tmpDir('tw-deploy-e2e-');
-  const runs = join(t.path, 'runs');
-  const runDir = join(runs, 'run-nan');
-  mkdirSync(runDir, { recursive: true });
-  const token = join(t.path, 'webhook.token');
-  writeFileSync(token, 'e2e-token-' + process.pid + '\n');
-  const tw = await startTrainwatch(['--root', runs, '--mode', 'alertmanager', '--webhook.token-file', token, '--halt', '1']);
-  const stops: Array<() => Promise<unknown>> = [() => tw.stop()];
-  try {
-    // Alertmanager: deploy/alertmanager.yml with the webhook pointed at this trainwatch and this
-    // token; group_wait shortened from 10s so the test is quick. Nothing else changes.
-    const amCfg = structuredClone(am);
-    const wh = amCfg.receivers.find((r: Y) => r.name === 'trainwatch').webhook_configs[0];
-    const u = new URL(wh.url);
-    u.host = `127.0.0.1:${tw.port}`;
-    wh.url = u.href;
-    wh.http_config.authorization.credentials_file = token;
-    amCfg.route.group_wait = '1s';
-    const amSvc = await startAlertmanager(JSON.stringify(amCfg));
-    stops.push(() => amSvc.stop());
-    // Prometheus: deploy/prometheus.yml with these addresses, the repository's rules by absolute
-    // path, and 1 s intervals instead of 15 s.
-    const promCfg = structuredClone(prom);
-    promCfg.global.scrape_interval = '1s';
-    promCfg.global.evaluation_interval = '1s';
-    promCfg.rule_files = ruleFilesOf(DEPLOY);
-    promCfg.alerting.alertmanagers[0].static_configs[0].targets = [`127.0.0.1:${amSvc.port}`];
-    promCfg.scrape_configs.find((j: Y) => j.job_name === 'trainwatch').static_configs = [{ targets: [`127.0.0.1:${tw.port}`] }];
-    const promSvc = await startPrometheus(JSON.stringify(promCfg));
-    stops.push(() => promSvc.stop());
+test(
+  'deploy configs end to end: Prometheus scrapes trainwatch, evaluates alerts/, Alertmanager posts to the webhook with the bearer token, trainwatch halts the run',
+  { timeout: 120_000 },
+  async () => {
+    const t = tmpDir('tw-deploy-e2e-');
+    const runs = join(t.path, 'runs');
+    const runDir = join(runs, 'run-nan');
+    mkdirSync(runDir, { recursive: true });
+    const token = join(t.path, 'webhook.token');
+    writeFileSync(token, 'e2e-token-' + process.pid + '\n');
+    const tw = await startTrainwatch(['--root', runs, '--mode', 'alertmanager', '--webhook.token-file', token, '--halt', '1']);
+    const stops: Array<() => Promise<unknown>> = [() => tw.stop()];
+    try {
+      // Alertmanager: deploy/alertmanager.yml with the webhook pointed at this trainwatch and this
+      // token; group_wait shortened from 10s so the test is quick. Nothing else changes.
+      const amCfg = structuredClone(am);
+      const wh = amCfg.receivers.find((r: Y) => r.name === 'trainwatch').webhook_configs[0];
+      const u = new URL(wh.url);
+      u.host = `127.0.0.1:${tw.port}`;
+      wh.url = u.href;
+      wh.http_config.authorization.credentials_file = token;
+      amCfg.route.group_wait = '1s';
+      const amSvc = await startAlertmanager(JSON.stringify(amCfg));
+      stops.push(() => amSvc.stop());
+      // Prometheus: deploy/prometheus.yml with these addresses, the repository's rules by absolute
+      // path, and 1 s intervals instead of 15 s.
+      const promCfg = structuredClone(prom);
+      promCfg.global.scrape_interval = '1s';
+      promCfg.global.evaluation_interval = '1s';
+      promCfg.rule_files = ruleFilesOf(DEPLOY);
+      promCfg.alerting.alertmanagers[0].static_configs[0].targets = [`127.0.0.1:${amSvc.port}`];
+      promCfg.scrape_configs.find((j: Y) => j.job_name === 'trainwatch').static_configs = [{ targets: [`127.0.0.1:${tw.port}`] }];
+      const promSvc = await startPrometheus(JSON.stringify(promCfg));
+      stops.push(() => promSvc.stop());
 
-    await waitFor(async () => (await promQuery(promSvc.url, 'up{job="trainwatch"} == 1')).length === 1, 'Prometheus to scrape trainwatch with job="trainwatch"', 30_000, 200);
-    const rules = (await (await fetch(`${promSvc.url}/api/v1/rules`)).json());
-    const loaded = rules.data.groups.map((g: Y) => g.name).sort();
-    const expected = ruleFilesOf(DEPLOY).flatMap((f) => (yamlFile(f).groups as Y[]).map((g) => g.name)).sort();
-    assert.deepEqual(expected, loaded);
+      await waitFor(
+        async () => (await promQuery(promSvc.url, 'up{job="trainwatch"} == 1')).length === 1,
+        'Prometheus to scrape trainwatch with job="trainwatch"',
+        30_000,
+        200,
+      );
+      const rules = await (await fetch(`${promSvc.url}/api/v1/rules`)).json();
+      const loaded = rules.data.groups.map((g: Y) => g.name).sort();
+      const expected = ruleFilesOf(DEPLOY)
+        .flatMap((f) => (yamlFile(f).groups as Y[]).map((g) => g.name))
+        .sort();
+      assert.deepEqual(expected, loaded);
 
-    const now = Date.now() / 1000;
-    const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
-    writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
-    await waitFor(() => existsSync(join(runDir, '.HALT')), 'Alertmanager to deliver TrainingLossNotFinite to the webhook and trainwatch to write .HALT', 60_000, 100).catch((e: Error) =>
-      assert.fail(`${e.message}\n--- trainwatch ---\n${tw.logs().slice(-4000)}\n--- alertmanager ---\n${amSvc.logs().slice(-2000)}\n--- prometheus ---\n${promSvc.logs().slice(-2000)}`),
-    );
-    assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
-    assert.equal('halt: nonfinite_loss\n', readFileSync(join(runDir, '.HALT'), 'utf8'));
-    assert.match(tw.logs(), /webhook|alertmanager/i);
-  } finally {
-    for (const s of stops.reverse()) await s();
-    t.cleanup();
-  }
-});
+      const now = Date.now() / 1000;
+      const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
+      writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
+      await waitFor(
+        () => existsSync(join(runDir, '.HALT')),
+        'Alertmanager to deliver TrainingLossNotFinite to the webhook and trainwatch to write .HALT',
+        60_000,
+        100,
+      ).catch((e: Error) =>
+        assert.fail(
+          `${e.message}\n--- trainwatch ---\n${tw.logs().slice(-4000)}\n--- alertmanager ---\n${amSvc.logs().slice(-2000)}\n--- prometheus ---\n${promSvc.logs().slice(-2000)}`,
+        ),
+      );
+      assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
+      assert.equal('halt: nonfinite_loss\n', readFileSync(join(runDir, '.HALT'), 'utf8'));
+      assert.match(tw.logs(), /webhook|alertmanager/i);
+    } finally {
+      for (const s of stops.reverse()) await s();
+      t.cleanup();
+    }
+  },
+);
 
 // ---------------------------------------------------------------- Compose
 
@@ -169,7 +209,8 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
       if (v.src.startsWith('../grafana') && !existsSync(join(REPO, 'grafana'))) continue;
       assert.ok(existsSync(resolve(DEPLOY, v.src)), `${name}: ${v.raw} mounts ${resolve(DEPLOY, v.src)}, which does not exist`);
     }
-  for (const [name, sec] of Object.entries<Y>(compose.secrets ?? {})) assert.ok(existsSync(resolve(DEPLOY, interpolate(sec.file))), `secret ${name}: ${sec.file} does not exist`);
+  for (const [name, sec] of Object.entries<Y>(compose.secrets ?? {}))
+    assert.ok(existsSync(resolve(DEPLOY, interpolate(sec.file))), `secret ${name}: ${sec.file} does not exist`);
   const mountOf = (svc: Y, dst: string) => (svc.volumes as string[]).map(volumeOf).find((v) => v.dst === dst);
   const published = (svc: Y) => (svc.ports as string[]).map((p) => Number(p.split(':').at(-1)));
 
@@ -211,7 +252,11 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
     const ds = (yamlFile(join(REPO, 'grafana/provisioning/datasources/prometheus.yml')).datasources as Y[]).find((d) => d.type === 'prometheus');
     const dsUrl = new URL(ds.url);
     assert.deepEqual(['prometheus', promPort], [dsUrl.hostname, Number(dsUrl.port)]);
-    assert.equal(prom.global.scrape_interval, ds.jsonData?.timeInterval, "the datasource's timeInterval must equal Prometheus' scrape_interval ($__rate_interval)");
+    assert.equal(
+      prom.global.scrape_interval,
+      ds.jsonData?.timeInterval,
+      "the datasource's timeInterval must equal Prometheus' scrape_interval ($__rate_interval)",
+    );
     const provider = (yamlFile(join(REPO, 'grafana/provisioning/dashboards/trainwatch.yml')).providers as Y[])[0];
     const dash = (s.grafana.volumes as string[]).map(volumeOf).find((v) => v.src === '../grafana/trainwatch-dashboard.json');
     assert.ok(dash, 'the dashboard JSON must be mounted');
@@ -314,7 +359,9 @@ test('deploy/kubernetes: DaemonSet, Service, ServiceMonitor and PrometheusRule a
 test('deploy/kubernetes/kustomization.yaml: lists every manifest, sets the release label without touching selectors, and its patches hit the runs hostPath', () => {
   const kust = yamlFile(join(K8S, 'kustomization.yaml'));
   assert.equal('Kustomization', kust.kind);
-  const manifests = readdirSync(K8S).filter((n) => /\.ya?ml$/.test(n) && n !== 'kustomization.yaml').sort();
+  const manifests = readdirSync(K8S)
+    .filter((n) => /\.ya?ml$/.test(n) && n !== 'kustomization.yaml')
+    .sort();
   assert.deepEqual(manifests, [...kust.resources].sort());
   const rel = (kust.labels as Y[]).find((l) => l.pairs?.release);
   assert.ok(rel, 'a labels entry setting release (kube-prometheus-stack selects on it)');
@@ -332,7 +379,8 @@ test('deploy/kubernetes/kustomization.yaml: lists every manifest, sets the relea
       let node: Y = target.obj;
       for (const s of segs.slice(0, -1)) node = node?.[s];
       assert.ok(node && segs.at(-1)! in node, `patch path ${op.path} does not exist in ${p.target.kind}/${p.target.name}`);
-      if ((op.path as string).includes('/volumes/')) assert.equal('runs', ds.spec.template.spec.volumes[Number(segs[4])].name, `${op.path} must be the runs volume`);
+      if ((op.path as string).includes('/volumes/'))
+        assert.equal('runs', ds.spec.template.spec.volumes[Number(segs[4])].name, `${op.path} must be the runs volume`);
     }
   }
 });
@@ -342,7 +390,11 @@ test('deploy/kubernetes/prometheusrule.yaml: equals what scripts/gen-prometheusr
   delete env.TRAINWATCH_PROMETHEUSRULE_LABELS;
   const r = spawnSync(process.execPath, [join(REPO, 'scripts/gen-prometheusrule.mjs'), '--stdout'], { encoding: 'utf8', env });
   assert.equal(0, r.status, r.stderr);
-  assert.equal(r.stdout, readFileSync(join(K8S, 'prometheusrule.yaml'), 'utf8'), 'deploy/kubernetes/prometheusrule.yaml is out of date. Fix: node scripts/gen-prometheusrule.mjs');
+  assert.equal(
+    r.stdout,
+    readFileSync(join(K8S, 'prometheusrule.yaml'), 'utf8'),
+    'deploy/kubernetes/prometheusrule.yaml is out of date. Fix: node scripts/gen-prometheusrule.mjs',
+  );
   const pr = parseYaml(r.stdout);
   const fromAlerts = readdirSync(join(REPO, 'alerts'))
     .filter((n) => n.endsWith('.rules.yml'))
@@ -373,7 +425,10 @@ test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check re
     let r = run('--labels', 'release=prom,team=ml');
     assert.equal(0, r.status, r.stderr);
     const pr = yamlFile(out);
-    assert.deepEqual({ 'app.kubernetes.io/name': 'trainwatch', 'app.kubernetes.io/component': 'alerting-rules', release: 'prom', team: 'ml' }, pr.metadata.labels);
+    assert.deepEqual(
+      { 'app.kubernetes.io/name': 'trainwatch', 'app.kubernetes.io/component': 'alerting-rules', release: 'prom', team: 'ml' },
+      pr.metadata.labels,
+    );
     assert.deepEqual([{ name: 'g1', rules: [{ alert: 'A', expr: 'vector(1)' }] }], pr.spec.groups);
     assert.equal(0, run('--labels', 'release=prom,team=ml', '--check').status, 'an up-to-date file passes --check');
     r = run('--check');
@@ -392,67 +447,113 @@ test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check re
 test('docs/deploy.md: names the files it tells users to use, and they exist', () => {
   const doc = readFileSync(join(REPO, 'docs/deploy.md'), 'utf8');
   const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]);
-  for (const p of ['deploy/prometheus.yml', 'deploy/alertmanager.yml', 'deploy/compose.yaml', 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml', 'deploy/web-config.example.yml', 'deploy/prometheus-tls.example.yml']) assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
-  for (const p of paths) assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
+  for (const p of [
+    'deploy/prometheus.yml',
+    'deploy/alertmanager.yml',
+    'deploy/compose.yaml',
+    'deploy/kubernetes/kustomization.yaml',
+    'alerts/trainwatch.rules.yml',
+    'deploy/web-config.example.yml',
+    'deploy/prometheus-tls.example.yml',
+  ])
+    assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
+  for (const p of paths)
+    assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
   assert.ok(statSync(join(REPO, 'Dockerfile')).isFile());
 });
 
 // ---------------------------------------------------------------- TLS and basic auth
 
-test('deploy/web-config.example.yml with deploy/prometheus-tls.example.yml: a real Prometheus scrapes a real trainwatch over HTTPS with basic auth, and a request without the password gets 401', { timeout: 120_000 }, async () => {
-  const openssl = requireBinary('openssl', 'openssl');
-  const t = tmpDir('tw-deploy-tls-');
-  const stops: Array<() => unknown> = [];
-  try {
-    // The only changes to the two files: their paths point at this test's certificate and password file.
-    const cert = join(t.path, 'tls.crt');
-    const key = join(t.path, 'tls.key');
-    const gen = spawnSync(openssl, ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { encoding: 'utf8' });
-    assert.equal(0, gen.status, gen.stderr);
-    const web = yamlFile(join(DEPLOY, 'web-config.example.yml'));
-    web.tls_server_config.cert_file = cert;
-    web.tls_server_config.key_file = key;
-    const webFile = join(t.path, 'web.yml');
-    writeFileSync(webFile, JSON.stringify(web));
-    const password = /hash of "([^"]+)"/.exec(readFileSync(join(DEPLOY, 'web-config.example.yml'), 'utf8'))![1];
-    const passwordFile = join(t.path, 'password');
-    writeFileSync(passwordFile, password);
-    const port = await freePort();
-    const tw = spawn(process.execPath, [join(REPO, 'bin/trainwatch.js'), '--root', t.path, '--web.config.file', webFile, '--web.listen-address', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    tw.stdout.on('data', (d) => (out += d));
-    tw.stderr.on('data', (d) => (out += d));
-    stops.push(() => tw.kill('SIGKILL'));
-    const ca = readFileSync(cert);
-    const get = (auth?: string) =>
-      new Promise<number>((res, rej) => {
-        const r = httpsRequest({ host: '127.0.0.1', port, path: '/metrics', ca, headers: auth ? { authorization: `Basic ${Buffer.from(auth).toString('base64')}` } : {} }, (m) => {
-          m.resume();
-          res(m.statusCode ?? 0);
+test(
+  'deploy/web-config.example.yml with deploy/prometheus-tls.example.yml: a real Prometheus scrapes a real trainwatch over HTTPS with basic auth, and a request without the password gets 401',
+  { timeout: 120_000 },
+  async () => {
+    const openssl = requireBinary('openssl', 'openssl');
+    const t = tmpDir('tw-deploy-tls-');
+    const stops: Array<() => unknown> = [];
+    try {
+      // The only changes to the two files: their paths point at this test's certificate and password file.
+      const cert = join(t.path, 'tls.crt');
+      const key = join(t.path, 'tls.key');
+      const gen = spawnSync(
+        openssl,
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+        ],
+        { encoding: 'utf8' },
+      );
+      assert.equal(0, gen.status, gen.stderr);
+      const web = yamlFile(join(DEPLOY, 'web-config.example.yml'));
+      web.tls_server_config.cert_file = cert;
+      web.tls_server_config.key_file = key;
+      const webFile = join(t.path, 'web.yml');
+      writeFileSync(webFile, JSON.stringify(web));
+      const password = /hash of "([^"]+)"/.exec(readFileSync(join(DEPLOY, 'web-config.example.yml'), 'utf8'))![1];
+      const passwordFile = join(t.path, 'password');
+      writeFileSync(passwordFile, password);
+      const port = await freePort();
+      const tw = spawn(
+        process.execPath,
+        [join(REPO, 'bin/trainwatch.js'), '--root', t.path, '--web.config.file', webFile, '--web.listen-address', `127.0.0.1:${port}`],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      tw.stdout.on('data', (d) => (out += d));
+      tw.stderr.on('data', (d) => (out += d));
+      stops.push(() => tw.kill('SIGKILL'));
+      const ca = readFileSync(cert);
+      const get = (auth?: string) =>
+        new Promise<number>((res, rej) => {
+          const r = httpsRequest(
+            { host: '127.0.0.1', port, path: '/metrics', ca, headers: auth ? { authorization: `Basic ${Buffer.from(auth).toString('base64')}` } : {} },
+            (m) => {
+              m.resume();
+              res(m.statusCode ?? 0);
+            },
+          );
+          r.on('error', rej);
+          r.end();
         });
-        r.on('error', rej);
-        r.end();
-      });
-    await waitFor(() => get().catch(() => 0), `trainwatch to serve HTTPS:\n${out}`);
-    assert.equal(401, await get());
-    assert.equal(401, await get('prometheus:wrong'));
-    assert.equal(200, await get(`prometheus:${password}`));
+      await waitFor(() => get().catch(() => 0), `trainwatch to serve HTTPS:\n${out}`);
+      assert.equal(401, await get());
+      assert.equal(401, await get('prometheus:wrong'));
+      assert.equal(200, await get(`prometheus:${password}`));
 
-    const job = structuredClone(yamlFile(join(DEPLOY, 'prometheus-tls.example.yml')).scrape_configs[0]);
-    job.tls_config.ca_file = cert;
-    job.basic_auth.password_file = passwordFile;
-    job.static_configs = [{ targets: [`127.0.0.1:${port}`] }];
-    const promCfg = { global: { scrape_interval: '1s' }, scrape_configs: [job] };
-    const check = join(t.path, 'prometheus.yml');
-    writeFileSync(check, JSON.stringify(promCfg));
-    const promtool = spawnSync(requireBinary('promtool', 'prometheus'), ['check', 'config', check], { encoding: 'utf8' });
-    assert.equal(0, promtool.status, promtool.stdout + promtool.stderr);
-    const prom = await startPrometheus(JSON.stringify(promCfg));
-    stops.push(() => prom.stop());
-    await waitFor(async () => (await promQuery(prom.url, 'up{job="trainwatch"} == 1')).length === 1, 'Prometheus to scrape trainwatch over HTTPS with basic auth', 60_000, 200);
-    assert.equal(1, (await promQuery(prom.url, 'trainwatch_build_info')).length);
-  } finally {
-    for (const s of stops.reverse()) await s();
-    t.cleanup();
-  }
-});
+      const job = structuredClone(yamlFile(join(DEPLOY, 'prometheus-tls.example.yml')).scrape_configs[0]);
+      job.tls_config.ca_file = cert;
+      job.basic_auth.password_file = passwordFile;
+      job.static_configs = [{ targets: [`127.0.0.1:${port}`] }];
+      const promCfg = { global: { scrape_interval: '1s' }, scrape_configs: [job] };
+      const check = join(t.path, 'prometheus.yml');
+      writeFileSync(check, JSON.stringify(promCfg));
+      const promtool = spawnSync(requireBinary('promtool', 'prometheus'), ['check', 'config', check], { encoding: 'utf8' });
+      assert.equal(0, promtool.status, promtool.stdout + promtool.stderr);
+      const prom = await startPrometheus(JSON.stringify(promCfg));
+      stops.push(() => prom.stop());
+      await waitFor(
+        async () => (await promQuery(prom.url, 'up{job="trainwatch"} == 1')).length === 1,
+        'Prometheus to scrape trainwatch over HTTPS with basic auth',
+        60_000,
+        200,
+      );
+      assert.equal(1, (await promQuery(prom.url, 'trainwatch_build_info')).length);
+    } finally {
+      for (const s of stops.reverse()) await s();
+      t.cleanup();
+    }
+  },
+);

@@ -8,14 +8,32 @@ import { dirname, join, relative } from 'node:path';
 import { SETTINGS, type Setting } from '../src/config/settings.js';
 import { REPO } from './helpers/proc.js';
 
-const DOCS = ['README.md', ...readdirSync(join(REPO, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const DOCS = [
+  'README.md',
+  ...readdirSync(join(REPO, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+];
 const text = (f: string) => readFileSync(join(REPO, f), 'utf8');
 /** The text outside fenced code blocks. */
 const prose = (s: string) => s.replace(/^```[\s\S]*?^```/gm, '');
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes. */
-const slug = (h: string) => h.trim().toLowerCase().replace(/[`*_]/g, '').replace(/[^\p{L}\p{N} -]/gu, '').replace(/ /g, '-');
-const anchors = (f: string) => new Set(text(f).replace(/^```[\s\S]*?^```/gm, '').split('\n').filter((l) => /^#{1,6} /.test(l)).map((l) => slug(l.replace(/^#+ /, ''))));
+const slug = (h: string) =>
+  h
+    .trim()
+    .toLowerCase()
+    .replace(/[`*_]/g, '')
+    .replace(/[^\p{L}\p{N} -]/gu, '')
+    .replace(/ /g, '-');
+const anchors = (f: string) =>
+  new Set(
+    text(f)
+      .replace(/^```[\s\S]*?^```/gm, '')
+      .split('\n')
+      .filter((l) => /^#{1,6} /.test(l))
+      .map((l) => slug(l.replace(/^#+ /, ''))),
+  );
 
 test('every relative link in README.md and docs/ points at a file that exists, and at a heading that exists', () => {
   const broken: string[] = [];
@@ -51,11 +69,16 @@ test('every repository path README.md names in backquotes exists', () => {
 
 test('the README settings table gives each flag the env variable and default of the settings table', () => {
   const byFlag = new Map((SETTINGS as readonly Setting[]).map((s) => [`--${s.key}`, s]));
-  const rows = text('README.md').split('\n').filter((l) => /^\| `--/.test(l));
+  const rows = text('README.md')
+    .split('\n')
+    .filter((l) => /^\| `--/.test(l));
   assert.notEqual(0, rows.length, 'README.md has no settings table');
   const wrong: string[] = [];
   for (const row of rows) {
-    const [flagCell, envCell, defCell] = row.split(/(?<!\\)\|/).slice(1).map((c) => c.trim());
+    const [flagCell, envCell, defCell] = row
+      .split(/(?<!\\)\|/)
+      .slice(1)
+      .map((c) => c.trim());
     const flags = [...flagCell.matchAll(/`(--[\w.-]+)/g)].map((m) => m[1]);
     for (const flag of flags) {
       const s = byFlag.get(flag);
@@ -66,7 +89,8 @@ test('the README settings table gives each flag the env variable and default of 
       const env = envCell === '–' ? undefined : envCell.replace(/`/g, '');
       if (env !== s.env) wrong.push(`${flag}: README says env ${env ?? '–'}, the table ${s.env ?? '–'}`);
       const def = defCell.replace(/`/g, '');
-      const want = s.default === undefined || (Array.isArray(s.default) && s.default.length === 0) ? '–' : s.type === 'bool' ? (s.default ? '1' : '0') : String(s.default);
+      const want =
+        s.default === undefined || (Array.isArray(s.default) && s.default.length === 0) ? '–' : s.type === 'bool' ? (s.default ? '1' : '0') : String(s.default);
       if (def !== want) wrong.push(`${flag}: README says default ${def}, the table ${want}`);
     }
   }
@@ -78,6 +102,7 @@ test('every NSA_WATCH_* and TRAINWATCH_* variable the docs name is a setting, or
   // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's.
   const others = new Set(['TRAINWATCH_RUNS_DIR', 'TRAINWATCH_UID', 'TRAINWATCH_GID', 'TRAINWATCH_PROMETHEUSRULE_LABELS', 'TRAINWATCH_FUZZ_SEED']);
   const unknown: string[] = [];
-  for (const f of DOCS) for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]) && !others.has(m[1])) unknown.push(`${f}: ${m[1]}`);
+  for (const f of DOCS)
+    for (const m of text(f).matchAll(/\b((?:NSA_WATCH|TRAINWATCH)_[A-Z0-9_]+)/g)) if (!envs.has(m[1]) && !others.has(m[1])) unknown.push(`${f}: ${m[1]}`);
   assert.deepEqual([], unknown);
 });

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { METRICS } from '../src/metrics/names.js';
-import { REPO, startSimTrainer, startTrainwatch, tmpDir, waitFor , teardown } from './helpers/proc.js';
+import { REPO, startSimTrainer, startTrainwatch, tmpDir, waitFor, teardown } from './helpers/proc.js';
 import { promQuery, startPrometheus } from './helpers/stack.js';
 
 interface Target {
@@ -45,7 +45,6 @@ interface Dashboard {
   templating: { list: Variable[] };
 }
 
-
 const DASHBOARD_PATH = join(REPO, 'grafana/trainwatch-dashboard.json');
 const RULES_PATH = join(REPO, 'alerts/trainwatch.rules.yml');
 const dash = JSON.parse(readFileSync(DASHBOARD_PATH, 'utf8')) as Dashboard;
@@ -57,7 +56,40 @@ const varQuery = (v: Variable) => (typeof v.query === 'string' ? v.query : v.que
 const usesDatasourceVar = (ds: { uid?: string } | undefined) => ds?.uid === '${datasource}' || ds?.uid === '$datasource';
 
 // Grafana's unit ids (packages/grafana-data/src/valueFormats/categories.ts) that fit this domain.
-const UNITS = new Set(['none', 'short', 'percent', 'percentunit', 's', 'ms', 'µs', 'ns', 'm', 'h', 'd', 'dtdurations', 'bytes', 'decbytes', 'bits', 'Bps', 'binBps', 'cps', 'ops', 'reqps', 'rps', 'wps', 'cpm', 'opm', 'hertz', 'bool', 'bool_yes_no', 'bool_on_off', 'dateTimeAsIso', 'dateTimeFromNow', 'sci', 'locale']);
+const UNITS = new Set([
+  'none',
+  'short',
+  'percent',
+  'percentunit',
+  's',
+  'ms',
+  'µs',
+  'ns',
+  'm',
+  'h',
+  'd',
+  'dtdurations',
+  'bytes',
+  'decbytes',
+  'bits',
+  'Bps',
+  'binBps',
+  'cps',
+  'ops',
+  'reqps',
+  'rps',
+  'wps',
+  'cpm',
+  'opm',
+  'hertz',
+  'bool',
+  'bool_yes_no',
+  'bool_on_off',
+  'dateTimeAsIso',
+  'dateTimeFromNow',
+  'sci',
+  'locale',
+]);
 const ALERT_PANEL = (p: Panel) => (p.targets ?? []).some((t) => /\bALERTS\b/.test(t.expr));
 
 test('the dashboard has a fixed uid and one datasource variable of type datasource that queries prometheus', () => {
@@ -75,7 +107,8 @@ test('every panel and every target uses the $datasource variable', () => {
   for (const p of panels) {
     if (!usesDatasourceVar(p.datasource)) bad.push(`${name(p)} uses datasource ${JSON.stringify(p.datasource)}`);
     if (!p.targets?.length) bad.push(`${name(p)} has no targets`);
-    for (const t of p.targets ?? []) if (!usesDatasourceVar(t.datasource)) bad.push(`${name(p)} target ${t.refId} uses datasource ${JSON.stringify(t.datasource)}`);
+    for (const t of p.targets ?? [])
+      if (!usesDatasourceVar(t.datasource)) bad.push(`${name(p)} target ${t.refId} uses datasource ${JSON.stringify(t.datasource)}`);
   }
   assert.deepEqual([], bad);
 });
@@ -88,20 +121,25 @@ test('every panel has a title, a description and a Grafana unit', () => {
     const unit = p.fieldConfig?.defaults?.unit;
     if (!unit || !UNITS.has(unit)) bad.push(`${name(p)}: unit ${JSON.stringify(unit)} is missing or not a Grafana unit id`);
     for (const o of p.fieldConfig?.overrides ?? [])
-      for (const prop of o.properties) if (prop.id === 'unit' && !UNITS.has(String(prop.value))) bad.push(`${name(p)}: override unit ${JSON.stringify(prop.value)} is not a Grafana unit id`);
+      for (const prop of o.properties)
+        if (prop.id === 'unit' && !UNITS.has(String(prop.value))) bad.push(`${name(p)}: override unit ${JSON.stringify(prop.value)} is not a Grafana unit id`);
   }
   assert.deepEqual([], bad);
 });
 
 test('every rate() and irate() uses $__rate_interval, and counters appear only inside rate() or increase()', () => {
-  const counters = Object.values(METRICS).filter((m) => m.type === 'counter').map((m) => m.name);
+  const counters = Object.values(METRICS)
+    .filter((m) => m.type === 'counter')
+    .map((m) => m.name);
   const bad: string[] = [];
   for (const p of panels)
     for (const t of p.targets ?? []) {
-      for (const m of t.expr.matchAll(/\b(i?rate)\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)/g)) if (!/\[\$__rate_interval\]\s*$/.test(m[2])) bad.push(`${name(p)} target ${t.refId}: ${m[0]} does not use [$__rate_interval]`);
+      for (const m of t.expr.matchAll(/\b(i?rate)\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)/g))
+        if (!/\[\$__rate_interval\]\s*$/.test(m[2])) bad.push(`${name(p)} target ${t.refId}: ${m[0]} does not use [$__rate_interval]`);
       for (const c of counters)
         for (const m of t.expr.matchAll(new RegExp(`\\b${c}\\b`, 'g')))
-          if (!/\b(rate|irate|increase)\s*\(\s*$/.test(t.expr.slice(0, m.index))) bad.push(`${name(p)} target ${t.refId}: counter ${c} outside rate()/increase()`);
+          if (!/\b(rate|irate|increase)\s*\(\s*$/.test(t.expr.slice(0, m.index)))
+            bad.push(`${name(p)} target ${t.refId}: counter ${c} outside rate()/increase()`);
     }
   assert.deepEqual([], bad);
 });
@@ -184,7 +222,20 @@ test('every panel query is valid PromQL and returns data from a real Prometheus 
   // Two runs: runA healthy on 2 ranks, runB on 3 ranks whose grad_norm turns NaN at step 20.
   const simA = startSimTrainer(['--dir', join(d.path, 'runA'), '--ranks', '2', '--step-s', '0.05', '--beats', '--quiet']);
   later(() => simA.kill());
-  const simB = startSimTrainer(['--dir', join(d.path, 'runB'), '--ranks', '3', '--step-s', '0.05', '--fault', 'nonfinite_grad', '--fault-at', '20', '--beats', '--quiet']);
+  const simB = startSimTrainer([
+    '--dir',
+    join(d.path, 'runB'),
+    '--ranks',
+    '3',
+    '--step-s',
+    '0.05',
+    '--fault',
+    'nonfinite_grad',
+    '--fault-at',
+    '20',
+    '--beats',
+    '--quiet',
+  ]);
   later(() => simB.kill());
   const tw = await startTrainwatch(['--root', d.path]);
   later(() => tw.stop());
@@ -221,7 +272,10 @@ test('every panel query is valid PromQL and returns data from a real Prometheus 
   });
 
   const failures: string[] = [];
-  for (const [run, rank] of [['.*', '.*'], ['runB', '0']] as const) {
+  for (const [run, rank] of [
+    ['.*', '.*'],
+    ['runB', '0'],
+  ] as const) {
     for (const p of panels)
       for (const tg of p.targets ?? []) {
         const expr = expand(tg.expr, run, rank);

@@ -67,7 +67,7 @@ function parseDockerfile(text: string): Stage[] {
 function execForm(args: string): string[] | undefined {
   if (!args.startsWith('[')) return undefined;
   const v = JSON.parse(args) as unknown;
-  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v) : undefined;
+  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined;
 }
 
 /** HEALTHCHECK [--opt=v ...] CMD <exec form> → its argv (undefined if shell form or NONE). */
@@ -150,7 +150,10 @@ function nodeOfMajor(major: number): string {
     rmSync(stage, { recursive: true, force: true });
     mkdirSync(stage, { recursive: true });
     writeFileSync(join(stage, 'package.json'), '{"private":true}\n');
-    const r = run('npm', ['install', '--no-save', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', `${pkg}@${major}`], { cwd: stage, timeoutMs: 180_000 });
+    const r = run('npm', ['install', '--no-save', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', `${pkg}@${major}`], {
+      cwd: stage,
+      timeoutMs: 180_000,
+    });
     assert.equal(0, r.status, `could not install Node ${major} (${pkg}@${major}) from the npm registry for the replay:\n${r.stdout}${r.stderr}`);
     rmSync(dir, { recursive: true, force: true });
     renameSync(stage, dir);
@@ -177,14 +180,25 @@ test('Dockerfile: multi-stage build whose runtime stage is node LTS slim with pr
   assert.ok(build.name, 'the build stage must be named (FROM … AS build) for COPY --from');
   assert.match(build.from, /^node:\d+/, 'the build stage must be a node image');
   const buildRuns = all(build, 'RUN').map((i) => i.args);
-  assert.ok(buildRuns.some((r) => /\bnpm ci\b/.test(r)), `the build stage must install with npm ci; RUN steps: ${buildRuns.join(' | ')}`);
-  assert.ok(buildRuns.some((r) => /\btsc\b/.test(r)), 'the build stage must compile with tsc');
-  const npmCi = all(final, 'RUN').map((i) => i.args).find((r) => /\bnpm ci\b/.test(r));
+  assert.ok(
+    buildRuns.some((r) => /\bnpm ci\b/.test(r)),
+    `the build stage must install with npm ci; RUN steps: ${buildRuns.join(' | ')}`,
+  );
+  assert.ok(
+    buildRuns.some((r) => /\btsc\b/.test(r)),
+    'the build stage must compile with tsc',
+  );
+  const npmCi = all(final, 'RUN')
+    .map((i) => i.args)
+    .find((r) => /\bnpm ci\b/.test(r));
   assert.ok(npmCi, 'the runtime stage must install its dependencies with npm ci');
   assert.match(npmCi, /--omit=dev\b/, 'the runtime stage must not install devDependencies');
   assert.match(npmCi, /--ignore-scripts\b/, 'the runtime stage must skip the prepare script (it runs tsc, a devDependency)');
   const fromBuild = all(final, 'COPY').filter((c) => c.args.includes(`--from=${build.name}`));
-  assert.ok(fromBuild.some((c) => /\bdist\b/.test(c.args)), 'the runtime stage must take the compiled dist/ from the build stage');
+  assert.ok(
+    fromBuild.some((c) => /\bdist\b/.test(c.args)),
+    'the runtime stage must take the compiled dist/ from the build stage',
+  );
 });
 
 test('Dockerfile: runs as the unprivileged node user behind tini, with exec-form ENTRYPOINT and CMD --root /runs', () => {
@@ -198,7 +212,10 @@ test('Dockerfile: runs as the unprivileged node user behind tini, with exec-form
   assert.ok(entry, 'ENTRYPOINT must be exec form (JSON array) so that signals reach the process');
   assert.deepEqual(['/usr/bin/tini', '--', 'node', '/app/bin/trainwatch.js'], entry);
   const installs = all(final, 'RUN').map((i) => i.args);
-  assert.ok(installs.some((r) => /apt-get install\b.*\btini\b/.test(r)), 'tini must be installed from Debian in the runtime stage (or the docs must say docker run --init)');
+  assert.ok(
+    installs.some((r) => /apt-get install\b.*\btini\b/.test(r)),
+    'tini must be installed from Debian in the runtime stage (or the docs must say docker run --init)',
+  );
   const cmd = execForm(last(final, 'CMD')?.args ?? '');
   assert.ok(cmd, 'CMD must be exec form');
   assert.deepEqual(['--root', '/runs'], cmd);
@@ -207,13 +224,18 @@ test('Dockerfile: runs as the unprivileged node user behind tini, with exec-form
 
 test('Dockerfile: EXPOSE, VOLUME and a curl-free HEALTHCHECK match the documented default port 9465 and /runs', () => {
   assert.equal(9465, DEFAULT_PORT, 'the documented default port (README, docs/deploy.md) is 9465');
-  const exposed = all(final, 'EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));
+  const exposed = all(final, 'EXPOSE')
+    .flatMap((i) => i.args.split(/\s+/))
+    .map((p) => p.replace(/\/tcp$/, ''));
   assert.deepEqual([String(DEFAULT_PORT)], exposed);
   const volumes = all(final, 'VOLUME').flatMap((i) => execForm(i.args) ?? i.args.split(/\s+/));
   assert.deepEqual(['/runs'], volumes);
   // A fresh named volume copies the owner of the image's directory: /runs must belong to USER.
   const runs = all(final, 'RUN').map((i) => i.args);
-  assert.ok(runs.some((r) => /\bchown\s+node(:node)?\s+\/runs\b/.test(r)), 'the image must create /runs owned by node before VOLUME, or a named volume is not writable');
+  assert.ok(
+    runs.some((r) => /\bchown\s+node(:node)?\s+\/runs\b/.test(r)),
+    'the image must create /runs owned by node before VOLUME, or a named volume is not writable',
+  );
   const hc = last(final, 'HEALTHCHECK');
   assert.ok(hc, 'the runtime stage must have a HEALTHCHECK');
   const argv = healthcheckArgv(hc.args);
@@ -225,12 +247,18 @@ test('Dockerfile: EXPOSE, VOLUME and a curl-free HEALTHCHECK match the documente
 
 test('.dockerignore: keeps node_modules, dist and .git out of the context and every COPY source in it', () => {
   const ignored = dockerignore(readFileSync(join(REPO, '.dockerignore'), 'utf8'));
-  for (const p of ['node_modules/express/index.js', 'dist/src/main.js', '.git/HEAD', 'test-artifacts/x.log', 'deploy/webhook.token']) assert.equal(true, ignored(p), `${p} must be excluded from the build context`);
+  for (const p of ['node_modules/express/index.js', 'dist/src/main.js', '.git/HEAD', 'test-artifacts/x.log', 'deploy/webhook.token'])
+    assert.equal(true, ignored(p), `${p} must be excluded from the build context`);
   const ctx = buildContext();
   for (const s of stages)
     for (const c of all(s, 'COPY').filter((i) => !i.args.includes('--from='))) {
       const parts = (execForm(c.args) ?? c.args.split(/\s+/)).filter((p) => !p.startsWith('--'));
-      for (const src of parts.slice(0, -1)) assert.notEqual(0, contextSelect(ctx, src).length, `Dockerfile line ${c.line}: COPY ${src} matches nothing in the build context (missing, or excluded by .dockerignore)`);
+      for (const src of parts.slice(0, -1))
+        assert.notEqual(
+          0,
+          contextSelect(ctx, src).length,
+          `Dockerfile line ${c.line}: COPY ${src} matches nothing in the build context (missing, or excluded by .dockerignore)`,
+        );
     }
 });
 
@@ -258,218 +286,230 @@ test('runtime imports: every package the compiled src/ imports is a dependency, 
   assert.deepEqual([], missing, 'npm ci --omit=dev in the image would not install these');
 });
 
-test('docker build replay: the final stage starts as node on the image Node major, passes HEALTHCHECK, acts on a run, exits 0 on SIGTERM, and runs the demo', { timeout: 900_000 }, async () => {
-  const t0 = Date.now();
-  const timings: string[] = [];
-  const lap = (what: string) => timings.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-  const major = Number(/^node:(\d+)/.exec(final.from)![1]);
-  const node = nodeOfMajor(major);
-  lap(`node ${major} ready`);
-  const ctx = buildContext();
-  const work = tmpDir('tw-docker-');
-  chmodSync(work.path, 0o755);
-  const asRoot = process.getuid?.() === 0;
-  // Module resolution must not find the repository's (or any ancestor's) node_modules.
-  for (let d = work.path; ; d = dirname(d)) {
-    assert.equal(false, existsSync(join(d, 'node_modules')), `${join(d, 'node_modules')} exists and would leak packages into the replay`);
-    if (dirname(d) === d) break;
-  }
-  const roots = new Map<string, string>();
-  const installed = new Set<string>();
-  let proc: ReturnType<typeof spawn> | undefined;
-  try {
-    let entrypoint: string[] = [];
-    let cmd: string[] = [];
-    let env: Record<string, string> = {};
-    let user = 'root';
-    let workdir = '/';
-    let root = '';
-    const inRoot = (p: string) => join(root, posix.resolve(workdir, p));
-    stages.forEach((stage, i) => {
-      root = join(work.path, `stage${i}`);
-      mkdirSync(root, { recursive: true });
-      chmodSync(root, 0o755);
-      if (stage.name) roots.set(stage.name, root);
-      roots.set(String(i), root);
-      env = {};
-      user = 'root';
-      workdir = '/';
-      for (const ins of stage.instrs) {
-        const where = `Dockerfile line ${ins.line}: ${ins.cmd} ${ins.args}`;
-        switch (ins.cmd) {
-          case 'WORKDIR':
-            workdir = posix.resolve(workdir, ins.args);
-            mkdirSync(inRoot('.'), { recursive: true });
-            break;
-          case 'ENV':
-            for (const m of ins.args.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]] = m[2].replace(/^"|"$/g, '');
-            break;
-          case 'COPY': {
-            const words = execForm(ins.args) ?? ins.args.split(/\s+/);
-            const from = words.find((w) => w.startsWith('--from='))?.slice('--from='.length);
-            assert.equal(undefined, words.find((w) => w.startsWith('--') && !w.startsWith('--from=')), `${where}: the replay does not know this COPY flag`);
-            const paths = words.filter((w) => !w.startsWith('--'));
-            const dest = paths.pop()!;
-            for (const src of paths) {
-              if (from !== undefined) {
-                const fromRoot = roots.get(from);
-                assert.ok(fromRoot, `${where}: no earlier stage ${from}`);
-                assert.ok(existsSync(join(fromRoot, src)), `${where}: ${src} does not exist in stage ${from}`);
-                cpSync(join(fromRoot, src), inRoot(dest), { recursive: true });
-              } else {
-                const files = contextSelect(ctx, src);
-                assert.notEqual(0, files.length, `${where}: ${src} is not in the build context`);
-                const single = files.length === 1 && files[0][0] === posix.normalize(src);
-                for (const [f, rel] of files) {
-                  const to = single && !dest.endsWith('/') && paths.length === 1 ? inRoot(dest) : join(inRoot(dest), rel);
-                  mkdirSync(dirname(to), { recursive: true });
-                  cpSync(join(REPO, f), to);
+test(
+  'docker build replay: the final stage starts as node on the image Node major, passes HEALTHCHECK, acts on a run, exits 0 on SIGTERM, and runs the demo',
+  { timeout: 900_000 },
+  async () => {
+    const t0 = Date.now();
+    const timings: string[] = [];
+    const lap = (what: string) => timings.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+    const major = Number(/^node:(\d+)/.exec(final.from)![1]);
+    const node = nodeOfMajor(major);
+    lap(`node ${major} ready`);
+    const ctx = buildContext();
+    const work = tmpDir('tw-docker-');
+    chmodSync(work.path, 0o755);
+    const asRoot = process.getuid?.() === 0;
+    // Module resolution must not find the repository's (or any ancestor's) node_modules.
+    for (let d = work.path; ; d = dirname(d)) {
+      assert.equal(false, existsSync(join(d, 'node_modules')), `${join(d, 'node_modules')} exists and would leak packages into the replay`);
+      if (dirname(d) === d) break;
+    }
+    const roots = new Map<string, string>();
+    const installed = new Set<string>();
+    let proc: ReturnType<typeof spawn> | undefined;
+    try {
+      let entrypoint: string[] = [];
+      let cmd: string[] = [];
+      let env: Record<string, string> = {};
+      let user = 'root';
+      let workdir = '/';
+      let root = '';
+      const inRoot = (p: string) => join(root, posix.resolve(workdir, p));
+      stages.forEach((stage, i) => {
+        root = join(work.path, `stage${i}`);
+        mkdirSync(root, { recursive: true });
+        chmodSync(root, 0o755);
+        if (stage.name) roots.set(stage.name, root);
+        roots.set(String(i), root);
+        env = {};
+        user = 'root';
+        workdir = '/';
+        for (const ins of stage.instrs) {
+          const where = `Dockerfile line ${ins.line}: ${ins.cmd} ${ins.args}`;
+          switch (ins.cmd) {
+            case 'WORKDIR':
+              workdir = posix.resolve(workdir, ins.args);
+              mkdirSync(inRoot('.'), { recursive: true });
+              break;
+            case 'ENV':
+              for (const m of ins.args.matchAll(/(\w+)=("[^"]*"|\S+)/g)) env[m[1]] = m[2].replace(/^"|"$/g, '');
+              break;
+            case 'COPY': {
+              const words = execForm(ins.args) ?? ins.args.split(/\s+/);
+              const from = words.find((w) => w.startsWith('--from='))?.slice('--from='.length);
+              assert.equal(
+                undefined,
+                words.find((w) => w.startsWith('--') && !w.startsWith('--from=')),
+                `${where}: the replay does not know this COPY flag`,
+              );
+              const paths = words.filter((w) => !w.startsWith('--'));
+              const dest = paths.pop()!;
+              for (const src of paths) {
+                if (from !== undefined) {
+                  const fromRoot = roots.get(from);
+                  assert.ok(fromRoot, `${where}: no earlier stage ${from}`);
+                  assert.ok(existsSync(join(fromRoot, src)), `${where}: ${src} does not exist in stage ${from}`);
+                  cpSync(join(fromRoot, src), inRoot(dest), { recursive: true });
+                } else {
+                  const files = contextSelect(ctx, src);
+                  assert.notEqual(0, files.length, `${where}: ${src} is not in the build context`);
+                  const single = files.length === 1 && files[0][0] === posix.normalize(src);
+                  for (const [f, rel] of files) {
+                    const to = single && !dest.endsWith('/') && paths.length === 1 ? inRoot(dest) : join(inRoot(dest), rel);
+                    mkdirSync(dirname(to), { recursive: true });
+                    cpSync(join(REPO, f), to);
+                  }
                 }
               }
+              break;
             }
-            break;
+            case 'RUN':
+              for (const step of ins.args.split(/\s*&&\s*/)) {
+                let m: RegExpExecArray | null;
+                const cwd = inRoot('.');
+                if (step === 'apt-get update' || step === 'rm -rf /var/lib/apt/lists/*') continue;
+                if ((m = /^apt-get install (.*)$/.exec(step))) {
+                  // Debian packages the replay takes from this machine: package → the binary it gives.
+                  const known: Record<string, string> = { tini: 'tini', python3: 'python3' };
+                  for (const p of m[1].split(/\s+/).filter((w) => !w.startsWith('-'))) {
+                    assert.ok(known[p], `${where}: the replay knows no Debian package ${p}`);
+                    requireBinary(known[p], p);
+                    installed.add(p);
+                  }
+                } else if ((m = /^npm ci( .*)?$/.exec(step))) {
+                  const r = run('npm', ['ci', ...(m[1] ?? '').trim().split(/\s+/).filter(Boolean), '--prefer-offline'], { cwd });
+                  assert.equal(0, r.status, `${where}: npm ci failed:\n${r.stdout}${r.stderr}`);
+                  lap(`npm ci in stage ${i}`);
+                } else if (step === 'npm cache clean --force') {
+                  continue; // never on this machine: it would only empty the npm cache
+                } else if ((m = /^npx tsc (.*)$/.exec(step))) {
+                  const tsc = join(cwd, 'node_modules/typescript/bin/tsc');
+                  assert.ok(existsSync(tsc), `${where}: typescript is not installed in this stage`);
+                  const r = run(process.execPath, [tsc, ...m[1].split(/\s+/)], { cwd });
+                  assert.equal(0, r.status, `${where}: tsc failed:\n${r.stdout}${r.stderr}`);
+                  lap(`tsc in stage ${i}`);
+                } else if ((m = /^mkdir -p (\S+)$/.exec(step))) {
+                  mkdirSync(inRoot(m[1]), { recursive: true });
+                } else if ((m = /^chown (\w+)(?::(\w+))? (\S+)$/.exec(step))) {
+                  const uid = IMAGE_USERS[m[1]];
+                  const gid = IMAGE_USERS[m[2] ?? m[1]];
+                  assert.ok(uid !== undefined && gid !== undefined, `${where}: unknown user`);
+                  if (asRoot) chownSync(inRoot(m[3]), uid, gid);
+                } else {
+                  assert.fail(`${where}: the replay does not know the step "${step}"; teach test/packaging.test.ts what it does`);
+                }
+              }
+              break;
+            case 'USER':
+              user = ins.args;
+              break;
+            case 'ENTRYPOINT':
+              entrypoint = execForm(ins.args)!;
+              break;
+            case 'CMD':
+              cmd = execForm(ins.args)!;
+              break;
+            case 'EXPOSE':
+            case 'VOLUME':
+            case 'HEALTHCHECK':
+            case 'LABEL':
+            case 'ARG':
+              break;
+            default:
+              assert.fail(`${where}: the replay does not know ${ins.cmd}`);
           }
-          case 'RUN':
-            for (const step of ins.args.split(/\s*&&\s*/)) {
-              let m: RegExpExecArray | null;
-              const cwd = inRoot('.');
-              if (step === 'apt-get update' || step === 'rm -rf /var/lib/apt/lists/*') continue;
-              if ((m = /^apt-get install (.*)$/.exec(step))) {
-                // Debian packages the replay takes from this machine: package → the binary it gives.
-                const known: Record<string, string> = { tini: 'tini', python3: 'python3' };
-                for (const p of m[1].split(/\s+/).filter((w) => !w.startsWith('-'))) {
-                  assert.ok(known[p], `${where}: the replay knows no Debian package ${p}`);
-                  requireBinary(known[p], p);
-                  installed.add(p);
-                }
-              } else if ((m = /^npm ci( .*)?$/.exec(step))) {
-                const r = run('npm', ['ci', ...(m[1] ?? '').trim().split(/\s+/).filter(Boolean), '--prefer-offline'], { cwd });
-                assert.equal(0, r.status, `${where}: npm ci failed:\n${r.stdout}${r.stderr}`);
-                lap(`npm ci in stage ${i}`);
-              } else if (step === 'npm cache clean --force') {
-                continue; // never on this machine: it would only empty the npm cache
-              } else if ((m = /^npx tsc (.*)$/.exec(step))) {
-                const tsc = join(cwd, 'node_modules/typescript/bin/tsc');
-                assert.ok(existsSync(tsc), `${where}: typescript is not installed in this stage`);
-                const r = run(process.execPath, [tsc, ...m[1].split(/\s+/)], { cwd });
-                assert.equal(0, r.status, `${where}: tsc failed:\n${r.stdout}${r.stderr}`);
-                lap(`tsc in stage ${i}`);
-              } else if ((m = /^mkdir -p (\S+)$/.exec(step))) {
-                mkdirSync(inRoot(m[1]), { recursive: true });
-              } else if ((m = /^chown (\w+)(?::(\w+))? (\S+)$/.exec(step))) {
-                const uid = IMAGE_USERS[m[1]];
-                const gid = IMAGE_USERS[m[2] ?? m[1]];
-                assert.ok(uid !== undefined && gid !== undefined, `${where}: unknown user`);
-                if (asRoot) chownSync(inRoot(m[3]), uid, gid);
-              } else {
-                assert.fail(`${where}: the replay does not know the step "${step}"; teach test/packaging.test.ts what it does`);
-              }
-            }
-            break;
-          case 'USER':
-            user = ins.args;
-            break;
-          case 'ENTRYPOINT':
-            entrypoint = execForm(ins.args)!;
-            break;
-          case 'CMD':
-            cmd = execForm(ins.args)!;
-            break;
-          case 'EXPOSE':
-          case 'VOLUME':
-          case 'HEALTHCHECK':
-          case 'LABEL':
-          case 'ARG':
-            break;
-          default:
-            assert.fail(`${where}: the replay does not know ${ins.cmd}`);
         }
-      }
-    });
+      });
 
-    // The container: root is the last stage's directory, the user is USER, PATH finds the image's node.
-    const uid = IMAGE_USERS[user.split(':')[0]];
-    const home = join(root, 'home', user);
-    mkdirSync(home, { recursive: true });
-    const runs = join(root, 'runs');
-    const port = await freePort();
-    const containerEnv: Record<string, string> = {
-      PATH: `${dirname(node)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
-      HOME: home,
-      ...env,
-      // The one change to the command: a free port instead of :9465 (as `-p` would map it).
-      TRAINWATCH_WEB_LISTEN_ADDRESS: `127.0.0.1:${port}`,
-    };
-    const ids = asRoot ? { uid, gid: uid } : {};
-    if (asRoot) chownSync(home, uid, uid);
-    // Absolute paths that exist inside the image's root are taken from there; others (tini) from this machine.
-    const mapPath = (a: string) => (a.startsWith('/') && existsSync(join(root, a)) ? join(root, a) : a);
-    const argv = [...entrypoint, ...cmd].map(mapPath);
-    assert.equal(true, argv.includes(runs), `CMD must point --root at the VOLUME /runs: ${argv.join(' ')}`);
-    assert.ok(existsSync(argv[0]), `${argv[0]} (ENTRYPOINT[0]) does not exist on this machine`);
+      // The container: root is the last stage's directory, the user is USER, PATH finds the image's node.
+      const uid = IMAGE_USERS[user.split(':')[0]];
+      const home = join(root, 'home', user);
+      mkdirSync(home, { recursive: true });
+      const runs = join(root, 'runs');
+      const port = await freePort();
+      const containerEnv: Record<string, string> = {
+        PATH: `${dirname(node)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+        HOME: home,
+        ...env,
+        // The one change to the command: a free port instead of :9465 (as `-p` would map it).
+        TRAINWATCH_WEB_LISTEN_ADDRESS: `127.0.0.1:${port}`,
+      };
+      const ids = asRoot ? { uid, gid: uid } : {};
+      if (asRoot) chownSync(home, uid, uid);
+      // Absolute paths that exist inside the image's root are taken from there; others (tini) from this machine.
+      const mapPath = (a: string) => (a.startsWith('/') && existsSync(join(root, a)) ? join(root, a) : a);
+      const argv = [...entrypoint, ...cmd].map(mapPath);
+      assert.equal(true, argv.includes(runs), `CMD must point --root at the VOLUME /runs: ${argv.join(' ')}`);
+      assert.ok(existsSync(argv[0]), `${argv[0]} (ENTRYPOINT[0]) does not exist on this machine`);
 
-    let out = '';
-    proc = spawn(argv[0], argv.slice(1), { cwd: join(root, 'app'), env: containerEnv, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
-    proc.stdout!.on('data', (d) => (out += d));
-    proc.stderr!.on('data', (d) => (out += d));
-    const exited = new Promise<number | null>((r) => proc!.on('exit', (code) => r(code)));
-    const url = `http://127.0.0.1:${port}`;
-    const ctxInfo = () => `\n--- timings: ${timings.join(', ')}\n--- output ---\n${out}`;
-    await waitFor(
-      async () => {
+      let out = '';
+      proc = spawn(argv[0], argv.slice(1), { cwd: join(root, 'app'), env: containerEnv, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
+      proc.stdout!.on('data', (d) => (out += d));
+      proc.stderr!.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((r) => proc!.on('exit', (code) => r(code)));
+      const url = `http://127.0.0.1:${port}`;
+      const ctxInfo = () => `\n--- timings: ${timings.join(', ')}\n--- output ---\n${out}`;
+      await waitFor(async () => {
         if (proc!.exitCode !== null) throw new Error(`exited with ${proc!.exitCode}`);
         return (await fetch(`${url}/healthz`)).status === 200 && (await fetch(`${url}/readyz`)).status === 200;
-      },
-      'the container command to answer /healthz and /readyz with 200',
-    ).catch((e: Error) => assert.fail(e.message + ctxInfo()));
-    lap('serving');
+      }, 'the container command to answer /healthz and /readyz with 200').catch((e: Error) => assert.fail(e.message + ctxInfo()));
+      lap('serving');
 
-    // HEALTHCHECK exactly as written, but for the port mapping.
-    const hc = healthcheckArgv(last(final, 'HEALTHCHECK')!.args)!;
-    const hcArgv = hc.map((a) => a.replaceAll(`:${DEFAULT_PORT}/`, `:${port}/`));
-    assert.notDeepEqual(hc, hcArgv, 'the HEALTHCHECK must name the default port');
-    const healthcheck = () => spawnSync(hcArgv[0], hcArgv.slice(1), { env: containerEnv, encoding: 'utf8', timeout: 10_000, ...ids }).status;
-    assert.equal(0, healthcheck(), `HEALTHCHECK failed against the running container${ctxInfo()}`);
+      // HEALTHCHECK exactly as written, but for the port mapping.
+      const hc = healthcheckArgv(last(final, 'HEALTHCHECK')!.args)!;
+      const hcArgv = hc.map((a) => a.replaceAll(`:${DEFAULT_PORT}/`, `:${port}/`));
+      assert.notDeepEqual(hc, hcArgv, 'the HEALTHCHECK must name the default port');
+      const healthcheck = () => spawnSync(hcArgv[0], hcArgv.slice(1), { env: containerEnv, encoding: 'utf8', timeout: 10_000, ...ids }).status;
+      assert.equal(0, healthcheck(), `HEALTHCHECK failed against the running container${ctxInfo()}`);
 
-    // It runs on the image's Node major, and as the image's user it can act on a run in /runs.
-    const metrics = await (await fetch(`${url}/metrics`)).text();
-    assert.match(metrics, new RegExp(`nodejs_version_info\\{[^}]*version="v${major}\\.`), 'the process must run on the image Node major');
-    const runDir = join(runs, 'run-a');
-    mkdirSync(runDir);
-    if (asRoot) chownSync(runDir, uid, uid); // the trainer's directory; trainwatch runs as the same uid
-    const now = Date.now() / 1000;
-    const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
-    writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
-    await waitFor(() => existsSync(join(runDir, '.anomaly_type')) && readFileSync(join(runDir, '.anomaly_type'), 'utf8'), 'trainwatch to write .anomaly_type into /runs/run-a').catch((e: Error) =>
-      assert.fail(e.message + ctxInfo()),
-    );
-    assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
-    if (asRoot) assert.equal(uid, statSync(join(runDir, '.anomaly_type')).uid, '.anomaly_type must be written by the image user');
-    lap('acted on a run');
+      // It runs on the image's Node major, and as the image's user it can act on a run in /runs.
+      const metrics = await (await fetch(`${url}/metrics`)).text();
+      assert.match(metrics, new RegExp(`nodejs_version_info\\{[^}]*version="v${major}\\.`), 'the process must run on the image Node major');
+      const runDir = join(runs, 'run-a');
+      mkdirSync(runDir);
+      if (asRoot) chownSync(runDir, uid, uid); // the trainer's directory; trainwatch runs as the same uid
+      const now = Date.now() / 1000;
+      const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
+      writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
+      await waitFor(
+        () => existsSync(join(runDir, '.anomaly_type')) && readFileSync(join(runDir, '.anomaly_type'), 'utf8'),
+        'trainwatch to write .anomaly_type into /runs/run-a',
+      ).catch((e: Error) => assert.fail(e.message + ctxInfo()));
+      assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
+      if (asRoot) assert.equal(uid, statSync(join(runDir, '.anomaly_type')).uid, '.anomaly_type must be written by the image user');
+      lap('acted on a run');
 
-    // docker stop: SIGTERM to PID 1 (tini), which forwards it. trainwatch's own fallback also
-    // exits 0 (after 5 s), so a clean stop is told apart by its log: "stopped", not the fallback's.
-    proc.kill('SIGTERM');
-    const code = await exited;
-    assert.equal(0, code, `exit status after SIGTERM${ctxInfo()}`);
-    assert.match(out, /shutting down/, 'trainwatch must log its shutdown');
-    assert.match(out, /msg=stopped/, `the graceful stop must finish${ctxInfo()}`);
-    assert.doesNotMatch(out, /exiting anyway/, `the graceful stop hung until the 5 s fallback${ctxInfo()}`);
-    assert.notEqual(0, healthcheck(), 'the HEALTHCHECK must fail once nothing listens');
-    lap('stopped (SIGTERM → exit 0)');
+      // docker stop: SIGTERM to PID 1 (tini), which forwards it. trainwatch's own fallback also
+      // exits 0 (after 5 s), so a clean stop is told apart by its log: "stopped", not the fallback's.
+      proc.kill('SIGTERM');
+      const code = await exited;
+      assert.equal(0, code, `exit status after SIGTERM${ctxInfo()}`);
+      assert.match(out, /shutting down/, 'trainwatch must log its shutdown');
+      assert.match(out, /msg=stopped/, `the graceful stop must finish${ctxInfo()}`);
+      assert.doesNotMatch(out, /exiting anyway/, `the graceful stop hung until the 5 s fallback${ctxInfo()}`);
+      assert.notEqual(0, healthcheck(), 'the HEALTHCHECK must fail once nothing listens');
+      lap('stopped (SIGTERM → exit 0)');
 
-    // `docker run --rm trainwatch demo`: the simulated trainer and its python3 are in the image.
-    assert.equal(true, installed.has('python3'), 'the runtime stage must install python3 for `trainwatch demo`');
-    const demo = spawnSync(argv[0], [...argv.slice(1, argv.indexOf(join(root, 'app/bin/trainwatch.js')) + 1), 'demo'], { cwd: join(root, 'app'), env: { ...containerEnv, TRAINWATCH_WEB_LISTEN_ADDRESS: '127.0.0.1:0' }, encoding: 'utf8', timeout: 120_000, ...ids });
-    assert.equal(0, demo.status, `trainwatch demo in the image:\n${demo.stdout}${demo.stderr}`);
-    assert.match(demo.stdout, /\[demo\] \.HALT: +halt: nonfinite_loss/);
-    lap('demo ran');
-    process.stdout.write(`# docker build replay: ${timings.join(', ')}\n`);
-  } finally {
-    if (proc && proc.exitCode === null) proc.kill('SIGKILL');
-    work.cleanup();
-  }
-});
+      // `docker run --rm trainwatch demo`: the simulated trainer and its python3 are in the image.
+      assert.equal(true, installed.has('python3'), 'the runtime stage must install python3 for `trainwatch demo`');
+      const demo = spawnSync(argv[0], [...argv.slice(1, argv.indexOf(join(root, 'app/bin/trainwatch.js')) + 1), 'demo'], {
+        cwd: join(root, 'app'),
+        env: { ...containerEnv, TRAINWATCH_WEB_LISTEN_ADDRESS: '127.0.0.1:0' },
+        encoding: 'utf8',
+        timeout: 120_000,
+        ...ids,
+      });
+      assert.equal(0, demo.status, `trainwatch demo in the image:\n${demo.stdout}${demo.stderr}`);
+      assert.match(demo.stdout, /\[demo\] \.HALT: +halt: nonfinite_loss/);
+      lap('demo ran');
+      process.stdout.write(`# docker build replay: ${timings.join(', ')}\n`);
+    } finally {
+      if (proc && proc.exitCode === null) proc.kill('SIGKILL');
+      work.cleanup();
+    }
+  },
+);
 
 test('npm package: `npx trainwatch demo` works where the packed tarball is installed into an empty project', { timeout: 240_000 }, () => {
   const work = tmpDir('tw-npm-');
@@ -479,11 +519,16 @@ test('npm package: `npx trainwatch demo` works where the packed tarball is insta
     assert.equal(0, pack.status, pack.stderr);
     const [info] = JSON.parse(pack.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
     const files = info.files.map((f) => f.path);
-    for (const f of ['bin/trainwatch.js', 'dist/src/demo.js', 'scripts/sim_trainer.py', 'alerts/trainwatch.rules.yml', 'deploy/prometheus.yml']) assert.equal(true, files.includes(f), `${f} must be in the npm package (package.json "files")`);
+    for (const f of ['bin/trainwatch.js', 'dist/src/demo.js', 'scripts/sim_trainer.py', 'alerts/trainwatch.rules.yml', 'deploy/prometheus.yml'])
+      assert.equal(true, files.includes(f), `${f} must be in the npm package (package.json "files")`);
     const app = join(work.path, 'app');
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), '{"name": "someone-elses-project", "private": true}\n');
-    const inst = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=dev', join(work.path, info.filename)], { cwd: app, encoding: 'utf8', timeout: 180_000 });
+    const inst = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--omit=dev', join(work.path, info.filename)], {
+      cwd: app,
+      encoding: 'utf8',
+      timeout: 180_000,
+    });
     assert.equal(0, inst.status, `npm install of the tarball:\n${inst.stdout}${inst.stderr}`);
     const demo = spawnSync('npx', ['--no-install', 'trainwatch', 'demo'], { cwd: app, encoding: 'utf8', timeout: 120_000 });
     assert.equal(0, demo.status, `npx trainwatch demo:\n${demo.stdout}${demo.stderr}`);

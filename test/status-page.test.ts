@@ -19,13 +19,28 @@ async function launchChromium(): Promise<Browser> {
   return chromium.launch({
     executablePath,
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+    ],
   });
 }
 
 interface StatusJson {
   states: Record<string, number>;
-  runs: Array<{ run: string; state: string; reason: string; primary?: { severity: string }; anomalies: string[]; ranks: Array<{ rank: number; step?: number }> }>;
+  runs: Array<{
+    run: string;
+    state: string;
+    reason: string;
+    primary?: { severity: string };
+    anomalies: string[];
+    ranks: Array<{ rank: number; step?: number }>;
+  }>;
 }
 
 /** Collects page errors and console errors; a page that throws fails the test. */
@@ -50,17 +65,27 @@ test('status page: a run that stalls turns from training to anomalous heartbeat_
   const ok = startSimTrainer(['--dir', join(d.path, 'steady'), '--ranks', '2', '--step-s', '0.05', '--beats', '--quiet']);
   later(() => ok.kill());
   // Both ranks hang at step 100 (about 5 s in); nothing is written after that.
-  const sim = startSimTrainer(['--dir', join(d.path, 'stalling'), '--ranks', '2', '--step-s', '0.05', '--fault', 'heartbeat_stall', '--fault-at', '100', '--beats', '--quiet']);
+  const sim = startSimTrainer([
+    '--dir',
+    join(d.path, 'stalling'),
+    '--ranks',
+    '2',
+    '--step-s',
+    '0.05',
+    '--fault',
+    'heartbeat_stall',
+    '--fault-at',
+    '100',
+    '--beats',
+    '--quiet',
+  ]);
   later(() => sim.kill());
 
-  await waitFor(
-    async () => {
-      const s = (await (await fetch(`${tw.url}/api/status`)).json()) as StatusJson;
-      const run = s.runs.find((r) => r.run === 'stalling');
-      return run && run.state === 'training' && run.ranks.length === 2 && run.ranks.some((k) => (k.step ?? 0) >= 5);
-    },
-    'the stalling run to be up and training in /api/status',
-  );
+  await waitFor(async () => {
+    const s = (await (await fetch(`${tw.url}/api/status`)).json()) as StatusJson;
+    const run = s.runs.find((r) => r.run === 'stalling');
+    return run && run.state === 'training' && run.ranks.length === 2 && run.ranks.some((k) => (k.step ?? 0) >= 5);
+  }, 'the stalling run to be up and training in /api/status');
 
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   const errors = watchErrors(page);
@@ -101,106 +126,115 @@ async function nextRedraw(page: Page): Promise<void> {
 
 const orderKey = (state: string, severity: string | null) => ORDER.indexOf(state === 'anomalous' && severity === 'critical' ? 'anomalous:critical' : state);
 
-test('status page at 200 runs: the worst run comes first, a state filter shows only that state, halted runs say why, and the first response already holds every row', { timeout: 120_000 }, async (t) => {
-  const later = teardown(t);
-  const d = tmpDir('tw-page200-');
-  later(() => d.cleanup());
-  // The running trainers' stand-in: a process that started before their records.
-  const trainer = spawn('sleep', ['600'], { stdio: 'ignore' });
-  later(() => trainer.kill('SIGKILL'));
-  const expected = writeRuns(d.path, trainer.pid!);
-  const browser = await launchChromium();
-  later(() => browser.close());
-  const tw = await startTrainwatch(['--root', d.path], { NSA_WATCH_HEARTBEAT_STALL_S: '300', NSA_WATCH_STARTUP_GRACE_S: '600', NSA_WATCH_PID_CHECK: 'on' });
-  later(() => tw.stop());
-  const doc = await waitFor(
-    async () => {
+test(
+  'status page at 200 runs: the worst run comes first, a state filter shows only that state, halted runs say why, and the first response already holds every row',
+  { timeout: 120_000 },
+  async (t) => {
+    const later = teardown(t);
+    const d = tmpDir('tw-page200-');
+    later(() => d.cleanup());
+    // The running trainers' stand-in: a process that started before their records.
+    const trainer = spawn('sleep', ['600'], { stdio: 'ignore' });
+    later(() => trainer.kill('SIGKILL'));
+    const expected = writeRuns(d.path, trainer.pid!);
+    const browser = await launchChromium();
+    later(() => browser.close());
+    const tw = await startTrainwatch(['--root', d.path], { NSA_WATCH_HEARTBEAT_STALL_S: '300', NSA_WATCH_STARTUP_GRACE_S: '600', NSA_WATCH_PID_CHECK: 'on' });
+    later(() => tw.stop());
+    const doc = await waitFor(
+      async () => {
+        const s = (await (await fetch(`${tw.url}/api/status`)).json()) as StatusJson;
+        return s.runs.length === 200 && JSON.stringify(s.states) === JSON.stringify({ ...s.states, ...expected }) ? s : undefined;
+      },
+      `200 runs in these states: ${JSON.stringify(expected)}`,
+      30_000,
+    ).catch(async (e) => {
       const s = (await (await fetch(`${tw.url}/api/status`)).json()) as StatusJson;
-      return s.runs.length === 200 && JSON.stringify(s.states) === JSON.stringify({ ...s.states, ...expected }) ? s : undefined;
-    },
-    `200 runs in these states: ${JSON.stringify(expected)}`,
-    30_000,
-  ).catch(async (e) => {
-    const s = (await (await fetch(`${tw.url}/api/status`)).json()) as StatusJson;
-    throw new Error(`${(e as Error).message}\nstates now: ${JSON.stringify(s.states)}\n${s.runs.map((r) => `${r.run}: ${r.state}: ${r.reason}`).join('\n')}`);
-  });
+      throw new Error(`${(e as Error).message}\nstates now: ${JSON.stringify(s.states)}\n${s.runs.map((r) => `${r.run}: ${r.state}: ${r.reason}`).join('\n')}`);
+    });
 
-  // Without JavaScript: the first response is the page, rows and all, and the filter is a link.
-  const rowsIn = async (path: string) => {
-    const html = await (await fetch(tw.url + path)).text();
-    assert.equal(false, /Loading/.test(html));
-    // The rows as served, not the view's source that the script carries.
-    return /<main id="runs">([^]*?)<\/main>/.exec(html)![1].match(/<details class="run"/g)?.length;
-  };
-  assert.equal(200, await rowsIn('/'));
-  assert.equal(expected.halted, await rowsIn('/?state=halted'));
-  const noJs = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 900 } });
-  later(() => noJs.close());
-  const plain = await noJs.newPage();
-  await plain.goto(tw.url + '/');
-  assert.equal(200, await plain.locator('details.run').count());
-  assert.match(await plain.locator('details.run').first().locator('summary').innerText(), /anomalous/);
-  await plain.locator('#summary a.chip.finished').click();
-  await plain.waitForURL(/\?state=finished$/);
-  assert.equal(expected.finished, await plain.locator('details.run').count());
+    // Without JavaScript: the first response is the page, rows and all, and the filter is a link.
+    const rowsIn = async (path: string) => {
+      const html = await (await fetch(tw.url + path)).text();
+      assert.equal(false, /Loading/.test(html));
+      // The rows as served, not the view's source that the script carries.
+      return /<main id="runs">([^]*?)<\/main>/.exec(html)![1].match(/<details class="run"/g)?.length;
+    };
+    assert.equal(200, await rowsIn('/'));
+    assert.equal(expected.halted, await rowsIn('/?state=halted'));
+    const noJs = await browser.newContext({ javaScriptEnabled: false, viewport: { width: 1280, height: 900 } });
+    later(() => noJs.close());
+    const plain = await noJs.newPage();
+    await plain.goto(tw.url + '/');
+    assert.equal(200, await plain.locator('details.run').count());
+    assert.match(await plain.locator('details.run').first().locator('summary').innerText(), /anomalous/);
+    await plain.locator('#summary a.chip.finished').click();
+    await plain.waitForURL(/\?state=finished$/);
+    assert.equal(expected.finished, await plain.locator('details.run').count());
 
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const errors = watchErrors(page);
-  await page.goto(tw.url + '/');
-  const runs = page.locator('details.run');
-  assert.equal(200, await runs.count());
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const errors = watchErrors(page);
+    await page.goto(tw.url + '/');
+    const runs = page.locator('details.run');
+    assert.equal(200, await runs.count());
 
-  // Order: the first row is the worst (a critical anomaly; nan-1 by name), and no row is more
-  // urgent than the one above it; within one state, names ascend.
-  const seen = await runs.evaluateAll((els) => els.map((e) => [(e as HTMLElement).dataset.run!, (e as HTMLElement).dataset.state!, (e as HTMLElement).dataset.severity!]));
-  assert.deepEqual(['nan-1', 'anomalous', 'critical'], seen[0]);
-  for (let i = 1; i < seen.length; i++) {
-    const [a, b] = [seen[i - 1], seen[i]];
-    const ka = orderKey(a[1], a[2]), kb = orderKey(b[1], b[2]);
-    assert.ok(ka < kb || (ka === kb && a[0] < b[0]), `row ${i}: ${JSON.stringify(a)} comes before ${JSON.stringify(b)}`);
-  }
-  assert.deepEqual(doc.runs.map((r) => r.run), seen.map((s) => s[0]));
-  // The top of the page as a first look shows it (test-artifacts/, for a human to look at).
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, 'status-page-200.png') });
+    // Order: the first row is the worst (a critical anomaly; nan-1 by name), and no row is more
+    // urgent than the one above it; within one state, names ascend.
+    const seen = await runs.evaluateAll((els) =>
+      els.map((e) => [(e as HTMLElement).dataset.run!, (e as HTMLElement).dataset.state!, (e as HTMLElement).dataset.severity!]),
+    );
+    assert.deepEqual(['nan-1', 'anomalous', 'critical'], seen[0]);
+    for (let i = 1; i < seen.length; i++) {
+      const [a, b] = [seen[i - 1], seen[i]];
+      const ka = orderKey(a[1], a[2]),
+        kb = orderKey(b[1], b[2]);
+      assert.ok(ka < kb || (ka === kb && a[0] < b[0]), `row ${i}: ${JSON.stringify(a)} comes before ${JSON.stringify(b)}`);
+    }
+    assert.deepEqual(
+      doc.runs.map((r) => r.run),
+      seen.map((s) => s[0]),
+    );
+    // The top of the page as a first look shows it (test-artifacts/, for a human to look at).
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'status-page-200.png') });
 
-  // Halted runs are one line, and say why: the kind from .HALT and who wrote it.
-  const stall = page.locator('[data-run="halted-stall-001"]');
-  assert.equal(null, await stall.getAttribute('open'));
-  assert.equal(0, await stall.locator('table').count());
-  // (textContent: rows out of view are not laid out, see content-visibility in page.ts)
-  assert.match((await stall.locator('summary').textContent()) ?? '', /heartbeat_stall/);
-  assert.match((await stall.locator('.halt-reason').textContent()) ?? '', /halt reason\s*heartbeat_stall, \.HALT written by unknown/);
-  assert.match((await page.locator('[data-run="halted-nan-001"] .halt-reason').textContent()) ?? '', /nan_loss, \.HALT written by trainer/);
-  assert.match((await page.locator('[data-run="halting-1"] .halt-reason').textContent()) ?? '', /heartbeat_stall, \.HALT written by unknown/);
-  // Opening a collapsed run shows its ranks, and the choice survives the next refresh.
-  await stall.locator('summary').click();
-  await stall.locator('tr[data-rank="1"]').waitFor();
-  assert.match((await stall.locator('tr[data-rank="1"]').textContent()) ?? '', /boot-only/);
-  await nextRedraw(page);
-  assert.equal('', await stall.getAttribute('open'));
-  assert.equal(2, await stall.locator('tr[data-rank]').count());
+    // Halted runs are one line, and say why: the kind from .HALT and who wrote it.
+    const stall = page.locator('[data-run="halted-stall-001"]');
+    assert.equal(null, await stall.getAttribute('open'));
+    assert.equal(0, await stall.locator('table').count());
+    // (textContent: rows out of view are not laid out, see content-visibility in page.ts)
+    assert.match((await stall.locator('summary').textContent()) ?? '', /heartbeat_stall/);
+    assert.match((await stall.locator('.halt-reason').textContent()) ?? '', /halt reason\s*heartbeat_stall, \.HALT written by unknown/);
+    assert.match((await page.locator('[data-run="halted-nan-001"] .halt-reason').textContent()) ?? '', /nan_loss, \.HALT written by trainer/);
+    assert.match((await page.locator('[data-run="halting-1"] .halt-reason').textContent()) ?? '', /heartbeat_stall, \.HALT written by unknown/);
+    // Opening a collapsed run shows its ranks, and the choice survives the next refresh.
+    await stall.locator('summary').click();
+    await stall.locator('tr[data-rank="1"]').waitFor();
+    assert.match((await stall.locator('tr[data-rank="1"]').textContent()) ?? '', /boot-only/);
+    await nextRedraw(page);
+    assert.equal('', await stall.getAttribute('open'));
+    assert.equal(2, await stall.locator('tr[data-rank]').count());
 
-  // Liveness unknown is said, not hidden.
-  assert.equal('liveness unknown', await page.locator('[data-run="train-no-pid"] summary .live').textContent());
+    // Liveness unknown is said, not hidden.
+    assert.equal('liveness unknown', await page.locator('[data-run="train-no-pid"] summary .live').textContent());
 
-  // Hostile names and .HALT text are shown as text, never run.
-  assert.equal(undefined, await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned));
-  const names = await page.locator('details.run .name').allTextContents();
-  assert.equal(true, names.includes(HOSTILE) && names.includes(QUIRKY));
+    // Hostile names and .HALT text are shown as text, never run.
+    assert.equal(undefined, await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned));
+    const names = await page.locator('details.run .name').allTextContents();
+    assert.equal(true, names.includes(HOSTILE) && names.includes(QUIRKY));
 
-
-  // The filter: clicking a state's count shows only that state, in place and in the URL.
-  await page.locator('#summary a.chip.halted').click();
-  await page.waitForFunction((n) => document.querySelectorAll('details.run').length === n, expected.halted);
-  assert.deepEqual(['halted'], [...new Set(await runs.evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.state)))]);
-  assert.match(page.url(), /\?state=halted$/);
-  // It holds across a refresh, and the count of all runs clears it.
-  await nextRedraw(page);
-  assert.equal(expected.halted, await runs.count());
-  await page.locator('#summary a.chip.all').click();
-  await page.waitForFunction(() => document.querySelectorAll('details.run').length === 200);
-  assert.equal(false, page.url().includes('state='));
-  assert.equal(undefined, await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned));
-  assert.deepEqual([], errors);
-});
+    // The filter: clicking a state's count shows only that state, in place and in the URL.
+    await page.locator('#summary a.chip.halted').click();
+    await page.waitForFunction((n) => document.querySelectorAll('details.run').length === n, expected.halted);
+    assert.deepEqual(['halted'], [...new Set(await runs.evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.state)))]);
+    assert.match(page.url(), /\?state=halted$/);
+    // It holds across a refresh, and the count of all runs clears it.
+    await nextRedraw(page);
+    assert.equal(expected.halted, await runs.count());
+    await page.locator('#summary a.chip.all').click();
+    await page.waitForFunction(() => document.querySelectorAll('details.run').length === 200);
+    assert.equal(false, page.url().includes('state='));
+    assert.equal(undefined, await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned));
+    assert.deepEqual([], errors);
+  },
+);

@@ -26,7 +26,17 @@ import type { Anomaly } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
 import type { Stats } from '../watch/stats.js';
-import { acknowledge as ackMemory, appendAudit, haltWritten, readAudit, remember, type AuditEntry, type AuditMemory, type HaltRecord, type OpenEpisode } from './audit.js';
+import {
+  acknowledge as ackMemory,
+  appendAudit,
+  haltWritten,
+  readAudit,
+  remember,
+  type AuditEntry,
+  type AuditMemory,
+  type HaltRecord,
+  type OpenEpisode,
+} from './audit.js';
 import { AppendLog, CONTROL_FILES, ConfinementError, holdsSince, removeIfHolds, stage, writeAtomic, type Staged } from './files.js';
 import { sendSignal } from './signals.js';
 import { primaryOf } from '../detect/detect.js';
@@ -58,6 +68,22 @@ export interface ActionOptions {
   autoClearHalt: boolean;
   log: Logger;
   stats: Stats;
+  /** `trainwatch status` reading files by itself: the audit log is read, never appended to */
+  readOnly?: boolean;
+  /** called once an episode's opening or end is in the audit log (notifications); must not throw */
+  onEpisode?: (event: EpisodeEvent) => void;
+}
+
+/** An episode opened or ended, as recorded in the audit log. */
+export interface EpisodeEvent {
+  event: 'opened' | 'resolved';
+  run: RunRef;
+  episode: string;
+  kind: string;
+  rank?: number;
+  message?: string;
+  source?: string;
+  ts: number;
 }
 
 /** An alert from Alertmanager, mapped to a run. */
@@ -118,7 +144,16 @@ export class Actions {
         for (const [id, ep] of mem.open) {
           if (ep.source !== 'embedded') continue;
           if (run.attemptKey !== undefined && ep.attempt !== undefined && ep.attempt !== run.attemptKey) {
-            batch.push({ ts: now, event: 'resolved', episode: id, kind: ep.kind, source: 'embedded', rank: ep.rank, reason: 'superseded', attempt: ep.attempt });
+            batch.push({
+              ts: now,
+              event: 'resolved',
+              episode: id,
+              kind: ep.kind,
+              source: 'embedded',
+              rank: ep.rank,
+              reason: 'superseded',
+              attempt: ep.attempt,
+            });
             mem.open.delete(id);
             continue;
           }
@@ -135,7 +170,19 @@ export class Actions {
           // An operator removed .anomaly_type after this evidence: it opens nothing new.
           if (mem.typeAckTs !== undefined && a.evidenceTs !== undefined && a.evidenceTs <= mem.typeAckTs) continue;
           const id = randomUUID();
-          batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, value: a.value, threshold: a.threshold, source: 'embedded', message: a.message, attempt: run.attemptKey });
+          batch.push({
+            ts: now,
+            event: 'anomaly',
+            episode: id,
+            kind: a.kind,
+            run: run.name,
+            rank: a.rank,
+            value: a.value,
+            threshold: a.threshold,
+            source: 'embedded',
+            message: a.message,
+            attempt: run.attemptKey,
+          });
           const opened: OpenEpisode = { kind: a.kind, source: 'embedded', keys: new Set(), rank: a.rank, ts: now, done: new Map(), attempt: run.attemptKey };
           mem.open.set(id, opened);
           open.set(a.kind, [id, opened]);
@@ -146,7 +193,12 @@ export class Actions {
         // While a .HALT is there nothing is rewritten, except by the episode that halted (its
         // failed writes are retried) or to record what a predecessor killed mid-episode already
         // wrote (see the header).
-        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run))))) await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch);
+        if (ep && (ep[1].done.has('halt') || (ep[1].restored && !ep[1].done.has('halt')) || !(halted || (await haltThere(run)))))
+          await this.ensureActions(run, mem, ep[0], ep[1], kindOf(primary.kind)?.halts ?? false, primary.message, now, batch, {
+            value: primary.value,
+            threshold: primary.threshold,
+            ...primary.details,
+          });
       } catch (e) {
         err = e;
       }
@@ -165,7 +217,12 @@ export class Actions {
     return this.serial(run, async (mem) => {
       if (reason === 'anomaly_type_removed' && mem.open.size === 0) return; // nothing to acknowledge
       ackMemory(mem, now, reason);
-      this.o.log.info({ run: run.name, reason }, reason === 'halt_removed' ? '.HALT removed: the run is cleared for a resume; waiting for a new trainer' : '.anomaly_type removed: the episode is acknowledged');
+      this.o.log.info(
+        { run: run.name, reason },
+        reason === 'halt_removed'
+          ? '.HALT removed: the run is cleared for a resume; waiting for a new trainer'
+          : '.anomaly_type removed: the episode is acknowledged',
+      );
       await this.audit(run, { ts: now, event: 'acknowledged', episode: '', reason });
     });
   }
@@ -184,7 +241,9 @@ export class Actions {
   async expected(run: RunRef): Promise<{ halt: boolean; anomalyType: boolean; haltKind?: string }> {
     return this.serial(run, async (mem) => {
       const ours = mem.halt !== undefined && (run.attemptKey === undefined || mem.halt.attempt === undefined || mem.halt.attempt === run.attemptKey);
-      const typed = [...mem.open.values()].some((ep) => ep.done.has('anomaly_type') && (run.attemptKey === undefined || ep.attempt === undefined || ep.attempt === run.attemptKey));
+      const typed = [...mem.open.values()].some(
+        (ep) => ep.done.has('anomaly_type') && (run.attemptKey === undefined || ep.attempt === undefined || ep.attempt === run.attemptKey),
+      );
       return { halt: ours, anomalyType: typed, haltKind: mem.halt?.kind };
     });
   }
@@ -214,13 +273,24 @@ export class Actions {
       }
       // One primary episode writes the control files (see reconcile); a failure there fails
       // the alerts of that episode, so Alertmanager retries them.
-      const firing = [...mem.open].filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0).map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
+      const firing = [...mem.open]
+        .filter(([, ep]) => ep.source === 'alertmanager' && ep.keys.size > 0)
+        .map(([id, ep]) => ({ id, ep, kind: ep.kind, rank: ep.rank }));
       const primary = primaryOf(firing);
       if (primary && (primary.ep.done.has('halt') || !(run.halted || (await haltThere(run))))) {
         batch.owner = -1;
         const mine = inputs.flatMap((a, i) => (primary.ep.keys.has(a.key) ? [i] : []));
         try {
-          await this.ensureActions(run, mem, primary.id, primary.ep, halts.get(primary.kind) ?? kindOf(primary.kind)?.halts ?? false, inputs.find((a) => primary.ep.keys.has(a.key))?.message ?? primary.kind, now, batch);
+          await this.ensureActions(
+            run,
+            mem,
+            primary.id,
+            primary.ep,
+            halts.get(primary.kind) ?? kindOf(primary.kind)?.halts ?? false,
+            inputs.find((a) => primary.ep.keys.has(a.key))?.message ?? primary.kind,
+            now,
+            batch,
+          );
         } catch (e) {
           for (const i of mine) out[i] = e as Error;
         }
@@ -258,7 +328,18 @@ export class Actions {
       return 'joined';
     }
     const id = randomUUID();
-    batch.push({ ts: now, event: 'anomaly', episode: id, kind: a.kind, run: run.name, rank: a.rank, source: 'alertmanager', key: a.key, message: a.message, attempt: run.attemptKey });
+    batch.push({
+      ts: now,
+      event: 'anomaly',
+      episode: id,
+      kind: a.kind,
+      run: run.name,
+      rank: a.rank,
+      source: 'alertmanager',
+      key: a.key,
+      message: a.message,
+      attempt: run.attemptKey,
+    });
     const ep: OpenEpisode = { kind: a.kind, source: 'alertmanager', keys: new Set([a.key]), rank: a.rank, ts: now, done: new Map(), attempt: run.attemptKey };
     mem.open.set(id, ep);
     this.o.log.warn({ run: run.name, rank: a.rank, anomaly: a.kind, key: a.key }, `alert from Alertmanager: ${a.message}`);
@@ -303,7 +384,17 @@ export class Actions {
 
   // Performs whichever required actions of an episode are not done yet; their results join the
   // batch. Throws if any failed with an error a retry could fix, so that the webhook can answer 5xx.
-  private async ensureActions(run: RunRef, mem: AuditMemory, id: string, ep: OpenEpisode, kindHalts: boolean, message: string, now: number, batch: Batch): Promise<void> {
+  private async ensureActions(
+    run: RunRef,
+    mem: AuditMemory,
+    id: string,
+    ep: OpenEpisode,
+    kindHalts: boolean,
+    message: string,
+    now: number,
+    batch: Batch,
+    values: Record<string, number | undefined> = {},
+  ): Promise<void> {
     const kind = ep.kind;
     // Never into a run whose trainer is known to have exited: it would stop the next resume.
     const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
@@ -323,7 +414,16 @@ export class Actions {
           mem.halt = { episode: id, at: now, done: new Map(), kind, attempt: ep.attempt };
           if (got === 'ok') this.o.log.warn({ run: run.name, anomaly: kind }, 'wrote .HALT: the trainer will stop at its next step');
         }
-        return { ts: now, event: 'action', episode: id, kind, action, result, ...(ep.attempt ? { attempt: ep.attempt } : {}), ...(got === 'recovered' ? { recovered: true } : {}) };
+        return {
+          ts: now,
+          event: 'action',
+          episode: id,
+          kind,
+          action,
+          result,
+          ...(ep.attempt ? { attempt: ep.attempt } : {}),
+          ...(got === 'recovered' ? { recovered: true } : {}),
+        };
       } catch (e) {
         this.o.stats.action(action, 'failed');
         const err = e as NodeJS.ErrnoException;
@@ -336,7 +436,25 @@ export class Actions {
     // On a full disk .HALT is staged empty: the trainer only tests that it exists.
     const haltStaged = halting ? stage(run.dir, run.real, CONTROL_FILES.halt, haltLine(kind), true) : undefined;
     haltStaged?.catch(() => undefined); // its failure is reported by the halt step
-    const details = JSON.stringify({ kind, run: run.name, rank: ep.rank, message, source: ep.source, alerts: [...ep.keys], episode: id, detected_at: new Date(ep.ts * 1000).toISOString(), by: this.o.by }, null, 2) + '\n';
+    // The values replace the original's gate_collapse_details.json (docs/detection.md); non-finite ones travel as strings.
+    const vals = Object.fromEntries(Object.entries(values).map(([k, v]) => [k, v === undefined || Number.isFinite(v) ? v : String(v)]));
+    const details =
+      JSON.stringify(
+        {
+          kind,
+          run: run.name,
+          rank: ep.rank,
+          message,
+          ...vals,
+          source: ep.source,
+          alerts: [...ep.keys],
+          episode: id,
+          detected_at: new Date(ep.ts * 1000).toISOString(),
+          by: this.o.by,
+        },
+        null,
+        2,
+      ) + '\n';
     const entries = await Promise.all([
       step('anomaly_type', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.anomalyType, `${kind}\n`), 'ok')),
       step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),
@@ -443,8 +561,31 @@ export class Actions {
   private async audit(run: RunRef, ...es: AuditEntry[]): Promise<void> {
     const entries = es.map((e) => ({ ...e, iso: new Date(e.ts * 1000).toISOString(), run: run.name, by: this.o.by }));
     const mem = this.runs.get(run.real)?.mem;
-    await appendAudit(this.auditLog, run, entries, mem, this.o);
+    if (!this.o.readOnly) await appendAudit(this.auditLog, run, entries, mem, this.o);
     if (mem) for (const e of entries) remember(mem, e);
+    for (const e of entries) {
+      if (this.o.onEpisode && (e.event === 'anomaly' || e.event === 'resolved'))
+        this.o.onEpisode({
+          event: e.event === 'anomaly' ? 'opened' : 'resolved',
+          run,
+          episode: e.episode,
+          kind: e.kind ?? '',
+          rank: e.rank,
+          message: e.message,
+          source: e.source,
+          ts: e.ts,
+        });
+    }
+  }
+
+  /** Records a notification's result (notify/notify.ts) as an action of its episode. */
+  recordNotified(run: RunRef, episode: string, channel: string, result: string, event: string): Promise<void> {
+    return this.serial(run, () => this.audit(run, { ts: Date.now() / 1000, event: 'action', episode, action: `notified_${channel}`, result, reason: event }));
+  }
+
+  /** Resolves once the run's current serialised step (its writes) is done. */
+  settled(run: RunRef): Promise<void> {
+    return this.serial(run, async () => undefined);
   }
 }
 
@@ -509,4 +650,3 @@ function fixFor(e: NodeJS.ErrnoException): string {
       return `${e.code ?? 'error'}; trainwatch retries`;
   }
 }
-

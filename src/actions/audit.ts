@@ -149,7 +149,10 @@ export async function readAudit(run: RunPaths, o: { log: Logger; stats: Stats })
     const err = e as NodeJS.ErrnoException;
     const refused = err.code === 'ELOOP' || err.code === 'ENOTREG' || e instanceof ConfinementError;
     o.stats.auditError(refused ? 'read_refused' : 'read_failed');
-    o.log.error({ run: run.name, file: `${run.real}/${CONTROL_FILES.audit}`, err: err.message }, `cannot read the audit log: acting without its memory (episodes open before this start begin again, redelivered alerts may act again). Fix: ${readFix(err)}`);
+    o.log.error(
+      { run: run.name, file: `${run.real}/${CONTROL_FILES.audit}`, err: err.message },
+      `cannot read the audit log: acting without its memory (episodes open before this start begin again, redelivered alerts may act again). Fix: ${readFix(err)}`,
+    );
   }
   return replay(lines);
 }
@@ -233,7 +236,16 @@ function replay(lines: string[]): AuditMemory {
     }
     remember(mem, e);
     if (e.event === 'anomaly') {
-      mem.open.set(e.episode, { kind: e.kind ?? '', source: e.source ?? 'embedded', keys: new Set(e.key ? [e.key] : []), rank: e.rank, ts: e.ts, done: new Map(), restored: true, attempt: e.attempt });
+      mem.open.set(e.episode, {
+        kind: e.kind ?? '',
+        source: e.source ?? 'embedded',
+        keys: new Set(e.key ? [e.key] : []),
+        rank: e.rank,
+        ts: e.ts,
+        done: new Map(),
+        restored: true,
+        attempt: e.attempt,
+      });
       if (e.key) mem.keys.add(e.key);
     } else if (e.event === 'joined' && e.key) {
       mem.open.get(e.episode)?.keys.add(e.key);
@@ -242,7 +254,8 @@ function replay(lines: string[]): AuditMemory {
       mem.open.get(e.episode)?.keys.delete(e.key);
     } else if (e.event === 'action' && e.result !== 'failed') {
       mem.open.get(e.episode)?.done.set(e.action ?? '', e.ts);
-      if (e.action === 'halt' && haltWritten(e.result)) mem.halt = { episode: e.episode, at: e.ts, done: new Map(), kind: e.kind, attempt: e.attempt ?? mem.open.get(e.episode)?.attempt };
+      if (e.action === 'halt' && haltWritten(e.result))
+        mem.halt = { episode: e.episode, at: e.ts, done: new Map(), kind: e.kind, attempt: e.attempt ?? mem.open.get(e.episode)?.attempt };
       else if (e.action === 'halt_cleared') mem.halt = undefined;
       else if ((e.signal || e.action?.startsWith('exit:')) && mem.halt?.episode === e.episode) mem.halt.done.set(e.action ?? '', e.ts);
     } else if (e.event === 'resolved') {
@@ -256,21 +269,47 @@ function replay(lines: string[]): AuditMemory {
 
 /** What a checkpoint of `mem` carries (bounded: see CHECKPOINT_KEYS; open episodes are few, one per kind and source). */
 export function checkpointOf(mem: AuditMemory): Checkpoint {
-  const open = [...mem.open].map(([episode, ep]) => ({ episode, kind: ep.kind, source: ep.source, keys: [...ep.keys], rank: ep.rank, ts: ep.ts, done: Object.fromEntries(ep.done), attempt: ep.attempt }));
+  const open = [...mem.open].map(([episode, ep]) => ({
+    episode,
+    kind: ep.kind,
+    source: ep.source,
+    keys: [...ep.keys],
+    rank: ep.rank,
+    ts: ep.ts,
+    done: Object.fromEntries(ep.done),
+    attempt: ep.attempt,
+  }));
   const inOpen = new Set(open.flatMap((ep) => ep.keys));
   const closed = [...mem.keys].filter((k) => !inOpen.has(k));
   const h = mem.halt;
-  return { open, keys: closed.slice(-CHECKPOINT_KEYS), ...(h ? { halt: { episode: h.episode, at: h.at, done: Object.fromEntries(h.done), kind: h.kind, attempt: h.attempt } } : {}), recent: mem.recent, ackTs: mem.ackTs, typeAckTs: mem.typeAckTs };
+  return {
+    open,
+    keys: closed.slice(-CHECKPOINT_KEYS),
+    ...(h ? { halt: { episode: h.episode, at: h.at, done: Object.fromEntries(h.done), kind: h.kind, attempt: h.attempt } } : {}),
+    recent: mem.recent,
+    ackTs: mem.ackTs,
+    typeAckTs: mem.typeAckTs,
+  };
 }
 
 // Throws on a malformed checkpoint (the caller skips it like a cut line).
 function applyCheckpoint(mem: AuditMemory, cp: Checkpoint): void {
   for (const o of cp.open) {
-    mem.open.set(o.episode, { kind: o.kind, source: o.source, keys: new Set(o.keys), rank: o.rank, ts: o.ts, done: new Map(Object.entries(o.done)), restored: true, attempt: o.attempt });
+    mem.open.set(o.episode, {
+      kind: o.kind,
+      source: o.source,
+      keys: new Set(o.keys),
+      rank: o.rank,
+      ts: o.ts,
+      done: new Map(Object.entries(o.done)),
+      restored: true,
+      attempt: o.attempt,
+    });
     for (const k of o.keys) mem.keys.add(k);
   }
   for (const k of cp.keys) mem.keys.add(k);
-  if (cp.halt) mem.halt = { episode: cp.halt.episode, at: cp.halt.at, done: new Map(Object.entries(cp.halt.done)), kind: cp.halt.kind, attempt: cp.halt.attempt };
+  if (cp.halt)
+    mem.halt = { episode: cp.halt.episode, at: cp.halt.at, done: new Map(Object.entries(cp.halt.done)), kind: cp.halt.kind, attempt: cp.halt.attempt };
   mem.ackTs = cp.ackTs;
   mem.typeAckTs = cp.typeAckTs;
   for (const e of cp.recent) remember(mem, e);
@@ -282,11 +321,26 @@ function applyCheckpoint(mem: AuditMemory, cp: Checkpoint): void {
  * file. A failed append is counted and rethrown; a failed rotation is logged and counted, and the
  * entries still go to the old file.
  */
-export async function appendAudit(logs: AppendLog, run: RunPaths, entries: AuditEntry[], mem: AuditMemory | undefined, o: { log: Logger; stats: Stats; by: string }): Promise<void> {
+export async function appendAudit(
+  logs: AppendLog,
+  run: RunPaths,
+  entries: AuditEntry[],
+  mem: AuditMemory | undefined,
+  o: { log: Logger; stats: Stats; by: string },
+): Promise<void> {
   const ts = entries[0]?.ts ?? Date.now() / 1000;
   const rotation: Rotation | undefined = mem && {
     maxBytes: AUDIT_ROTATE_BYTES,
-    head: () => JSON.stringify({ ts, iso: new Date(ts * 1000).toISOString(), event: 'checkpoint', episode: '', run: run.name, by: o.by, state: checkpointOf(mem) } satisfies AuditEntry),
+    head: () =>
+      JSON.stringify({
+        ts,
+        iso: new Date(ts * 1000).toISOString(),
+        event: 'checkpoint',
+        episode: '',
+        run: run.name,
+        by: o.by,
+        state: checkpointOf(mem),
+      } satisfies AuditEntry),
     done: (err) => {
       if (!err) {
         o.stats.auditRotations++;
@@ -294,7 +348,10 @@ export async function appendAudit(logs: AppendLog, run: RunPaths, entries: Audit
         return;
       }
       o.stats.auditError('rotate_failed');
-      o.log.error({ run: run.name, err: err.message }, `cannot rotate the audit log in ${run.dir}; it keeps growing and is read back only partly after a restart. Fix: make ${CONTROL_FILES.audit}.1 a plain file (or remove it) on a filesystem with hard links`);
+      o.log.error(
+        { run: run.name, err: err.message },
+        `cannot rotate the audit log in ${run.dir}; it keeps growing and is read back only partly after a restart. Fix: make ${CONTROL_FILES.audit}.1 a plain file (or remove it) on a filesystem with hard links`,
+      );
     },
   };
   try {

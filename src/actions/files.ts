@@ -212,7 +212,10 @@ export class Staged {
       }
       const st = await lstat(target).catch(() => undefined);
       if (st?.isFile()) return 'exists';
-      if (st?.isDirectory()) throw Object.assign(new Error(`${join(this.d.real, this.name)} is a directory: remove it (rmdir) so that trainwatch can create the file`), { code: 'EISDIR' });
+      if (st?.isDirectory())
+        throw Object.assign(new Error(`${join(this.d.real, this.name)} is a directory: remove it (rmdir) so that trainwatch can create the file`), {
+          code: 'EISDIR',
+        });
       // rename() replaces the entry itself, never what a symlink points at.
       await rename(tmp, target);
       return st ? 'replaced_non_regular' : this.empty ? 'ok_empty' : 'ok';
@@ -321,10 +324,12 @@ export class AppendLog {
     }
     const l = log;
     l.busy++;
-    const done = l.queue.then(() => this.write(l, dir, real, name, text.endsWith('\n') ? text : text + '\n', rotation)).finally(() => {
-      l.busy--;
-      l.used = Date.now();
-    });
+    const done = l.queue
+      .then(() => this.write(l, dir, real, name, text.endsWith('\n') ? text : text + '\n', rotation))
+      .finally(() => {
+        l.busy--;
+        l.used = Date.now();
+      });
     l.queue = done.catch(() => undefined);
     return done;
   }
@@ -370,7 +375,7 @@ export class AppendLog {
       }
     }
     try {
-      for (let off = 0; off < buf.length; ) off += (await l.fh!.write(buf, off, buf.length - off)).bytesWritten;
+      for (let off = 0; off < buf.length;) off += (await l.fh!.write(buf, off, buf.length - off)).bytesWritten;
       await l.fh!.datasync();
       l.size += buf.length;
     } catch (e) {

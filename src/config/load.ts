@@ -1,8 +1,9 @@
 // Resolves the config: flag > env > config file > default, and validates every value with
 // an error that names the key, the source and the accepted range.
-import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { SETTINGS, defaultConfig, type Config, type Setting } from './settings.js';
+import { SETTINGS, defaultConfig, settingFor, type Config, type Setting } from './settings.js';
 
 /** A bad setting; the message names the key, where it came from, and what is accepted. */
 export class ConfigError extends Error {}
@@ -92,15 +93,20 @@ function readConfigFile(path: string): Map<string, unknown> {
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path} must be a YAML mapping of setting names to values`);
   flatten(doc as Record<string, unknown>, '', out);
   const known = new Set((SETTINGS as readonly Setting[]).map((s) => s.key));
-  for (const key of out.keys()) {
-    if (!known.has(key)) throw new ConfigError(`config file ${path}: unknown key '${key}'. Known keys: ${[...known].join(', ')}`);
+  for (const [key, v] of [...out]) {
+    const s = settingFor(key);
+    if (!s) throw new ConfigError(`config file ${path}: unknown key '${key}'. Known keys: ${[...known].join(', ')}`);
+    if (s.key === key) continue;
+    if (out.has(s.key)) throw new ConfigError(`config file ${path}: '${key}' and '${s.key}' are the same setting; keep only one`);
+    out.delete(key);
+    out.set(s.key, v);
   }
   return out;
 }
 
 // Nested maps become dotted keys, except where the dotted prefix is itself a setting's key.
 function flatten(obj: Record<string, unknown>, prefix: string, out: Map<string, unknown>): void {
-  const known = new Set((SETTINGS as readonly Setting[]).map((s) => s.key));
+  const known = new Set((SETTINGS as readonly Setting[]).flatMap((s) => [s.key, ...(s.aliases ?? [])]));
   for (const [k, v] of Object.entries(obj)) {
     const key = prefix ? `${prefix}.${k}` : k;
     if (!known.has(key) && v !== null && typeof v === 'object' && !Array.isArray(v)) flatten(v as Record<string, unknown>, key, out);
@@ -148,5 +154,27 @@ function validateCombination(c: Config): void {
   }
   const port = Number(c['web.listen-address'].split(':').pop());
   if (port > 65535) throw new ConfigError(`--web.listen-address: port ${port} is out of range 0..65535`);
-  if (!c['web.telemetry-path'].startsWith('/')) throw new ConfigError(`--web.telemetry-path: must start with '/', got ${JSON.stringify(c['web.telemetry-path'])}`);
+  if (!c['web.telemetry-path'].startsWith('/'))
+    throw new ConfigError(`--web.telemetry-path: must start with '/', got ${JSON.stringify(c['web.telemetry-path'])}`);
 }
+
+/** The original watchdog's default run directory (relative to the working directory). */
+export const DEFAULT_RUN_DIR = 'artifacts/train_showcase';
+
+/**
+ * With neither --dir nor --root, watch DEFAULT_RUN_DIR when it is a directory here, as the
+ * original did. Returns the directory chosen, or undefined (then there is nothing to watch).
+ */
+export function applyDefaultDir(c: Config, cwd = process.cwd()): string | undefined {
+  if (c.dir.length > 0 || c.root.length > 0) return undefined;
+  try {
+    if (!statSync(join(cwd, DEFAULT_RUN_DIR)).isDirectory()) return undefined;
+  } catch {
+    return undefined;
+  }
+  c.dir = [DEFAULT_RUN_DIR];
+  return DEFAULT_RUN_DIR;
+}
+
+/** The usage error for nothing to watch. */
+export const NOTHING_TO_WATCH = `nothing to watch. Pass --dir <run directory> (as for the original watchdog) or --root <directory of runs>, or run it where ${DEFAULT_RUN_DIR} exists (the original's default), or try: trainwatch demo`;

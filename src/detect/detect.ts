@@ -18,6 +18,8 @@ export interface Anomaly {
   message: string;
   /** trainer ts of the newest evidence; an acknowledgement at or after it hides the anomaly */
   evidenceTs?: number;
+  /** kind-specific values for .anomaly.json (gate_collapse: the gate fields and their thresholds) */
+  details?: Record<string, number | undefined>;
 }
 
 /** What detection needs to know about a run. */
@@ -196,7 +198,7 @@ function stepPieces(h: readonly number[], times: Float64Array, raise: (from: num
   const last = times[times.length - 1];
   let best = -1;
   let from = -1; // index into times where the current piece starts
-  for (let k = 0; k < m; ) {
+  for (let k = 0; k < m;) {
     const ts = h[2 * (idx ? idx[k] : k)];
     if (ts > last) break;
     // Entries with the same ts take effect together: the newest of them wins.
@@ -219,7 +221,14 @@ export function detectRun(run: RunFacts, t: Thresholds, now: number): Anomaly[] 
   const deadlines = stallDeadlines({ ...run, ranks }, t);
   for (const s of ranks) detectRank(s, t, now, run, deadlines.get(s.rank), lags?.get(s.rank), out);
   if (run.csv && t.flatlineN > 0 && run.csv.throughputZero >= t.flatlineN) {
-    out.push({ kind: 'throughput_flatline', rank: 0, value: run.csv.throughputZero, threshold: t.flatlineN, message: `training.csv: toks_per_s <= 0 in ${t.flatlineN} rows in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`, evidenceTs: run.csvTs });
+    out.push({
+      kind: 'throughput_flatline',
+      rank: 0,
+      value: run.csv.throughputZero,
+      threshold: t.flatlineN,
+      message: `training.csv: toks_per_s <= 0 in ${t.flatlineN} rows in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`,
+      evidenceTs: run.csvTs,
+    });
   }
   const ack = run.ackTs;
   const seen = ack === undefined ? out : out.filter((a) => a.evidenceTs === undefined || a.evidenceTs > ack);
@@ -249,13 +258,17 @@ const BASIS_TEXT: Record<StallBasis, string> = {
 };
 
 function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: StallDeadline | undefined, lag: number | undefined, out: Anomaly[]): void {
-  const push = (kind: AnomalyName, value: number, threshold: number, message: string, evidenceTs?: number) => out.push({ kind, rank: s.rank, value, threshold, message, evidenceTs });
+  const push = (kind: AnomalyName, value: number, threshold: number, message: string, evidenceTs?: number) =>
+    out.push({ kind, rank: s.rank, value, threshold, message, evidenceTs });
   // Silence is a stall once strictly older than the threshold; a dump is evidence at once.
   const dumped = d !== undefined && (d.basis === 'own_dump' || d.basis === 'peer_dump');
   if (d && (dumped ? now >= d.at : now > d.at)) {
     const silent = now - (s.lastLivenessTs ?? d.from);
     const thr = d.basis === 'startup' ? Math.max(t.stallS, t.startupGraceS) : t.stallS;
-    const text = d.basis === 'own_dump' || d.basis === 'peer_dump' ? `${BASIS_TEXT[d.basis]}; last liveness ${fmtAge(silent)} ago` : `${BASIS_TEXT[d.basis]} for more than ${thr}s (last ${fmtAge(silent)} ago)`;
+    const text =
+      d.basis === 'own_dump' || d.basis === 'peer_dump'
+        ? `${BASIS_TEXT[d.basis]}; last liveness ${fmtAge(silent)} ago`
+        : `${BASIS_TEXT[d.basis]} for more than ${thr}s (last ${fmtAge(silent)} ago)`;
     // Silence has no record to date it; it is new evidence by definition (the deadline already counts from an acknowledgement).
     push('heartbeat_stall', silent, thr, text, d.basis === 'own_dump' || d.basis === 'peer_dump' ? d.from : undefined);
   }
@@ -264,17 +277,75 @@ function detectRank(s: RankState, t: Thresholds, now: number, run: RunFacts, d: 
   }
   const st = s.streaks;
   const at = s.lastProgressTs;
-  if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN) push('throughput_flatline', st.throughputZero, t.flatlineN, `toks_per_s <= 0 in ${t.flatlineN} progress records in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`, at);
-  if (t.lossFlatlineN > 0 && st.lossSame >= t.lossFlatlineN) push('loss_flatline', st.lossSame, t.lossFlatlineN, `loss stuck at ${s.loss} in ${t.lossFlatlineN} progress records in a row (NSA_WATCH_LOSS_FLATLINE_N=${t.lossFlatlineN})`, at);
-  if (t.gradZeroN > 0 && st.gradZero >= t.gradZeroN) push('zero_grad', st.gradZero, t.gradZeroN, `grad_norm == 0 in ${t.gradZeroN} progress records in a row (NSA_WATCH_GRAD_ZERO_N=${t.gradZeroN})`, at);
-  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) push('gate_collapse', st.gateCollapse, t.gateCollapseN, `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`, at);
-  if (t.nonfiniteN > 0 && st.nonfinite >= t.nonfiniteN) push('nonfinite_loss', st.nonfinite, t.nonfiniteN, `loss=${s.loss} grad_norm=${s.gradNorm}: not finite in ${t.nonfiniteN} progress record${t.nonfiniteN === 1 ? '' : 's'} in a row (NSA_WATCH_NONFINITE_N=${t.nonfiniteN})`, at);
-  if (t.fetchStallRatio > 0 && s.dtFetchS !== undefined && s.fetchBaseline !== undefined && s.fetchSamples >= t.fetchWarmupN && s.dtFetchS > t.fetchStallRatio * s.fetchBaseline) {
+  if (t.flatlineN > 0 && st.throughputZero >= t.flatlineN)
+    push(
+      'throughput_flatline',
+      st.throughputZero,
+      t.flatlineN,
+      `toks_per_s <= 0 in ${t.flatlineN} progress records in a row (NSA_WATCH_FLATLINE_N=${t.flatlineN})`,
+      at,
+    );
+  if (t.lossFlatlineN > 0 && st.lossSame >= t.lossFlatlineN)
+    push(
+      'loss_flatline',
+      st.lossSame,
+      t.lossFlatlineN,
+      `loss stuck at ${s.loss} in ${t.lossFlatlineN} progress records in a row (NSA_WATCH_LOSS_FLATLINE_N=${t.lossFlatlineN})`,
+      at,
+    );
+  if (t.gradZeroN > 0 && st.gradZero >= t.gradZeroN)
+    push('zero_grad', st.gradZero, t.gradZeroN, `grad_norm == 0 in ${t.gradZeroN} progress records in a row (NSA_WATCH_GRAD_ZERO_N=${t.gradZeroN})`, at);
+  if (t.gateCollapseN > 0 && st.gateCollapse >= t.gateCollapseN) {
+    push(
+      'gate_collapse',
+      st.gateCollapse,
+      t.gateCollapseN,
+      `gates collapsed in ${t.gateCollapseN} progress records in a row (NSA_WATCH_GATE_COLLAPSE_N=${t.gateCollapseN})`,
+      at,
+    );
+    // What the original's gate_collapse_details.json held: the newest gate values and the limits.
+    out[out.length - 1].details = {
+      gate_entropy_mean: s.gateEntropyMean,
+      gate_entropy_min: s.gateEntropyMin,
+      gate_max_gate: s.gateMaxGate,
+      gate_collapse_frac: s.gateCollapseFrac,
+      threshold_gate_entropy_min: t.gateEntropyMin,
+      threshold_gate_max: t.gateMaxThreshold,
+      threshold_gate_collapse_frac: t.gateCollapseFrac,
+    };
+  }
+  if (t.nonfiniteN > 0 && st.nonfinite >= t.nonfiniteN)
+    push(
+      'nonfinite_loss',
+      st.nonfinite,
+      t.nonfiniteN,
+      `loss=${s.loss} grad_norm=${s.gradNorm}: not finite in ${t.nonfiniteN} progress record${t.nonfiniteN === 1 ? '' : 's'} in a row (NSA_WATCH_NONFINITE_N=${t.nonfiniteN})`,
+      at,
+    );
+  if (
+    t.fetchStallRatio > 0 &&
+    s.dtFetchS !== undefined &&
+    s.fetchBaseline !== undefined &&
+    s.fetchSamples >= t.fetchWarmupN &&
+    s.dtFetchS > t.fetchStallRatio * s.fetchBaseline
+  ) {
     const ratio = s.fetchBaseline > 0 ? s.dtFetchS / s.fetchBaseline : Infinity;
-    push('fetch_stall', ratio, t.fetchStallRatio, `dt_fetch_s ${s.dtFetchS.toFixed(3)}s is more than ${t.fetchStallRatio}x its baseline ${s.fetchBaseline.toFixed(3)}s (NSA_WATCH_FETCH_STALL_RATIO)`, at);
+    push(
+      'fetch_stall',
+      ratio,
+      t.fetchStallRatio,
+      `dt_fetch_s ${s.dtFetchS.toFixed(3)}s is more than ${t.fetchStallRatio}x its baseline ${s.fetchBaseline.toFixed(3)}s (NSA_WATCH_FETCH_STALL_RATIO)`,
+      at,
+    );
   }
   if (lag !== undefined && lag >= t.stragglerSteps) {
-    push('straggler', lag, t.stragglerSteps, `step ${s.step} is ${t.stragglerSteps} or more steps behind the most advanced rank at the same moment (NSA_WATCH_STRAGGLER_STEPS=${t.stragglerSteps})`, s.lastLivenessTs);
+    push(
+      'straggler',
+      lag,
+      t.stragglerSteps,
+      `step ${s.step} is ${t.stragglerSteps} or more steps behind the most advanced rank at the same moment (NSA_WATCH_STRAGGLER_STEPS=${t.stragglerSteps})`,
+      s.lastLivenessTs,
+    );
   }
 }
 

@@ -21,15 +21,66 @@ export interface AnomalyKind {
 }
 
 export const ANOMALY_KINDS = [
-  { name: 'heartbeat_stall', alert: 'TrainingHeartbeatStalled', halts: true, severity: 'critical', summary: 'A training rank stopped sending heartbeats.', quietWhileHalted: true, priority: 2 },
-  { name: 'throughput_flatline', alert: 'TrainingThroughputFlatline', halts: true, severity: 'critical', summary: 'A training rank reports zero throughput.', priority: 5 },
-  { name: 'loss_flatline', alert: 'TrainingLossFlatline', halts: true, severity: 'warning', summary: 'Training loss has not changed for many logging steps.', priority: 6 },
-  { name: 'zero_grad', alert: 'TrainingZeroGradient', halts: true, severity: 'critical', summary: 'Gradient norm is zero: the model stopped learning.', priority: 3 },
-  { name: 'fetch_stall', alert: 'TrainingDataFetchStall', halts: false, severity: 'warning', summary: 'Data fetch time spiked far above its baseline.', priority: 8 },
+  {
+    name: 'heartbeat_stall',
+    alert: 'TrainingHeartbeatStalled',
+    halts: true,
+    severity: 'critical',
+    summary: 'A training rank stopped sending heartbeats.',
+    quietWhileHalted: true,
+    priority: 2,
+  },
+  {
+    name: 'throughput_flatline',
+    alert: 'TrainingThroughputFlatline',
+    halts: true,
+    severity: 'critical',
+    summary: 'A training rank reports zero throughput.',
+    priority: 5,
+  },
+  {
+    name: 'loss_flatline',
+    alert: 'TrainingLossFlatline',
+    halts: true,
+    severity: 'warning',
+    summary: 'Training loss has not changed for many logging steps.',
+    priority: 6,
+  },
+  {
+    name: 'zero_grad',
+    alert: 'TrainingZeroGradient',
+    halts: true,
+    severity: 'critical',
+    summary: 'Gradient norm is zero: the model stopped learning.',
+    priority: 3,
+  },
+  {
+    name: 'fetch_stall',
+    alert: 'TrainingDataFetchStall',
+    halts: false,
+    severity: 'warning',
+    summary: 'Data fetch time spiked far above its baseline.',
+    priority: 8,
+  },
   { name: 'gate_collapse', alert: 'TrainingGateCollapse', halts: true, severity: 'critical', summary: 'NSA gate distribution collapsed.', priority: 4 },
-  { name: 'nonfinite_loss', alert: 'TrainingLossNotFinite', halts: true, severity: 'critical', summary: 'Loss or gradient norm is NaN or infinite: the run diverged.', priority: 1 },
+  {
+    name: 'nonfinite_loss',
+    alert: 'TrainingLossNotFinite',
+    halts: true,
+    severity: 'critical',
+    summary: 'Loss or gradient norm is NaN or infinite: the run diverged.',
+    priority: 1,
+  },
   { name: 'straggler', alert: 'TrainingRankStraggler', halts: false, severity: 'warning', summary: 'A rank is far behind its peers.', priority: 9 },
-  { name: 'trainer_crash', alert: 'TrainingProcessCrashed', halts: false, severity: 'critical', summary: 'The trainer process is gone but nobody asked it to stop.', quietWhileHalted: true, priority: 7 },
+  {
+    name: 'trainer_crash',
+    alert: 'TrainingProcessCrashed',
+    halts: false,
+    severity: 'critical',
+    summary: 'The trainer process is gone but nobody asked it to stop.',
+    quietWhileHalted: true,
+    priority: 7,
+  },
 ] as const satisfies readonly AnomalyKind[];
 
 export type AnomalyName = (typeof ANOMALY_KINDS)[number]['name'];

@@ -48,8 +48,12 @@ const VIEW = {
   COLLAPSED: ['halted', 'finished', 'expired'],
   /** rank table columns: label, what it means (the legend), class */
   COLUMNS: [
-    ['rank', 'DDP rank; boot-only ranks write no periodic records by design (rank 0\'s progress needs every rank).', 'l'],
-    ['heartbeat / limit', 'Age of the newest liveness record / the stall threshold in force (the startup grace until the run trains). "dump": judged by a stack dump of the trainer\'s own watchdog. "–": silence is not judged now.', ''],
+    ['rank', "DDP rank; boot-only ranks write no periodic records by design (rank 0's progress needs every rank).", 'l'],
+    [
+      'heartbeat / limit',
+      'Age of the newest liveness record / the stall threshold in force (the startup grace until the run trains). "dump": judged by a stack dump of the trainer\'s own watchdog. "–": silence is not judged now.',
+      '',
+    ],
     ['step', 'Newest training step.', ''],
     ['tokens/s', 'Global tokens per second from the newest progress record.', ''],
     ['history', 'tokens/s over the last progress records, from 0 to the window maximum.', ''],
@@ -72,7 +76,10 @@ const VIEW = {
   LIVENESS: {
     verified: ['pid alive', "The trainer's pid is alive on this host."],
     exited: ['trainer exited', "The trainer's pid is gone on this host."],
-    unknown: ['liveness unknown', "trainwatch cannot see the trainer's process from here: a finished run and a hung run look alike, so a silent run is judged by its heartbeats alone."],
+    unknown: [
+      'liveness unknown',
+      "trainwatch cannot see the trainer's process from here: a finished run and a hung run look alike, so a silent run is judged by its heartbeats alone.",
+    ],
   } as Record<string, [string, string]>,
 };
 
@@ -98,13 +105,37 @@ function fmtClock(unixS: number): string {
 
 function spark(vals: number[]): string {
   if (!vals || !vals.length) return '';
-  const w = 88, h = 20, pad = 2, max = Math.max(...vals, 1e-9), min = Math.min(...vals);
+  const w = 88,
+    h = 20,
+    pad = 2,
+    max = Math.max(...vals, 1e-9),
+    min = Math.min(...vals);
   const x = (i: number) => (vals.length === 1 ? w : (i * w) / (vals.length - 1));
   const y = (v: number) => h - pad - (Math.max(0, v) / max) * (h - 2 * pad);
   const pts = vals.map((v, i) => x(i).toFixed(1) + ',' + y(v).toFixed(1)).join(' ');
-  return '<svg width="' + w + '" height="' + h + '" role="img" aria-label="tokens per second history"><title>last ' + vals.length + ' progress records: min ' + fmtReal(min) + ', max ' + fmtReal(max) + ' tokens/s</title>' +
-    '<line x1="0" x2="' + w + '" y1="' + (h - pad) + '" y2="' + (h - pad) + '" stroke="currentColor" stroke-opacity=".15"/>' +
-    '<polyline fill="none" stroke="var(--spark)" stroke-width="1.5" stroke-linejoin="round" points="' + pts + '"/></svg>';
+  return (
+    '<svg width="' +
+    w +
+    '" height="' +
+    h +
+    '" role="img" aria-label="tokens per second history"><title>last ' +
+    vals.length +
+    ' progress records: min ' +
+    fmtReal(min) +
+    ', max ' +
+    fmtReal(max) +
+    ' tokens/s</title>' +
+    '<line x1="0" x2="' +
+    w +
+    '" y1="' +
+    (h - pad) +
+    '" y2="' +
+    (h - pad) +
+    '" stroke="currentColor" stroke-opacity=".15"/>' +
+    '<polyline fill="none" stroke="var(--spark)" stroke-width="1.5" stroke-linejoin="round" points="' +
+    pts +
+    '"/></svg>'
+  );
 }
 
 function streakCell(s: { value: number; threshold: number } | undefined): string {
@@ -118,31 +149,77 @@ function streakCell(s: { value: number; threshold: number } | undefined): string
 /** Heartbeat age against the rank's stall deadline, or a muted age where silence is not judged. */
 function ageCell(k: RankDoc, now: number): string {
   if (!k.deadline) {
-    const why = k.role === 'boot_only' ? 'Boot-only rank: not judged by its own silence while the run trains (rank 0\'s progress needs every rank).' : 'No stall deadline: the trainer exited, .HALT is there, or no record yet.';
+    const why =
+      k.role === 'boot_only'
+        ? "Boot-only rank: not judged by its own silence while the run trains (rank 0's progress needs every rank)."
+        : 'No stall deadline: the trainer exited, .HALT is there, or no record yet.';
     return '<td class="off" title="' + esc(why) + '">' + fmtAge(k.age) + ' / –</td>';
   }
   const basis = k.deadline.basis;
   const cls = k.deadline.at <= now ? 'bad' : isNum(k.age) && k.age > k.stallS / 2 ? 'warn' : '';
-  return '<td class="' + cls + '" title="' + esc(VIEW.BASIS[basis] || basis) + '">' + fmtAge(k.age) + ' / ' + (basis === 'own_dump' || basis === 'peer_dump' ? 'dump' : fmtAge(k.stallS)) + '</td>';
+  return (
+    '<td class="' +
+    cls +
+    '" title="' +
+    esc(VIEW.BASIS[basis] || basis) +
+    '">' +
+    fmtAge(k.age) +
+    ' / ' +
+    (basis === 'own_dump' || basis === 'peer_dump' ? 'dump' : fmtAge(k.stallS)) +
+    '</td>'
+  );
 }
 
 function rankRow(k: RankDoc, now: number): string {
   const st = k.streaks || {};
   const lossCls = typeof k.loss === 'string' ? 'bad' : '';
-  const role = k.role === 'boot_only' ? ' <span class="role" title="Writes boot records only (silent by design); rank 0\'s progress shows it is alive">boot-only</span>' : '';
-  return '<tr data-rank="' + esc(k.rank) + '" data-state="' + esc(k.anomalies.length ? k.anomalies.join(' ') : 'ok') + '">' +
-    '<td class="l">' + esc(k.rank) + role + '</td>' +
+  const role =
+    k.role === 'boot_only'
+      ? ' <span class="role" title="Writes boot records only (silent by design); rank 0\'s progress shows it is alive">boot-only</span>'
+      : '';
+  return (
+    '<tr data-rank="' +
+    esc(k.rank) +
+    '" data-state="' +
+    esc(k.anomalies.length ? k.anomalies.join(' ') : 'ok') +
+    '">' +
+    '<td class="l">' +
+    esc(k.rank) +
+    role +
+    '</td>' +
     ageCell(k, now) +
-    '<td>' + fmtInt(k.step) + '</td><td>' + fmtReal(k.toksPerS) + '</td><td>' + spark(k.toksHistory) + '</td>' +
-    '<td class="' + lossCls + '">' + fmtReal(k.loss) + '</td>' +
-    streakCell(st.throughput_flatline) + streakCell(st.loss_flatline) + streakCell(st.zero_grad) + streakCell(st.nonfinite_loss) + streakCell(st.gate_collapse) +
-    '<td class="l' + (k.anomalies.length ? ' bad' : '') + '">' + (k.anomalies.map(esc).join(', ') || '–') + '</td></tr>';
+    '<td>' +
+    fmtInt(k.step) +
+    '</td><td>' +
+    fmtReal(k.toksPerS) +
+    '</td><td>' +
+    spark(k.toksHistory) +
+    '</td>' +
+    '<td class="' +
+    lossCls +
+    '">' +
+    fmtReal(k.loss) +
+    '</td>' +
+    streakCell(st.throughput_flatline) +
+    streakCell(st.loss_flatline) +
+    streakCell(st.zero_grad) +
+    streakCell(st.nonfinite_loss) +
+    streakCell(st.gate_collapse) +
+    '<td class="l' +
+    (k.anomalies.length ? ' bad' : '') +
+    '">' +
+    (k.anomalies.map(esc).join(', ') || '–') +
+    '</td></tr>'
+  );
 }
 
 /** At most MAX_ROWS ranks unless expanded: ranks with anomalies first, then the oldest heartbeats. */
 function visibleRanks(r: RunDoc, ui: Ui): RankDoc[] {
   if (r.ranks.length <= VIEW.MAX_ROWS || ui.expanded.has(r.run)) return r.ranks;
-  const pick = r.ranks.slice().sort((a, b) => Number(b.anomalies.length > 0) - Number(a.anomalies.length > 0) || (b.age || 0) - (a.age || 0)).slice(0, VIEW.MAX_ROWS);
+  const pick = r.ranks
+    .slice()
+    .sort((a, b) => Number(b.anomalies.length > 0) - Number(a.anomalies.length > 0) || (b.age || 0) - (a.age || 0))
+    .slice(0, VIEW.MAX_ROWS);
   return pick.sort((a, b) => a.rank - b.rank);
 }
 
@@ -156,9 +233,18 @@ function rankTable(r: RunDoc, ui: Ui, now: number): string {
   const shown = visibleRanks(r, ui);
   let rows = shown.map((k) => rankRow(k, now)).join('');
   if (shown.length < r.ranks.length || (ui.expanded.has(r.run) && r.ranks.length > VIEW.MAX_ROWS)) {
-    rows += '<tr><td class="more" colspan="12">' + (shown.length < r.ranks.length
-      ? 'Showing ' + shown.length + ' of ' + r.ranks.length + ' ranks: those with anomalies first, then the oldest heartbeats.<button type="button" data-expand="' + esc(r.run) + '">show all</button>'
-      : 'Showing all ' + r.ranks.length + ' ranks.<button type="button" data-collapse="' + esc(r.run) + '">show fewer</button>') + '</td></tr>';
+    rows +=
+      '<tr><td class="more" colspan="12">' +
+      (shown.length < r.ranks.length
+        ? 'Showing ' +
+          shown.length +
+          ' of ' +
+          r.ranks.length +
+          ' ranks: those with anomalies first, then the oldest heartbeats.<button type="button" data-expand="' +
+          esc(r.run) +
+          '">show all</button>'
+        : 'Showing all ' + r.ranks.length + ' ranks.<button type="button" data-collapse="' + esc(r.run) + '">show fewer</button>') +
+      '</td></tr>';
   }
   return '<div class="scroll"><table>' + tableHead() + '<tbody>' + rows + '</tbody></table></div>';
 }
@@ -182,28 +268,98 @@ function renderRun(r: RunDoc, ui: Ui, now: number): string {
   const info = r.ranks.length + (r.ranks.length === 1 ? ' rank' : ' ranks') + (steps.length ? ' · step ' + fmtInt(Math.max(...steps)) : '');
   let body = '';
   if (r.primary) {
-    body += '<div class="line primary"><span class="k">primary anomaly</span><span class="sev ' + esc(sev) + '">' + esc(sev) + '</span> <b>' + esc(r.primary.kind) + '</b> on rank ' + esc(r.primary.rank) + ': ' + esc(r.primary.message) + '</div>';
+    body +=
+      '<div class="line primary"><span class="k">primary anomaly</span><span class="sev ' +
+      esc(sev) +
+      '">' +
+      esc(sev) +
+      '</span> <b>' +
+      esc(r.primary.kind) +
+      '</b> on rank ' +
+      esc(r.primary.rank) +
+      ': ' +
+      esc(r.primary.message) +
+      '</div>';
   }
   if (r.halt && (r.state === 'halted' || r.state === 'halt_requested')) {
-    body += '<div class="line halt-reason"><span class="k">halt reason</span><b>' + esc(r.halt.kind || 'not given in .HALT') + '</b>, .HALT written by ' + esc(r.halt.by) + '</div>';
+    body +=
+      '<div class="line halt-reason"><span class="k">halt reason</span><b>' +
+      esc(r.halt.kind || 'not given in .HALT') +
+      '</b>, .HALT written by ' +
+      esc(r.halt.by) +
+      '</div>';
   }
-  body += '<div class="line"><span class="k">directory</span><code class="dir">' + esc(r.dir) + '</code> · attempt ' + esc(r.attempt) + ' · ' + info + ' · <span class="live ' + esc(r.liveness) + '" title="' + esc(live[1]) + '">' + esc(live[0]) + '</span></div>';
+  body +=
+    '<div class="line"><span class="k">directory</span><code class="dir">' +
+    esc(r.dir) +
+    '</code> · attempt ' +
+    esc(r.attempt) +
+    ' · ' +
+    info +
+    ' · <span class="live ' +
+    esc(r.liveness) +
+    '" title="' +
+    esc(live[1]) +
+    '">' +
+    esc(live[0]) +
+    '</span></div>';
   if (open) body += rankTable(r, ui, now);
-  const audit = (r.audit || []).slice(-VIEW.AUDIT_LINES).reverse()
-    .map((e) => esc([e.iso, e.event, e.kind, e.action ? e.action + '=' + e.result : '', e.message].filter(Boolean).join(' '))).join('\n');
+  const audit = (r.audit || [])
+    .slice(-VIEW.AUDIT_LINES)
+    .reverse()
+    .map((e) => esc([e.iso, e.event, e.kind, e.action ? e.action + '=' + e.result : '', e.message].filter(Boolean).join(' ')))
+    .join('\n');
   if (audit) body += '<div class="audit" title="Newest actions and anomalies first">' + audit + '</div>';
-  return '<details class="run" data-run="' + esc(r.run) + '" data-state="' + esc(r.state) + '" data-severity="' + esc(sev) + '" data-anomalies="' + esc(r.anomalies.join(' ')) + '"' + (open ? ' open' : '') + '>' +
-    '<summary><span class="badge ' + esc(r.state) + (sev ? ' ' + esc(sev) : '') + '">' + esc(stateLabel(r.state)) + '</span>' +
-    '<span class="name" title="' + esc(r.run) + '">' + esc(r.run) + '</span>' +
-    '<span class="reason" title="' + esc(r.reason) + '">' + esc(r.reason) + '</span>' +
-    '<span class="live ' + esc(r.liveness) + '" title="' + esc(live[1]) + '">' + esc(live[0]) + '</span></summary>' +
-    '<div class="body">' + body + '</div></details>';
+  return (
+    '<details class="run" data-run="' +
+    esc(r.run) +
+    '" data-state="' +
+    esc(r.state) +
+    '" data-severity="' +
+    esc(sev) +
+    '" data-anomalies="' +
+    esc(r.anomalies.join(' ')) +
+    '"' +
+    (open ? ' open' : '') +
+    '>' +
+    '<summary><span class="badge ' +
+    esc(r.state) +
+    (sev ? ' ' + esc(sev) : '') +
+    '">' +
+    esc(stateLabel(r.state)) +
+    '</span>' +
+    '<span class="name" title="' +
+    esc(r.run) +
+    '">' +
+    esc(r.run) +
+    '</span>' +
+    '<span class="reason" title="' +
+    esc(r.reason) +
+    '">' +
+    esc(r.reason) +
+    '</span>' +
+    '<span class="live ' +
+    esc(r.liveness) +
+    '" title="' +
+    esc(live[1]) +
+    '">' +
+    esc(live[0]) +
+    '</span></summary>' +
+    '<div class="body">' +
+    body +
+    '</div></details>'
+  );
 }
 
 /** ?state=a,b → the set of states to show (empty: all). */
 function parseFilter(q: unknown): Set<string> {
   const known = VIEW.STATES.map((s) => s[0]);
-  return new Set(String(q || '').split(',').map((s) => s.trim()).filter((s) => known.indexOf(s) >= 0));
+  return new Set(
+    String(q || '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => known.indexOf(s) >= 0),
+  );
 }
 
 /** The query string that shows `states` (relative, so it works under any mount path). */
@@ -214,21 +370,43 @@ function filterHref(states: string[]): string {
 /** The summary bar: a count per state; each count is a link that shows only that state. */
 function renderSummary(d: Doc, ui: Ui): string {
   const all = '<a class="chip all' + (ui.filter.size ? '' : ' on') + '" href="./" data-filter=""><b>' + d.runs.length + '</b> runs</a>';
-  return all + VIEW.STATES.map((s) => {
-    const n = (d.states as Record<string, number>)[s[0]] || 0;
-    const on = ui.filter.has(s[0]);
-    const cls = 'chip ' + s[0] + (on ? ' on' : '') + (n ? '' : ' zero');
-    const label = '<i></i><b>' + n + '</b> ' + esc(s[1]);
-    return n || on ? '<a class="' + cls + '" href="' + filterHref(on && ui.filter.size === 1 ? [] : [s[0]]) + '" data-filter="' + (on && ui.filter.size === 1 ? '' : s[0]) + '">' + label + '</a>' : '<span class="' + cls + '">' + label + '</span>';
-  }).join('');
+  return (
+    all +
+    VIEW.STATES.map((s) => {
+      const n = (d.states as Record<string, number>)[s[0]] || 0;
+      const on = ui.filter.has(s[0]);
+      const cls = 'chip ' + s[0] + (on ? ' on' : '') + (n ? '' : ' zero');
+      const label = '<i></i><b>' + n + '</b> ' + esc(s[1]);
+      return n || on
+        ? '<a class="' +
+            cls +
+            '" href="' +
+            filterHref(on && ui.filter.size === 1 ? [] : [s[0]]) +
+            '" data-filter="' +
+            (on && ui.filter.size === 1 ? '' : s[0]) +
+            '">' +
+            label +
+            '</a>'
+        : '<span class="' + cls + '">' + label + '</span>';
+    }).join('')
+  );
 }
 
 /** The runs as HTML pieces, in the document's order (the server sorts them by urgency), after the filter. */
 function runPieces(d: Doc, ui: Ui): string[] {
-  if (!d.runs.length) return ['<div class="empty">No runs found yet. Point trainwatch at a run directory with --dir, or at a directory of runs with --root.</div>'];
+  if (!d.runs.length)
+    return ['<div class="empty">No runs found yet. Point trainwatch at a run directory with --dir, or at a directory of runs with --root.</div>'];
   const runs = ui.filter.size ? d.runs.filter((r) => ui.filter.has(r.state)) : d.runs;
   const note = ui.filter.size
-    ? ['<div class="filtered">Showing ' + runs.length + ' of ' + d.runs.length + ' runs: ' + [...ui.filter].map(stateLabel).map(esc).join(', ') + '. <a href="./" data-filter="">Show all</a></div>']
+    ? [
+        '<div class="filtered">Showing ' +
+          runs.length +
+          ' of ' +
+          d.runs.length +
+          ' runs: ' +
+          [...ui.filter].map(stateLabel).map(esc).join(', ') +
+          '. <a href="./" data-filter="">Show all</a></div>',
+      ]
     : [];
   return note.concat(runs.map((r) => renderRun(r, ui, d.now)));
 }
@@ -244,17 +422,49 @@ function modeText(d: Doc): string {
 function iconHref(d: Doc): string {
   // A dot in the tab's icon: red while any run needs attention, so a background tab still tells.
   const dot = problems(d) ? '%23d93025' : d.runs.length ? '%23188038' : '%239aa0a6';
-  return 'data:image/svg+xml,<svg xmlns=%22http://www.w3.org/2000/svg%22 viewBox=%220 0 16 16%22><circle cx=%228%22 cy=%228%22 r=%227%22 fill=%22' + dot + '%22/></svg>';
+  return (
+    'data:image/svg+xml,<svg xmlns=%22http://www.w3.org/2000/svg%22 viewBox=%220 0 16 16%22><circle cx=%228%22 cy=%228%22 r=%227%22 fill=%22' +
+    dot +
+    '%22/></svg>'
+  );
 }
 function titleText(d: Doc): string {
   return (problems(d) ? '(' + problems(d) + ') ' : '') + 'trainwatch';
 }
 
-const SHARED = [esc, isNum, fmtAge, fmtInt, fmtReal, fmtClock, spark, streakCell, ageCell, rankRow, visibleRanks, tableHead, rankTable, stateLabel, isOpen, renderRun, parseFilter, filterHref, renderSummary, runPieces, problems, modeText, iconHref, titleText];
+const SHARED = [
+  esc,
+  isNum,
+  fmtAge,
+  fmtInt,
+  fmtReal,
+  fmtClock,
+  spark,
+  streakCell,
+  ageCell,
+  rankRow,
+  visibleRanks,
+  tableHead,
+  rankTable,
+  stateLabel,
+  isOpen,
+  renderRun,
+  parseFilter,
+  filterHref,
+  renderSummary,
+  runPieces,
+  problems,
+  modeText,
+  iconHref,
+  titleText,
+];
 
 /** JSON that is safe inside a <script> element: no "</script", no HTML comment openers. */
 function scriptJson(v: unknown): string {
-  return JSON.stringify(v).replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  return JSON.stringify(v)
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
 }
 
 const CSS = `
@@ -435,8 +645,13 @@ export function statusPageHtml(version: string, metricsPath: string, doc: Doc, s
   const q = typeof stateQuery === 'string' ? stateQuery : '';
   const ui: Ui = { expanded: new Set(), open: new Map(), filter: parseFilter(q) };
   const known = VIEW.STATES.map((s) => s[0]);
-  const unknown = q.split(',').map((s) => s.trim()).filter((s) => s && !known.includes(s));
-  const note = unknown.length ? `<div id="note" class="filtered bad">Ignored unknown state ${unknown.map((s) => `"${esc(s)}"`).join(', ')} in ?state=. The states are: ${known.join(', ')}.</div>` : '';
+  const unknown = q
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s && !known.includes(s));
+  const note = unknown.length
+    ? `<div id="note" class="filtered bad">Ignored unknown state ${unknown.map((s) => `"${esc(s)}"`).join(', ')} in ?state=. The states are: ${known.join(', ')}.</div>`
+    : '';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${esc(titleText(doc))}</title>

@@ -19,6 +19,9 @@ import { BasicAuth, clientCertRefusal, loadWebConfig } from './webconfig.js';
 
 export { WEBHOOK_PATH };
 
+/** The listen address is taken (main.ts then asks who holds it: http/peer.ts). */
+export class AddressInUseError extends ConfigError {}
+
 /** A started server and how to stop it. */
 export interface Started {
   server: Server;
@@ -44,9 +47,21 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     token = readSettingFile(c['webhook.token-file'], '--webhook.token-file').toString('utf8').trim();
     if (token === '') throw new ConfigError(`--webhook.token-file: ${c['webhook.token-file']} is empty; put the bearer token Alertmanager sends in it`);
   }
-  const webhook = new WebhookHttp({ w, log, token, basic, allowUnauthenticated: c['webhook.allow-unauthenticated'], maxBodyBytes: c['webhook.max-body-bytes'], instance: c['webhook.instance'], headers: webConfig.headers });
+  const webhook = new WebhookHttp({
+    w,
+    log,
+    token,
+    basic,
+    allowUnauthenticated: c['webhook.allow-unauthenticated'],
+    maxBodyBytes: c['webhook.max-body-bytes'],
+    instance: c['webhook.instance'],
+    headers: webConfig.headers,
+  });
   // Only mode alertmanager needs the webhook; in embedded mode its absence is the normal case.
-  if (!webhook.enabled) log[c.mode === 'alertmanager' ? 'warn' : 'debug'](`webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`);
+  if (!webhook.enabled)
+    log[c.mode === 'alertmanager' ? 'warn' : 'debug'](
+      `webhook ${WEBHOOK_PATH} is disabled: no auth is configured. Set --webhook.token-file (or basic_auth_users in --web.config.file), or --webhook.allow-unauthenticated`,
+    );
   else if (token === undefined && !basic.enabled) log.warn(`webhook ${WEBHOOK_PATH} accepts unauthenticated requests (--webhook.allow-unauthenticated)`);
 
   const registry = defaultMetrics();
@@ -68,20 +83,33 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     if (!basic.enabled || open.has(req.path)) return next();
     void basic.check(req.headers.authorization).then((verdict) => {
       if (verdict === 'ok') return next();
-      if (verdict === 'busy') return void res.status(503).setHeader('Retry-After', '1').type('text/plain').send(BUSY + '\n');
+      if (verdict === 'busy')
+        return void res
+          .status(503)
+          .setHeader('Retry-After', '1')
+          .type('text/plain')
+          .send(BUSY + '\n');
       res.setHeader('WWW-Authenticate', 'Basic realm="trainwatch"');
       res.status(401).type('text/plain').send('Unauthorized\n');
     });
   });
 
   app.get(c['web.telemetry-path'], async (req, res) => {
-    await sendExposition(req, res, (sink) => renderMetrics(w, w.now(), version, sink, httpStats), () => registry.metrics());
+    await sendExposition(
+      req,
+      res,
+      (sink) => renderMetrics(w, w.now(), version, sink, httpStats),
+      () => registry.metrics(),
+    );
   });
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');
   });
   app.get('/readyz', (_req, res) => {
-    res.status(w.ready ? 200 : 503).type('text/plain').send(w.ready ? 'ready\n' : 'starting: reading existing heartbeat files\n');
+    res
+      .status(w.ready ? 200 : 503)
+      .type('text/plain')
+      .send(w.ready ? 'ready\n' : 'starting: reading existing heartbeat files\n');
   });
   app.get('/api/status', (_req, res) => {
     res.json(statusJson(w, w.now(), version));
@@ -113,15 +141,31 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   // Body parser errors (too large, malformed JSON, aborted) become 4xx, never a stack trace.
   app.use((err: Error & { status?: number; type?: string }, req: Request, res: Response, _next: NextFunction) => {
     const status = err.status && err.status >= 400 && err.status < 600 ? err.status : 500;
-    const error = err.type === 'entity.too.large' ? bodyError('too_large', c['webhook.max-body-bytes']) : err.type === 'entity.parse.failed' ? bodyError('bad_json', c['webhook.max-body-bytes']) : status === 500 ? 'internal error' : err.message;
+    const error =
+      err.type === 'entity.too.large'
+        ? bodyError('too_large', c['webhook.max-body-bytes'])
+        : err.type === 'entity.parse.failed'
+          ? bodyError('bad_json', c['webhook.max-body-bytes'])
+          : status === 500
+            ? 'internal error'
+            : err.message;
     if (status === 500) log.error({ err: err.message, path: req.path }, 'request failed');
     if (req.path === WEBHOOK_PATH) reply(res, status, { status: 'error', error });
-    else res.status(status).type('text/plain').send(error + '\n');
+    else
+      res
+        .status(status)
+        .type('text/plain')
+        .send(error + '\n');
   });
 
   // Slow or stalled bodies must not hold a connection forever; check often enough to notice.
   const timeoutMs = c['web.request-timeout-s'] * 1000;
-  const serverOpts = { requestTimeout: timeoutMs, headersTimeout: Math.min(timeoutMs, 10_000), connectionsCheckingInterval: Math.min(1000, timeoutMs / 2), keepAliveTimeout: c['web.keep-alive-timeout-s'] * 1000 };
+  const serverOpts = {
+    requestTimeout: timeoutMs,
+    headersTimeout: Math.min(timeoutMs, 10_000),
+    connectionsCheckingInterval: Math.min(1000, timeoutMs / 2),
+    keepAliveTimeout: c['web.keep-alive-timeout-s'] * 1000,
+  };
   // The webhook's plain requests skip express (see WebhookHttp); everything else is the app's.
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     if (!webhook.serve(req, res)) app(req, res);
@@ -138,7 +182,10 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     httpStats.refuse('max_connections');
     if (warned) return;
     warned = true;
-    log.warn({ max: server.maxConnections, remote: d?.remoteAddress }, 'connection refused: --web.max-connections are open (logged once; counted in trainwatch_http_connections_refused_total). Raise --web.max-connections, or find the client holding them');
+    log.warn(
+      { max: server.maxConnections, remote: d?.remoteAddress },
+      'connection refused: --web.max-connections are open (logged once; counted in trainwatch_http_connections_refused_total). Raise --web.max-connections, or find the client holding them',
+    );
   });
   const tls = webConfig.tls;
   if (tls) {
@@ -162,7 +209,11 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   const port = Number(addr.slice(cut + 1));
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new ConfigError(e.code === 'EADDRINUSE' ? `--web.listen-address ${addr}: the port is in use; pick another port (e.g. --web.listen-address=:0 for any free one)` : `--web.listen-address ${addr}: ${e.message}`)),
+      reject(
+        e.code === 'EADDRINUSE'
+          ? new AddressInUseError(`--web.listen-address ${addr}: the port is in use; pick another port (e.g. --web.listen-address=:0 for any free one)`)
+          : new ConfigError(`--web.listen-address ${addr}: ${e.message}`),
+      ),
     );
     server.listen(port, host, () => resolve());
   });

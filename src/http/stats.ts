@@ -10,8 +10,16 @@ export type BasicAuthResult = 'accepted' | 'rejected' | 'throttled';
 export class HttpStats implements HttpCounters {
   /** open connections now */
   connections = 0;
-  refused = new Map<RefusedReason, number>([['max_connections', 0], ['client_cert', 0], ['tls_handshake', 0]]);
-  basicAuth = new Map<BasicAuthResult, number>([['accepted', 0], ['rejected', 0], ['throttled', 0]]);
+  refused = new Map<RefusedReason, number>([
+    ['max_connections', 0],
+    ['client_cert', 0],
+    ['tls_handshake', 0],
+  ]);
+  basicAuth = new Map<BasicAuthResult, number>([
+    ['accepted', 0],
+    ['rejected', 0],
+    ['throttled', 0],
+  ]);
   /** bcrypt comparisons run (cache misses) */
   bcrypt = 0;
 

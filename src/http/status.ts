@@ -6,6 +6,7 @@ import { kindOf } from '../detect/kinds.js';
 import { RUN_STATES, type RunState } from '../state/lifecycle.js';
 import { rankRole } from '../state/rank.js';
 import type { Watcher } from '../watch/watcher.js';
+import { watchedPaths } from './peer.js';
 
 /** One rank row of the status page. */
 export interface RankStatus {
@@ -74,7 +75,8 @@ export function statusJson(w: Watcher, now: number, version: string) {
     // halted the run still names what went wrong.
     const open = w.actions.openEpisodes(run.real);
     const held = primaryOf(open);
-    const p = run.primary ?? (held && { kind: held.kind, rank: held.rank ?? 0, message: `${held.kind} (open since ${new Date(held.ts * 1000).toISOString()})` });
+    const p =
+      run.primary ?? (held && { kind: held.kind, rank: held.rank ?? 0, message: `${held.kind} (open since ${new Date(held.ts * 1000).toISOString()})` });
     runs.push({
       run: run.name,
       dir: run.dir,
@@ -93,7 +95,7 @@ export function statusJson(w: Watcher, now: number, version: string) {
     });
   }
   runs.sort((a, b) => severityRank(a) - severityRank(b) || (a.run < b.run ? -1 : a.run > b.run ? 1 : 0));
-  return { version, now, mode: w.config.mode, halt: w.config.halt, thresholds: t, states, runs };
+  return { version, now, mode: w.config.mode, halt: w.config.halt, watch: watchedPaths(w.config), thresholds: t, states, runs };
 }
 
 /** The status document served at api/status and embedded in the page. */

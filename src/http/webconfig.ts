@@ -11,7 +11,13 @@ import { ConfigError, readSettingFile } from '../config/load.js';
 import { HttpStats } from './stats.js';
 
 /** exporter-toolkit's client_auth_type values (Go's tls.ClientAuthType), and RequireClientCert, its old alias. */
-export const CLIENT_AUTH_TYPES = ['NoClientCert', 'RequestClientCert', 'RequireAnyClientCert', 'VerifyClientCertIfGiven', 'RequireAndVerifyClientCert'] as const;
+export const CLIENT_AUTH_TYPES = [
+  'NoClientCert',
+  'RequestClientCert',
+  'RequireAnyClientCert',
+  'VerifyClientCertIfGiven',
+  'RequireAndVerifyClientCert',
+] as const;
 /** How the server treats client certificates. */
 export type ClientAuthType = (typeof CLIENT_AUTH_TYPES)[number];
 
@@ -39,7 +45,18 @@ const VERSIONS: Record<string, SecureVersion> = { TLS10: 'TLSv1', TLS11: 'TLSv1.
 /** Keys of each section, as exporter-toolkit reads them (strictly: any other key is an error). */
 const KEYS = {
   top: ['tls_server_config', 'http_server_config', 'basic_auth_users'],
-  tls_server_config: ['cert_file', 'key_file', 'cert', 'key', 'client_ca_file', 'client_ca', 'client_auth_type', 'min_version', 'max_version', 'prefer_server_cipher_suites'],
+  tls_server_config: [
+    'cert_file',
+    'key_file',
+    'cert',
+    'key',
+    'client_ca_file',
+    'client_ca',
+    'client_auth_type',
+    'min_version',
+    'max_version',
+    'prefer_server_cipher_suites',
+  ],
   http_server_config: ['headers', 'http2'],
 };
 /** exporter-toolkit keys trainwatch does not implement: refused rather than silently ignored. */
@@ -84,7 +101,10 @@ export function loadWebConfig(path: string | undefined): WebConfig {
     const type = str('client_auth_type') ?? 'NoClientCert';
     const auth = (type === 'RequireClientCert' ? 'RequireAnyClientCert' : type) as ClientAuthType;
     if (!CLIENT_AUTH_TYPES.includes(auth)) fail(`tls_server_config.client_auth_type '${type}'; accepted: ${CLIENT_AUTH_TYPES.join(', ')}`);
-    if (ca && auth === 'NoClientCert') fail('client_ca_file (or client_ca) is set but client_auth_type is NoClientCert (the default), so no client certificate would be asked for; set client_auth_type: RequireAndVerifyClientCert (or VerifyClientCertIfGiven)');
+    if (ca && auth === 'NoClientCert')
+      fail(
+        'client_ca_file (or client_ca) is set but client_auth_type is NoClientCert (the default), so no client certificate would be asked for; set client_auth_type: RequireAndVerifyClientCert (or VerifyClientCertIfGiven)',
+      );
     const version = (k: string, dflt: string): SecureVersion => {
       const v = str(k) ?? dflt;
       return VERSIONS[v] ?? fail(`tls_server_config.${k} '${v}'; accepted: ${Object.keys(VERSIONS).join(', ')}`);
@@ -93,12 +113,23 @@ export function loadWebConfig(path: string | undefined): WebConfig {
     if (typeof prefer !== 'boolean') fail('tls_server_config.prefer_server_cipher_suites must be true or false');
     // Only RequireAndVerifyClientCert fails the handshake itself; the other policies are checked
     // on the finished handshake (clientCertRefusal), as Go's crypto/tls tells them apart.
-    wc.tls = { cert, key, ca, requestCert: auth !== 'NoClientCert', rejectUnauthorized: auth === 'RequireAndVerifyClientCert', minVersion: version('min_version', 'TLS12'), maxVersion: version('max_version', 'TLS13'), honorCipherOrder: prefer as boolean, clientAuth: auth };
+    wc.tls = {
+      cert,
+      key,
+      ca,
+      requestCert: auth !== 'NoClientCert',
+      rejectUnauthorized: auth === 'RequireAndVerifyClientCert',
+      minVersion: version('min_version', 'TLS12'),
+      maxVersion: version('max_version', 'TLS13'),
+      honorCipherOrder: prefer as boolean,
+      clientAuth: auth,
+    };
   }
   const users = top.basic_auth_users ?? {};
   if (typeof users !== 'object' || users === null || Array.isArray(users)) fail('basic_auth_users must map user names to bcrypt hashes');
   for (const [u, h] of Object.entries(users as Record<string, unknown>)) {
-    if (typeof h !== 'string' || !/^\$2[aby]\$\d\d\$/.test(h)) fail(`basic_auth_users.${u} must be a bcrypt hash (make one with: htpasswd -nBC 10 "" | tr -d ':\\n')`);
+    if (typeof h !== 'string' || !/^\$2[aby]\$\d\d\$/.test(h))
+      fail(`basic_auth_users.${u} must be a bcrypt hash (make one with: htpasswd -nBC 10 "" | tr -d ':\\n')`);
     wc.basicAuthUsers.set(u, h as string);
   }
   const http = top.http_server_config === undefined ? {} : section(top.http_server_config, 'http_server_config', KEYS.http_server_config, fail);
@@ -134,7 +165,10 @@ function headerValue(name: string, raw: unknown, fail: (msg: string) => never): 
     fail(`${at} has a value that is not valid in HTTP (control characters or line breaks): ${JSON.stringify(value)}`);
   }
   const allowed = HEADERS[name.toLowerCase()];
-  if (!allowed) fail(`${at} cannot be configured (as in exporter-toolkit); accepted: Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, Content-Security-Policy`);
+  if (!allowed)
+    fail(
+      `${at} cannot be configured (as in exporter-toolkit); accepted: Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, Content-Security-Policy`,
+    );
   if (allowed.length > 0 && !allowed.includes(value.toLowerCase())) fail(`${at} has value ${JSON.stringify(value)}; accepted: ${allowed.join(', ')}`);
   return value;
 }

@@ -92,8 +92,10 @@ function classify(w: Watcher, raw: unknown, opts: { instance?: string }): { resu
   const run = labels.run;
   const kind = labels.anomaly_type;
   if (typeof run !== 'string' || run === '') return { result: { result: 'not_ours', error: 'no run label' } };
-  if (UNSAFE_LABEL.test(run) || run.startsWith('.') || run.length > 512) return { result: { run: run.slice(0, 64), result: 'rejected', error: 'run label is not a plain run name' } };
-  if (opts.instance && labels.instance !== undefined && labels.instance !== opts.instance) return { result: { run, result: 'not_ours', error: 'instance label is another trainwatch' } };
+  if (UNSAFE_LABEL.test(run) || run.startsWith('.') || run.length > 512)
+    return { result: { run: run.slice(0, 64), result: 'rejected', error: 'run label is not a plain run name' } };
+  if (opts.instance && labels.instance !== undefined && labels.instance !== opts.instance)
+    return { result: { run, result: 'not_ours', error: 'instance label is another trainwatch' } };
   const target = w.runByName(run);
   if (!target) return { result: { run, result: 'not_ours' } };
   if (typeof kind !== 'string' || !kindOf(kind)) return { result: { run, result: 'unknown_kind', error: 'anomaly_type label missing or unknown' } };
@@ -102,15 +104,32 @@ function classify(w: Watcher, raw: unknown, opts: { instance?: string }): { resu
   const fingerprint = typeof a.fingerprint === 'string' && a.fingerprint !== '' ? a.fingerprint : labelHash(labels);
   const rank = Number(labels.rank);
   const annotations = (typeof a.annotations === 'object' && a.annotations !== null ? a.annotations : {}) as Record<string, unknown>;
-  const message = typeof annotations.description === 'string' ? annotations.description : typeof annotations.summary === 'string' ? annotations.summary : typeof labels.alertname === 'string' ? labels.alertname : kind;
-  const input: AlertInput = { key: `${fingerprint}@${startsAt}`, kind, status, halts: labels.halt === 'true', rank: Number.isInteger(rank) ? rank : undefined, message };
+  const message =
+    typeof annotations.description === 'string'
+      ? annotations.description
+      : typeof annotations.summary === 'string'
+        ? annotations.summary
+        : typeof labels.alertname === 'string'
+          ? labels.alertname
+          : kind;
+  const input: AlertInput = {
+    key: `${fingerprint}@${startsAt}`,
+    kind,
+    status,
+    halts: labels.halt === 'true',
+    rank: Number.isInteger(rank) ? rank : undefined,
+    message,
+  };
   // `result` is a placeholder until the actions decide.
   return { result: { run, anomaly_type: kind, result: 'failed' }, act: { target, input } };
 }
 
 function labelHash(labels: Record<string, unknown>): string {
   const keys = Object.keys(labels).sort();
-  return createHash('sha256').update(keys.map((k) => `${k}=${String(labels[k])}`).join('\0')).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(keys.map((k) => `${k}=${String(labels[k])}`).join('\0'))
+    .digest('hex')
+    .slice(0, 16);
 }
 
 function bad(error: string): WebhookResponse {
@@ -161,9 +180,11 @@ export function contentTypeError(type: string | undefined): string | undefined {
 /** Why a request is a browser's cross-origin one (403), or undefined: Alertmanager sends no Origin. */
 export function crossOriginError(h: IncomingHttpHeaders, secure: boolean): string | undefined {
   const self = `${secure ? 'https' : 'http'}://${h.host ?? ''}`.toLowerCase();
-  if (h.origin !== undefined && h.origin.toLowerCase() !== self) return `cross-origin request (Origin ${JSON.stringify(h.origin.slice(0, 100))}) refused; the webhook is for Alertmanager, which sends no Origin`;
+  if (h.origin !== undefined && h.origin.toLowerCase() !== self)
+    return `cross-origin request (Origin ${JSON.stringify(h.origin.slice(0, 100))}) refused; the webhook is for Alertmanager, which sends no Origin`;
   const site = h['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return `cross-site request (Sec-Fetch-Site: ${JSON.stringify(site.slice(0, 30))}) refused; the webhook is for Alertmanager`;
+  if (site !== undefined && site !== 'same-origin' && site !== 'none')
+    return `cross-site request (Sec-Fetch-Site: ${JSON.stringify(site.slice(0, 30))}) refused; the webhook is for Alertmanager`;
   return undefined;
 }
 
@@ -179,7 +200,11 @@ export class WebhookHttp {
   async refusal(h: IncomingHttpHeaders, secure: boolean): Promise<Refusal | undefined> {
     const { token, basic } = this.o;
     const authorization = h.authorization;
-    if (!this.enabled) return { status: 403, body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' } };
+    if (!this.enabled)
+      return {
+        status: 403,
+        body: { status: 'error', error: 'webhook disabled: configure --webhook.token-file or basic_auth_users, or pass --webhook.allow-unauthenticated' },
+      };
     const cross = crossOriginError(h, secure);
     if (cross) return { status: 403, body: { status: 'error', error: cross } };
     const type = contentTypeError(h['content-type']);
@@ -189,7 +214,11 @@ export class WebhookHttp {
     const verdict = basic.enabled ? await basic.check(authorization) : 'wrong';
     if (verdict === 'ok') return undefined;
     if (verdict === 'busy') return { status: 503, body: { status: 'error', error: BUSY }, headers: { 'Retry-After': '1' } };
-    return { status: 401, body: { status: 'error', error: 'unauthorized' }, headers: { 'WWW-Authenticate': token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' } };
+    return {
+      status: 401,
+      body: { status: 'error', error: 'unauthorized' },
+      headers: { 'WWW-Authenticate': token !== undefined ? 'Bearer' : 'Basic realm="trainwatch"' },
+    };
   }
 
   /**
@@ -222,7 +251,11 @@ export class WebhookHttp {
     // Like express.json: no body at all is `undefined`, an empty one `{}`.
     if (req.headers['transfer-encoding'] !== undefined || !Number.isNaN(Number(req.headers['content-length']))) {
       const read = await readBody(req, maxBodyBytes);
-      if ('error' in read) return this.send(res, read.error === 'too_large' ? 413 : 400, { status: 'error', error: read.error === 'too_large' ? bodyError('too_large', maxBodyBytes) : 'request aborted' });
+      if ('error' in read)
+        return this.send(res, read.error === 'too_large' ? 413 : 400, {
+          status: 'error',
+          error: read.error === 'too_large' ? bodyError('too_large', maxBodyBytes) : 'request aborted',
+        });
       const text = read.text.charCodeAt(0) === 0xfeff ? read.text.slice(1) : read.text;
       try {
         body = text.length === 0 ? {} : JSON.parse(text);

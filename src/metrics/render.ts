@@ -45,9 +45,34 @@ interface RankView {
 
 /** The per-rank gauges, in exposition order: each family is written whole, then the next. */
 const RANK_GAUGES = [
-  'heartbeatLastTs', 'heartbeatAge', 'stallThreshold', 'stallDeadline', 'dumpLastTs', 'bootTs', 'progressLastTs', 'step', 'stepChangeTs', 'stepLag',
-  'toks', 'throughputFlatline', 'loss', 'lossFlatline', 'gradNorm', 'gradZero', 'nonfinite', 'fetch', 'fetchBaseline', 'fetchRatio',
-  'gpuAlloc', 'gpuReserved', 'gateEntropyMean', 'gateEntropyMin', 'gateMax', 'gateCollapseFrac', 'gateCollapse', 'trainerUp',
+  'heartbeatLastTs',
+  'heartbeatAge',
+  'stallThreshold',
+  'stallDeadline',
+  'dumpLastTs',
+  'bootTs',
+  'progressLastTs',
+  'step',
+  'stepChangeTs',
+  'stepLag',
+  'toks',
+  'throughputFlatline',
+  'loss',
+  'lossFlatline',
+  'gradNorm',
+  'gradZero',
+  'nonfinite',
+  'fetch',
+  'fetchBaseline',
+  'fetchRatio',
+  'gpuAlloc',
+  'gpuReserved',
+  'gateEntropyMean',
+  'gateEntropyMin',
+  'gateMax',
+  'gateCollapseFrac',
+  'gateCollapse',
+  'trainerUp',
 ] as const satisfies readonly MetricKey[];
 type RankGauge = (typeof RANK_GAUGES)[number];
 
@@ -58,40 +83,68 @@ type RankGauge = (typeof RANK_GAUGES)[number];
 function rankValue(key: RankGauge, v: RankView, now: number, warm: number): number | undefined {
   const s = v.s;
   switch (key) {
-    case 'heartbeatLastTs': return s.lastLivenessTs;
-    case 'heartbeatAge': return s.lastLivenessTs === undefined ? undefined : Math.max(0, now - s.lastLivenessTs);
-    case 'stallThreshold': return v.stallS;
-    case 'stallDeadline': return v.deadline;
-    case 'dumpLastTs': return s.lastDumpTs;
-    case 'bootTs': return s.bootTs;
-    case 'progressLastTs': return s.lastProgressTs;
-    case 'step': return s.step;
-    case 'stepChangeTs': return s.stepChangedTs;
-    case 'stepLag': return v.lag;
-    case 'toks': return s.toksPerS;
-    case 'throughputFlatline': return s.streaks.throughputZero;
-    case 'loss': return s.loss;
-    case 'lossFlatline': return s.streaks.lossSame;
-    case 'gradNorm': return s.gradNorm;
-    case 'gradZero': return s.streaks.gradZero;
-    case 'nonfinite': return s.streaks.nonfinite;
-    case 'fetch': return s.dtFetchS;
-    case 'fetchBaseline': return s.fetchBaseline;
+    case 'heartbeatLastTs':
+      return s.lastLivenessTs;
+    case 'heartbeatAge':
+      return s.lastLivenessTs === undefined ? undefined : Math.max(0, now - s.lastLivenessTs);
+    case 'stallThreshold':
+      return v.stallS;
+    case 'stallDeadline':
+      return v.deadline;
+    case 'dumpLastTs':
+      return s.lastDumpTs;
+    case 'bootTs':
+      return s.bootTs;
+    case 'progressLastTs':
+      return s.lastProgressTs;
+    case 'step':
+      return s.step;
+    case 'stepChangeTs':
+      return s.stepChangedTs;
+    case 'stepLag':
+      return v.lag;
+    case 'toks':
+      return s.toksPerS;
+    case 'throughputFlatline':
+      return s.streaks.throughputZero;
+    case 'loss':
+      return s.loss;
+    case 'lossFlatline':
+      return s.streaks.lossSame;
+    case 'gradNorm':
+      return s.gradNorm;
+    case 'gradZero':
+      return s.streaks.gradZero;
+    case 'nonfinite':
+      return s.streaks.nonfinite;
+    case 'fetch':
+      return s.dtFetchS;
+    case 'fetchBaseline':
+      return s.fetchBaseline;
     case 'fetchRatio': {
       // Like the detector: no ratio during the warm-up, and a zero baseline makes any fetch +Inf.
       const { dtFetchS: dt, fetchBaseline: b } = s;
       if (dt === undefined || b === undefined || s.fetchSamples < warm) return undefined;
       return b > 0 ? dt / b : dt > 0 ? Infinity : 0;
     }
-    case 'gpuAlloc': return s.gpuMemAllocMiB === undefined ? undefined : s.gpuMemAllocMiB * MIB;
-    case 'gpuReserved': return s.gpuMemReservedMiB === undefined ? undefined : s.gpuMemReservedMiB * MIB;
-    case 'gateEntropyMean': return s.gateEntropyMean;
-    case 'gateEntropyMin': return s.gateEntropyMin;
-    case 'gateMax': return s.gateMaxGate;
-    case 'gateCollapseFrac': return s.gateCollapseFrac;
-    case 'gateCollapse': return s.streaks.gateCollapse;
-    case 'trainerUp': return v.alive === undefined ? undefined : v.alive ? 1 : 0;
-    default: return key satisfies never;
+    case 'gpuAlloc':
+      return s.gpuMemAllocMiB === undefined ? undefined : s.gpuMemAllocMiB * MIB;
+    case 'gpuReserved':
+      return s.gpuMemReservedMiB === undefined ? undefined : s.gpuMemReservedMiB * MIB;
+    case 'gateEntropyMean':
+      return s.gateEntropyMean;
+    case 'gateEntropyMin':
+      return s.gateEntropyMin;
+    case 'gateMax':
+      return s.gateMaxGate;
+    case 'gateCollapseFrac':
+      return s.gateCollapseFrac;
+    case 'gateCollapse':
+      return s.streaks.gateCollapse;
+    case 'trainerUp':
+      return v.alive === undefined ? undefined : v.alive ? 1 : 0;
+    default:
+      return key satisfies never;
   }
 }
 
@@ -128,7 +181,10 @@ interface Family {
   head: Buffer;
 }
 const FAMILY = Object.fromEntries(
-  Object.entries(METRICS as Record<MetricKey, MetricDef>).map(([k, m]) => [k, { name: Buffer.from(m.name), head: Buffer.from(`# HELP ${m.name} ${m.help}\n# TYPE ${m.name} ${m.type}\n`) }]),
+  Object.entries(METRICS as Record<MetricKey, MetricDef>).map(([k, m]) => [
+    k,
+    { name: Buffer.from(m.name), head: Buffer.from(`# HELP ${m.name} ${m.help}\n# TYPE ${m.name} ${m.type}\n`) },
+  ]),
 ) as Record<MetricKey, Family>;
 /** `,msg="<class>"} ` per message class, for trainwatch_records_total. */
 const MSG_SUFFIX = MSG_CLASSES.map((c) => Buffer.from(`,msg="${c}"} `));
@@ -430,7 +486,12 @@ export class MetricsRenderer {
     for (const rr of rows.values()) for (const st of RUN_STATES) out.add('runState', `{${rr.runLabel},state="${st}"}`, rr.run.life.state === st ? 1 : 0);
     for (const rr of rows.values()) out.add('runAttempts', rr.runOnly, rr.run.attempt);
     for (const rr of rows.values()) out.add('runRanks', rr.runOnly, rr.run.ranks.size);
-    for (const [key, field] of [['csvStep', 'step'], ['csvToks', 'toksPerS'], ['csvLoss', 'loss'], ['csvFlatline', 'throughputZero']] as const) {
+    for (const [key, field] of [
+      ['csvStep', 'step'],
+      ['csvToks', 'toksPerS'],
+      ['csvLoss', 'loss'],
+      ['csvFlatline', 'throughputZero'],
+    ] as const) {
       for (const rr of rows.values()) if (rr.run.csv) out.add(key, rr.runOnly, rr.run.csv[field]);
     }
     for (const [key, field] of THRESHOLD_GAUGES) out.add(key, '', t[field]);
@@ -455,6 +516,10 @@ export class MetricsRenderer {
     for (const [reason, n] of Object.entries(w.stats.auditErrors)) out.add('auditErrors', `{reason="${reason}"}`, n);
     out.add('auditRotations', '', w.stats.auditRotations);
     for (const [code, n] of w.stats.webhookRequests) out.add('webhookRequests', `{code="${code}"}`, n);
+    for (const [k, n] of w.stats.notifications) {
+      const [channel, result] = k.split('|');
+      out.add('notifications', `{channel="${channel}",result="${result}"}`, n);
+    }
     for (const [result, n] of w.stats.webhookAlerts) out.add('webhookAlerts', `{result="${esc(result)}"}`, n);
     if (http) {
       out.add('httpConnections', '', http.connections);

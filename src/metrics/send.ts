@@ -45,7 +45,7 @@ async function gzip(chunks: Buffer[]): Promise<Buffer> {
   z.on('data', (d: Buffer) => out.push(d));
   const ended = once(z, 'end');
   ended.catch(() => undefined); // a write's error is the one thrown; this one must not go unhandled
-  for (let i = 0; i < chunks.length; ) {
+  for (let i = 0; i < chunks.length;) {
     const group: Buffer[] = [];
     let n = 0;
     while (i < chunks.length && n < GZIP_PIECE) n += group[group.push(chunks[i++]) - 1].length;

@@ -82,7 +82,7 @@ export function parseColumns(buf: Buffer): LineColumns {
 /** Line i's outcome, exactly as parseHeartbeatLine() gave it in the worker. */
 export function outcomeAt(c: LineColumns, i: number): LineOutcome {
   const e = c.error[i];
-  const error = e === 0 ? undefined : (PARSE_ERROR_REASONS[e - 1]);
+  const error = e === 0 ? undefined : PARSE_ERROR_REASONS[e - 1];
   if (c.msg[i] === NO_RECORD) return error!;
   const v = c.values;
   const b = i * W;

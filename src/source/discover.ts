@@ -205,7 +205,8 @@ async function rootRuns(root: string, onError: (path: string, err: Error) => voi
     errors.push([path, err]);
     onError(path, err);
   });
-  if (listedAt - st.mtimeMs >= SETTLED_MS && listedAt - st.ctimeMs >= SETTLED_MS) cache.roots.set(root, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, locs, errors });
+  if (listedAt - st.mtimeMs >= SETTLED_MS && listedAt - st.ctimeMs >= SETTLED_MS)
+    cache.roots.set(root, { ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, locs, errors });
   else cache.roots.delete(root);
   return locs;
 }
@@ -218,7 +219,12 @@ async function rootRuns(root: string, onError: (path: string, err: Error) => voi
  * With a cache, a root whose entries have not changed is not listed again. Out of file
  * descriptors (EMFILE, ENFILE) throws DiscoveryRetry: the runs known so far are still there.
  */
-export async function discoverRuns(dirs: readonly string[], roots: readonly string[], onError: (path: string, err: Error) => void, cache?: DiscoveryCache): Promise<RunLocation[]> {
+export async function discoverRuns(
+  dirs: readonly string[],
+  roots: readonly string[],
+  onError: (path: string, err: Error) => void,
+  cache?: DiscoveryCache,
+): Promise<RunLocation[]> {
   const out: RunLocation[] = [];
   const seen = new Set<string>();
   const add = (loc: RunLocation | undefined) => {

@@ -216,7 +216,8 @@ export class FileTail {
   private startAtEnd: boolean;
   private retired: Retired | undefined;
   /** where a read error left the file: reopening the same file continues there */
-  private resume: { dev: number; ino: number; birth: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
+  private resume:
+    { dev: number; ino: number; birth: number; offset: number; mark: Buffer | undefined; pending: Buffer | undefined; discarding: boolean } | undefined;
   /** birth time of the open file: with no descriptor held, a deleted file's inode number is reused at once */
   private birth = 0;
   /** the descriptor was released because the file was idle (resume holds where we were) */
@@ -448,7 +449,11 @@ export class FileTail {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ELOOP') this.refuse(undefined);
       // Out of descriptors: not this file's fault, and never "gone"; the next poll retries.
-      else if (code === 'EMFILE' || code === 'ENFILE') this.reportError('read_error', `open: ${(e as Error).message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); idle files are closed, so this takes more files than the limit read at once`);
+      else if (code === 'EMFILE' || code === 'ENFILE')
+        this.reportError(
+          'read_error',
+          `open: ${(e as Error).message}. Fix: raise the open-files limit (ulimit -n, systemd LimitNOFILE); idle files are closed, so this takes more files than the limit read at once`,
+        );
       else this.reportError('read_error', `open: ${(e as Error).message}`);
       return false;
     }
@@ -545,21 +550,23 @@ export class FileTail {
   private async readFromCopy(): Promise<void> {
     const mark = this.markEnd === this.offset ? this.mark : undefined;
     const at = this.offset;
-    const copy = mark && (await this.openSibling(
-      (st) => st.size >= at && !(st.dev === this.dev && st.ino === this.ino),
-      async (fh) => {
-        const buf = Buffer.allocUnsafe(mark.length);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, at - mark.length);
-        return bytesRead === buf.length && buf.equals(mark);
-      },
-    ));
+    const copy =
+      mark &&
+      (await this.openSibling(
+        (st) => st.size >= at && !(st.dev === this.dev && st.ino === this.ino),
+        async (fh) => {
+          const buf = Buffer.allocUnsafe(mark.length);
+          const { bytesRead } = await fh.read(buf, 0, buf.length, at - mark.length);
+          return bytesRead === buf.length && buf.equals(mark);
+        },
+      ));
     if (!copy) {
       this.sink.error('copytruncate_lost', `${this.path}: truncated, and no copy of it beside it holds what we read last`);
       return;
     }
     try {
       const end = Math.min((await copy.stat()).size, at + MAX_COPY_BYTES);
-      for (let pos = at; pos < end; ) {
+      for (let pos = at; pos < end;) {
         const len = Math.min(READ_CHUNK, end - pos);
         const buf = Buffer.allocUnsafe(len);
         const n = (await copy.read(buf, 0, len, pos)).bytesRead;
@@ -690,7 +697,15 @@ export class FileTail {
   // changed reopens it (checked by dev+ino) and continues there. `idle`: released because nothing
   // happened (an unchanged file is then not even opened), not because of an error.
   private async release(idle: boolean): Promise<void> {
-    this.resume = { dev: this.dev, ino: this.ino, birth: this.birth, offset: this.offset, mark: this.markEnd === this.offset ? this.mark : undefined, pending: this.pending, discarding: this.discarding };
+    this.resume = {
+      dev: this.dev,
+      ino: this.ino,
+      birth: this.birth,
+      offset: this.offset,
+      mark: this.markEnd === this.offset ? this.mark : undefined,
+      pending: this.pending,
+      discarding: this.discarding,
+    };
     this.parked = idle;
     this.idleCount = 0;
     this.pending = undefined;

@@ -153,7 +153,8 @@ export function runStateOf(f: LifeFacts, now: number): StateOf {
       // threshold since .HALT appeared.
       const newest = newestRecordTs(f.ranks);
       const since = f.halt.since ?? now;
-      if (now - since > f.stallS && (newest === undefined || newest <= since)) return { state: 'halted', reason: `${why}; nothing written since (liveness unknown)` };
+      if (now - since > f.stallS && (newest === undefined || newest <= since))
+        return { state: 'halted', reason: `${why}; nothing written since (liveness unknown)` };
       return { state: 'halt_requested', reason: `${why}; waiting for the trainer to stop (liveness unknown)` };
     }
     return { state: 'halt_requested', reason: `${why}; the trainer still runs` };
@@ -170,6 +171,15 @@ export function runStateOf(f: LifeFacts, now: number): StateOf {
   }
   const unknown = f.liveness === 'unknown' ? ' (liveness unknown: finish and hang look alike)' : '';
   if (f.primary) return { state: 'anomalous', reason: `${f.primary.kind}${rankNote}${unknown}` };
-  if (runTrains(f.ranks)) return { state: 'training', reason: `progress from rank ${f.ranks.filter((s) => s.lastPeriodicTs !== undefined).map((s) => s.rank).sort((a, b) => a - b)[0]}${unknown}` };
+  if (runTrains(f.ranks))
+    return {
+      state: 'training',
+      reason: `progress from rank ${
+        f.ranks
+          .filter((s) => s.lastPeriodicTs !== undefined)
+          .map((s) => s.rank)
+          .sort((a, b) => a - b)[0]
+      }${unknown}`,
+    };
   return { state: 'starting', reason: `booted, no progress yet (startup grace)${unknown}` };
 }

@@ -5,7 +5,17 @@
 import type { HeartbeatRecord } from '../parse/line.js';
 
 /** The msg kinds counted separately; anything else is counted as `other` (bounded labels). */
-export const MSG_CLASSES = ['boot', 'beat', 'progress', 'step_end', 'watchdog_dump', 'run_end', 'fineweb_loader_ready', 'fineweb_loader_error', 'other'] as const;
+export const MSG_CLASSES = [
+  'boot',
+  'beat',
+  'progress',
+  'step_end',
+  'watchdog_dump',
+  'run_end',
+  'fineweb_loader_ready',
+  'fineweb_loader_error',
+  'other',
+] as const;
 export type MsgClass = (typeof MSG_CLASSES)[number];
 
 /** How many recent toks_per_s values the status page's sparkline keeps. */

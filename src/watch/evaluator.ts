@@ -170,7 +170,16 @@ export class Evaluator {
   private judge(run: Run, now: number): void {
     const p = run.primary;
     run.life = runStateOf(
-      { ranks: [...run.ranks.values()], liveness: run.liveness, halt: run.halt, primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' }, expired: run.expired, crashDetect: this.thresholds.crashDetect, stallS: this.thresholds.stallS, ackTs: run.ackTs },
+      {
+        ranks: [...run.ranks.values()],
+        liveness: run.liveness,
+        halt: run.halt,
+        primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' },
+        expired: run.expired,
+        crashDetect: this.thresholds.crashDetect,
+        stallS: this.thresholds.stallS,
+        ackTs: run.ackTs,
+      },
       now,
     );
   }
@@ -300,8 +309,9 @@ const ASYNC_CONTROL_IO: ControlIo = {
       await fh.close().catch(() => undefined);
     }
   },
-  lexists: (p) => lstat(p).then(
-    () => true,
-    () => false,
-  ),
+  lexists: (p) =>
+    lstat(p).then(
+      () => true,
+      () => false,
+    ),
 };

@@ -121,7 +121,10 @@ export class FileEvents {
     if (this.polling || this.host.isStopped()) return;
     this.polling = true;
     this.stats.pollingFallback = true;
-    this.log.warn({ err: e.message }, 'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)');
+    this.log.warn(
+      { err: e.message },
+      'inotify watches exhausted; falling back to polling. Fix: sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)',
+    );
     for (const run of this.host.runs.values()) {
       this.unwatchDir(run);
       this.busy.stopPolling(run);

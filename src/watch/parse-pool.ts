@@ -40,7 +40,10 @@ export class ParsePool {
     return new Promise<LineColumns>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
       // A Buffer may be a view into a shared pool: transfer a private copy of just its bytes.
-      const ab = bytes.byteOffset === 0 && bytes.length === bytes.buffer.byteLength ? bytes.buffer : bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length);
+      const ab =
+        bytes.byteOffset === 0 && bytes.length === bytes.buffer.byteLength
+          ? bytes.buffer
+          : bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length);
       w.postMessage({ id, bytes: ab }, [ab as ArrayBuffer]);
     });
   }

@@ -4,7 +4,8 @@ import { DEFAULT_CSV_LAYOUT, parseCsvLine, type CsvLayout } from '../parse/csv.j
 import { parseHeartbeatLine, type HeartbeatRecord, type LineOutcome, type ParseErrorReason } from '../parse/line.js';
 import { newRankState, reduce, type RankState, type ReduceParams } from '../state/rank.js';
 import { newCsvState, reduceCsv, type CsvState } from '../state/run.js';
-import type { TailSink } from '../source/tail.js';
+import type { TailErrorReason, TailSink } from '../source/tail.js';
+import { admitRank } from '../parse/rank-cap.js';
 import type { ParsePool } from './parse-pool.js';
 import type { Stats } from './stats.js';
 
@@ -21,16 +22,23 @@ abstract class CountingSink implements TailSink {
   constructor(
     protected readonly stats: Stats,
     /** told about each distinct read failure (the tail reports one per failure, not one per poll) */
-    private readonly onReadError?: (detail: string) => void,
+    private readonly onReadError?: (detail: string, reason: string) => void,
   ) {}
 
   abstract reset(): void;
   abstract line(buf: Buffer, start: number, end: number): void;
   abstract wantsMoreHistory(): boolean;
 
-  error(reason: 'line_too_long' | 'partial_line_dropped' | 'read_error', detail?: string): void {
+  error(reason: TailErrorReason, detail?: string): void {
     this.stats.parseErrors[reason]++;
-    if (reason === 'read_error') this.onReadError?.(detail ?? 'read error');
+    // Counted always; logged (once per distinct failure, the tail de-duplicates) where a person can act.
+    if (
+      reason === 'read_error' ||
+      reason === 'not_regular_file' ||
+      reason === 'copytruncate_lost' ||
+      (reason === 'sparse_skip' && detail?.includes('skipped a hole'))
+    )
+      this.onReadError?.(detail ?? reason, reason);
   }
 
   bytes(n: number): void {
@@ -80,8 +88,12 @@ export class HeartbeatSink extends CountingSink {
     private readonly table: RankTable,
     private readonly params: ReduceParams,
     stats: Stats,
-    onReadError?: (detail: string) => void,
+    onReadError?: (detail: string, reason: string) => void,
     private readonly parallel?: ParallelParse,
+    /** run.max-ranks: records of ranks past it are counted and dropped (a hostile file of 20k ranks) */
+    private readonly maxRanks = Infinity,
+    /** told once when the cap first bites */
+    private readonly onRankCap?: () => void,
   ) {
     super(stats, onReadError);
   }
@@ -214,6 +226,11 @@ export class HeartbeatSink extends CountingSink {
   private apply(r: HeartbeatRecord): void {
     let s = this.table.ranks.get(r.rank);
     if (!s) {
+      if (!admitRank(this.table.ranks, r.rank, this.maxRanks)) {
+        this.stats.parseErrors.too_many_ranks++;
+        this.onRankCap?.();
+        return;
+      }
       s = newRankState(r.rank);
       this.table.ranks.set(r.rank, s);
     }
@@ -258,7 +275,7 @@ export class CsvSink extends CountingSink {
   constructor(
     private readonly table: RankTable,
     stats: Stats,
-    onReadError?: (detail: string) => void,
+    onReadError?: (detail: string, reason: string) => void,
   ) {
     super(stats, onReadError);
   }
@@ -278,7 +295,6 @@ export class CsvSink extends CountingSink {
       this.table.touched();
     }
   }
-
 
   wantsMoreHistory(): boolean {
     const c = this.table.csv;

@@ -19,6 +19,15 @@ export class Stats {
   auditErrors: Record<AuditErrorReason, number> = Object.fromEntries(AUDIT_ERROR_REASONS.map((r) => [r, 0])) as Record<AuditErrorReason, number>;
   auditRotations = 0;
 
+  /** `channel|result` → count: notification commands and webhook deliveries */
+  notifications = new Map<string, number>();
+
+  /** Counts one notification outcome (exec or webhook: ok, failed, timeout, retry, dropped). */
+  notification(channel: string, result: string): void {
+    const k = `${channel}|${result}`;
+    this.notifications.set(k, (this.notifications.get(k) ?? 0) + 1);
+  }
+
   /** Counts one action outcome. */
   action(action: string, result: string): void {
     const k = `${action}|${result}`;

@@ -13,7 +13,8 @@ import type { Config, Thresholds } from '../config/settings.js';
 import { thresholdsOf } from '../config/settings.js';
 import type { Logger } from '../log.js';
 import { Actions } from '../actions/actions.js';
-import { DiscoveryCache, discoverRuns, listRunFiles, listRunFilesSync, roleOf } from '../source/discover.js';
+import { Notifier } from '../notify/notify.js';
+import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
 import type { ReduceParams } from '../state/rank.js';
@@ -46,6 +47,8 @@ const ROTATED_SUFFIXES = ['.gz', '.1', '.1.gz', '.old'];
 export interface WatcherOptions {
   /** the clock and timers evaluation runs on; detection itself never reads a clock */
   clock?: Clock;
+  /** never write into run directories, not even the audit log (`trainwatch status`) */
+  readOnly?: boolean;
 }
 
 /** Watches every run and keeps its state, metrics and actions current. */
@@ -56,6 +59,8 @@ export class Watcher {
   readonly stats = new Stats();
   readonly thresholds: Thresholds;
   readonly actions: Actions;
+  /** --notify.exec and --notify.webhook, when configured */
+  private readonly notifier: Notifier | undefined;
   readonly clock: Clock;
   /** judges runs and acts on the verdicts */
   readonly evaluator: Evaluator;
@@ -92,10 +97,17 @@ export class Watcher {
     this.thresholds = thresholdsOf(config);
     const coalesceMs = config['tail.event-coalesce-ms'];
     const t = this.thresholds;
-    this.params = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+    this.params = {
+      gateEntropyMin: t.gateEntropyMin,
+      gateMaxThreshold: t.gateMaxThreshold,
+      gateCollapseFrac: t.gateCollapseFrac,
+      fetchStallRatio: t.fetchStallRatio,
+      fetchWarmupN: t.fetchWarmupN,
+    };
     const minBytes = config['tail.parse-thread-bytes'];
     // The thread failing costs speed only: its batches are parsed here from the same bytes.
-    const pool = minBytes > 0 ? new ParsePool((detail) => this.log.warn({ detail }, 'the parse thread failed; parsing on the main thread from now on')) : undefined;
+    const pool =
+      minBytes > 0 ? new ParsePool((detail) => this.log.warn({ detail }, 'the parse thread failed; parsing on the main thread from now on')) : undefined;
     this.parallel = pool && { pool, minBytes };
     this.actions = new Actions({
       halt: config.halt,
@@ -106,7 +118,19 @@ export class Watcher {
       autoClearHalt: config['watch.auto-clear-halt'],
       log,
       stats: this.stats,
+      readOnly: opts.readOnly,
+      onEpisode: (e) => this.notifier?.episode(e),
     });
+    const notifier = opts.readOnly
+      ? undefined
+      : new Notifier(
+          config,
+          log,
+          this.stats,
+          () => this.actions,
+          (real) => this.runs.get(real)?.life.state,
+        );
+    this.notifier = notifier?.enabled ? notifier : undefined;
     const host = {
       runs: this.runs,
       byDir: this.byDir,
@@ -161,6 +185,7 @@ export class Watcher {
   /** Stops timers, file events and tails. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.notifier?.stop();
     clearInterval(this.sweepTimer);
     clearInterval(this.evalTimer);
     await this.busy.stop();
@@ -216,12 +241,43 @@ export class Watcher {
     // system whose directory times do not move).
     const events = this.started && !this.events.polling;
     if (seq % SWEEP_PASS === 0) this.discovery.clear();
-    const locs = await discoverRuns(
-      this.config.dir,
-      this.config.root,
-      (path, err) => this.warnOnce(`dir:${path}`, err.message, { path }, /symlink loop|ELOOP/.test(err.message) ? 'skipping directory: symlink loop' : 'cannot read directory; check its permissions'),
-      events ? this.discovery : undefined,
-    );
+    let locs;
+    try {
+      locs = await discoverRuns(
+        this.config.dir,
+        this.config.root,
+        (path, err) => {
+          if (err instanceof RunNameNotUtf8 && !this.warned.has(`dir:${path}`)) this.stats.parseErrors.run_name_not_utf8++;
+          this.warnOnce(
+            `dir:${path}`,
+            err.message,
+            { path },
+            err instanceof RunNameNotUtf8
+              ? 'run directory skipped: its name is not UTF-8'
+              : /symlink loop|ELOOP/.test(err.message)
+                ? 'skipping directory: symlink loop'
+                : 'cannot read directory; check its permissions',
+          );
+        },
+        events ? this.discovery : undefined,
+      );
+    } catch (e) {
+      if (!(e instanceof DiscoveryRetry)) throw e;
+      // Out of descriptors (EMFILE/ENFILE) is not "every run is gone": keep the runs we have,
+      // read them, and list the roots again next sweep.
+      this.warnOnce(
+        'discovery:retry',
+        e.message,
+        { path: e.path },
+        'cannot list run directories now; the runs already watched go on being read. Retrying at the next sweep',
+      );
+      locs = undefined;
+    }
+    if (locs === undefined) {
+      await Promise.all([...this.runs.values()].map((run) => this.sweepRun(run).catch(() => undefined)));
+      return;
+    }
+    this.warned.delete('discovery:retry');
     const seen = new Set<string>();
     const names = nameApart(locs);
     for (const loc of locs) {
@@ -360,8 +416,25 @@ export class Watcher {
   addTail(run: Run, name: string): FileTail {
     const role = roleOf(name);
     const file = join(run.dir, name);
-    const onReadError = (err: string) => this.log.warn({ run: run.name, file, err }, `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`);
-    const sink = role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel);
+    const onReadError = (err: string, reason: string) =>
+      this.log.warn(
+        { run: run.name, file, err, reason },
+        reason === 'read_error'
+          ? `cannot read file; check its permissions (trainwatch runs as uid ${process.getuid?.() ?? '?'}). Retrying at every sweep`
+          : `file problem (${reason}); see the error for the fix`,
+      );
+    const maxRanks = this.config['run.max-ranks'];
+    const onRankCap = () =>
+      this.warnOnce(
+        `ranks:${run.dir}`,
+        'cap',
+        { run: run.name, max: maxRanks },
+        `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`,
+      );
+    const sink =
+      role === 'csv'
+        ? new CsvSink(run, this.stats, onReadError)
+        : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
@@ -416,7 +489,6 @@ export class Watcher {
     for (const r of this.runs.values()) for (const t of r.tails.values()) if (t.isOpen) n++;
     return n;
   }
-
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -427,4 +499,3 @@ async function exists(p: string): Promise<boolean> {
     return false;
   }
 }
-

@@ -9,7 +9,20 @@ import { join } from 'node:path';
 import { pyJson, scrape, startSimTrainer, startTrainwatch, teardown, tmpDir, waitFor, type SimTrainer, type TrainwatchProc } from '../helpers/proc.js';
 
 const STALL_S = 3;
-const TW = ['--halt', '1', '--watch.heartbeat-stall-s', String(STALL_S), '--watch.startup-grace-s', '8', '--watch.flatline-n', '3', '--watch.interval-s', '0.5', '--tail.sweep-interval-s', '0.5'];
+const TW = [
+  '--halt',
+  '1',
+  '--watch.heartbeat-stall-s',
+  String(STALL_S),
+  '--watch.startup-grace-s',
+  '8',
+  '--watch.flatline-n',
+  '3',
+  '--watch.interval-s',
+  '0.5',
+  '--tail.sweep-interval-s',
+  '0.5',
+];
 /** The trainer's own watchdog, scaled from 30 s / 180 s; progress every 5 steps of 50 ms. */
 const SIM = ['--step-s', '0.05', '--log-every', '5', '--wd-check-s', '0.3', '--wd-stall-s', '1', '--quiet'];
 
@@ -31,9 +44,18 @@ interface Status {
 const status = async (tw: TrainwatchProc): Promise<Status> => (await (await fetch(`${tw.url}/api/status`)).json()) as Status;
 const runOf = async (tw: TrainwatchProc, name: string) => (await status(tw)).runs.find((r) => r.run === name);
 const read = (dir: string, f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : undefined);
-const audit = (dir: string) => (read(dir, '.trainwatch-audit.jsonl') ?? '').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+const audit = (dir: string) =>
+  (read(dir, '.trainwatch-audit.jsonl') ?? '')
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 const records = (dir: string, rank: number) =>
-  (read(dir, `heartbeat_rank${rank}.jsonl`) ?? '').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as { ts: number; msg: string; step: number; pid: number });
+  (read(dir, `heartbeat_rank${rank}.jsonl`) ?? '')
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as { ts: number; msg: string; step: number; pid: number });
 const lastCsvStep = (dir: string) => Number((read(dir, 'training.csv') ?? '').trim().split('\n').pop()!.split(',')[0]);
 
 /** A temp root, trainwatch on it, and a way to start trainers that are killed at the end. */
@@ -89,7 +111,11 @@ describe('hangs halt the run at the threshold', { concurrency: 2 }, () => {
     await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
     assert.equal('heartbeat_stall\n', read(dir, '.anomaly_type'));
     assert.equal('halt: heartbeat_stall\n', read(dir, '.HALT'));
-    const lastLive = Math.max(...records(dir, 0).filter((x) => x.msg !== 'watchdog_dump').map((x) => x.ts));
+    const lastLive = Math.max(
+      ...records(dir, 0)
+        .filter((x) => x.msg !== 'watchdog_dump')
+        .map((x) => x.ts),
+    );
     assert.equal(true, statSync(join(dir, '.HALT')).mtimeMs / 1000 >= lastLive + STALL_S - 0.05, 'halted before the threshold');
     const run = await runOf(tw, 'run');
     assert.equal('halt_requested', run?.state);
@@ -118,10 +144,15 @@ test('a run that finishes normally has no .HALT two stall thresholds after its e
   assert.equal(0, await done.exited);
   const end = Math.max(...records(dir, 0).map((x) => x.ts));
   await waitFor(() => read(join(root, 'control'), '.HALT'), 'the control run halted', 30_000);
-  const run = await waitFor(async () => {
-    const s = await status(tw);
-    return s.now >= end + 2 * STALL_S ? s.runs.find((r) => r.run === 'done') : undefined;
-  }, 'two thresholds past the end', 30_000, 200);
+  const run = await waitFor(
+    async () => {
+      const s = await status(tw);
+      return s.now >= end + 2 * STALL_S ? s.runs.find((r) => r.run === 'done') : undefined;
+    },
+    'two thresholds past the end',
+    30_000,
+    200,
+  );
   assert.equal('finished', run.state);
   assert.equal(undefined, read(dir, '.HALT'));
   assert.equal(undefined, read(dir, '.anomaly_type'));
@@ -142,7 +173,11 @@ test('halt, clear as the runbook says, resume in the same directory: the new tra
   rmSync(join(dir, '.sim_stopped_rank0'));
   const resumed = sim(dir, ['--ranks', '2', '--steps', '100']);
   assert.equal(0, await resumed.exited, resumed.output());
-  assert.equal(false, existsSync(join(dir, '.sim_stopped_rank0')), `the resumed trainer was halted: ${read(dir, '.HALT')}${read(dir, '.trainwatch-audit.jsonl')}`);
+  assert.equal(
+    false,
+    existsSync(join(dir, '.sim_stopped_rank0')),
+    `the resumed trainer was halted: ${read(dir, '.HALT')}${read(dir, '.trainwatch-audit.jsonl')}`,
+  );
   assert.equal(100, lastCsvStep(dir));
   const run = await waitFor(async () => {
     const run = await runOf(tw, 'run');
@@ -178,12 +213,21 @@ test('with watch.auto-clear-halt, trainwatch removes its own .HALT once the trai
   const first = sim(dir, ['--ranks', '2', '--fault', 'throughput_flatline', '--fault-at', '20']);
   assert.equal(0, await first.exited);
   await waitFor(() => audit(dir).some((e) => e.action === 'halt_cleared'), 'trainwatch to remove its .HALT');
-  assert.deepEqual(['ok'], audit(dir).filter((e) => e.action === 'halt_cleared').map((e) => e.result));
+  assert.deepEqual(
+    ['ok'],
+    audit(dir)
+      .filter((e) => e.action === 'halt_cleared')
+      .map((e) => e.result),
+  );
   assert.equal(false, existsSync(join(dir, '.HALT')));
   rmSync(join(dir, '.sim_stopped_rank0'));
   const restarted = sim(dir, ['--ranks', '2', '--steps', '80']);
   assert.equal(0, await restarted.exited);
-  assert.equal(false, existsSync(join(dir, '.sim_stopped_rank0')), `the restarted trainer was halted: ${read(dir, '.HALT')}${read(dir, '.trainwatch-audit.jsonl')}`);
+  assert.equal(
+    false,
+    existsSync(join(dir, '.sim_stopped_rank0')),
+    `the restarted trainer was halted: ${read(dir, '.HALT')}${read(dir, '.trainwatch-audit.jsonl')}`,
+  );
   assert.equal(80, lastCsvStep(dir));
   await waitFor(async () => (await runOf(tw, 'run'))?.state === 'finished', 'the restarted run to be finished');
 });
@@ -268,7 +312,19 @@ test('two anomalies in one batch: .anomaly_type, .anomaly.json and .HALT agree o
   const tw = await startTrainwatch(['--root', d.path, ...TW]);
   later(() => tw.stop());
   const file = join(dir, 'heartbeat_rank0.jsonl');
-  const rec = (step: number, extra: Record<string, unknown>) => pyJson({ ts: Date.now() / 1000, pid: process.pid, rank: 0, step, msg: 'progress', loss: 3 - step / 100, toks_per_s: 1000, grad_norm: 1, dt_fetch_s: 0.01, ...extra }) + '\n';
+  const rec = (step: number, extra: Record<string, unknown>) =>
+    pyJson({
+      ts: Date.now() / 1000,
+      pid: process.pid,
+      rank: 0,
+      step,
+      msg: 'progress',
+      loss: 3 - step / 100,
+      toks_per_s: 1000,
+      grad_norm: 1,
+      dt_fetch_s: 0.01,
+      ...extra,
+    }) + '\n';
   appendFileSync(file, pyJson({ ts: Date.now() / 1000, pid: process.pid, rank: 0, step: 0, msg: 'boot', phase: 'start' }) + '\n');
   let lines = '';
   for (let s = 1; s <= 20; s++) lines += rec(s, {});
@@ -284,21 +340,36 @@ test('two anomalies in one batch: .anomaly_type, .anomaly.json and .HALT agree o
   assert.equal('nonfinite_loss', (await runOf(tw, 'run'))?.primary?.kind);
 });
 
-test('escalation ends a hung trainer that ignores SIGTERM: SIGUSR1, SIGTERM, then SIGKILL, and the audit says the process exited', { timeout: 90_000 }, async (t) => {
-  const { root, sim } = await setup(t, ['--watch.escalate-s', '1', '--watch.escalate-term-s', '1', '--watch.escalate-kill-s', '1']);
-  const dir = join(root, 'run');
-  const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30']);
-  await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
-  assert.notEqual(0, await s.exited); // killed
-  const pids = [...new Set([0, 1].map((r) => records(dir, r)[0].pid))];
-  const exits = await waitFor(() => {
-    const exits = audit(dir).filter((e) => String(e.action).startsWith('exit:'));
-    return exits.length === pids.length ? exits : undefined;
-  }, 'every rank seen gone');
-  assert.deepEqual(pids.map(() => 'exited'), exits.map((e) => e.result));
-  // SIGTERM only made the ranks dump their stacks and run on; SIGKILL ended them.
-  const sent = audit(dir).filter((e) => e.signal && e.result === 'sent').map((e) => e.signal);
-  assert.deepEqual(['SIGKILL', 'SIGTERM', 'SIGUSR1'], [...new Set(sent)].sort());
-  assert.equal(true, readdirSync(dir).some((f) => f.startsWith('stackdump_')));
-  assert.equal(true, exits.some((e) => e.signal === 'SIGKILL'));
-});
+test(
+  'escalation ends a hung trainer that ignores SIGTERM: SIGUSR1, SIGTERM, then SIGKILL, and the audit says the process exited',
+  { timeout: 90_000 },
+  async (t) => {
+    const { root, sim } = await setup(t, ['--watch.escalate-s', '1', '--watch.escalate-term-s', '1', '--watch.escalate-kill-s', '1']);
+    const dir = join(root, 'run');
+    const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30']);
+    await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
+    assert.notEqual(0, await s.exited); // killed
+    const pids = [...new Set([0, 1].map((r) => records(dir, r)[0].pid))];
+    const exits = await waitFor(() => {
+      const exits = audit(dir).filter((e) => String(e.action).startsWith('exit:'));
+      return exits.length === pids.length ? exits : undefined;
+    }, 'every rank seen gone');
+    assert.deepEqual(
+      pids.map(() => 'exited'),
+      exits.map((e) => e.result),
+    );
+    // SIGTERM only made the ranks dump their stacks and run on; SIGKILL ended them.
+    const sent = audit(dir)
+      .filter((e) => e.signal && e.result === 'sent')
+      .map((e) => e.signal);
+    assert.deepEqual(['SIGKILL', 'SIGTERM', 'SIGUSR1'], [...new Set(sent)].sort());
+    assert.equal(
+      true,
+      readdirSync(dir).some((f) => f.startsWith('stackdump_')),
+    );
+    assert.equal(
+      true,
+      exits.some((e) => e.signal === 'SIGKILL'),
+    );
+  },
+);

@@ -26,30 +26,58 @@ type Gen = { bytes: Buffer; expect: Expect; rank?: number; step?: number };
 const num = fc.oneof(fc.double(), fc.constantFrom(NaN, Infinity, -Infinity, 1e308, -1e308, 5e-324, 0, -0), fc.integer());
 const str = fc.oneof(fc.string(), fc.constantFrom('NaN', 'Infinity', '-Infinity', 'say "NaN"', '\\', '\u2028', '{"ts": 1}'));
 const fields = {
-    ts: fc.double({ min: 0, max: 4e9, noNaN: true }),
-    rank: fc.integer({ min: 0, max: 4096 }),
-    step: fc.integer({ min: 0, max: 2 ** 40 }),
-    msg: fc.constantFrom('progress', 'beat', 'boot', 'step_end', 'watchdog_dump', 'fineweb_loader_ready', 'weird_new_kind'),
-    loss: num,
-    toks_per_s: num,
-    grad_norm: num,
-    dt_fetch_s: num,
-    note: str,
+  ts: fc.double({ min: 0, max: 4e9, noNaN: true }),
+  rank: fc.integer({ min: 0, max: 4096 }),
+  step: fc.integer({ min: 0, max: 2 ** 40 }),
+  msg: fc.constantFrom('progress', 'beat', 'boot', 'step_end', 'watchdog_dump', 'fineweb_loader_ready', 'weird_new_kind'),
+  loss: num,
+  toks_per_s: num,
+  grad_norm: num,
+  dt_fetch_s: num,
+  note: str,
 };
-const toGen = (r: { rank: number; step: number }): Gen => ({ bytes: Buffer.from(pyJson(r) + (r.rank % 7 === 0 ? '\r' : '')), expect: 'record', rank: r.rank, step: r.step });
+const toGen = (r: { rank: number; step: number }): Gen => ({
+  bytes: Buffer.from(pyJson(r) + (r.rank % 7 === 0 ? '\r' : '')),
+  expect: 'record',
+  rank: r.rank,
+  step: r.step,
+});
 const validRecord = fc.record({ ...fields, nested: fc.jsonValue({ maxDepth: 3 }) }).map(toGen);
 // Without nested objects: the record's only "{\"" is its first (strings escape their quotes).
 const flatRecord = fc.record(fields).map(toGen);
-const truncated = validRecord.chain((g) => fc.integer({ min: 1, max: Math.max(1, g.bytes.length - 2) }).map((n): Gen => ({ bytes: g.bytes.subarray(0, n), expect: 'error' })));
+const truncated = validRecord.chain((g) =>
+  fc.integer({ min: 1, max: Math.max(1, g.bytes.length - 2) }).map((n): Gen => ({ bytes: g.bytes.subarray(0, n), expect: 'error' })),
+);
 // A writer killed mid-line, then the next record appended onto its fragment: the record is salvaged.
 const glued = fc.tuple(truncated, flatRecord).map(([frag, g]): Gen => ({ ...g, bytes: Buffer.concat([frag.bytes, g.bytes]), expect: 'salvage' }));
 const garbage = fc.uint8Array({ minLength: 1, maxLength: 200 }).map((a): Gen => ({ bytes: Buffer.from(a.filter((b) => b !== 10)), expect: 'any' }));
-const deep = fc.integer({ min: 1, max: 20000 }).map((n): Gen => ({ bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`), expect: 'record', rank: 0, step: 1 }));
+const deep = fc.integer({ min: 1, max: 20000 }).map((n): Gen => ({
+  bytes: Buffer.from(`{"ts": 1, "rank": 0, "step": 1, "msg": "x", "d": ${'['.repeat(n)}${']'.repeat(n)}}`),
+  expect: 'record',
+  rank: 0,
+  step: 1,
+}));
 // 1e300 is a finite ts (a record), 1e309 is not (bad_field_type).
-const hugeNumber = fc.integer({ min: 300, max: 5000 }).map((n): Gen => ({ bytes: Buffer.from(`{"ts": 1${'0'.repeat(n)}, "rank": 0, "step": 1}`), expect: 'any' }));
-const badUtf8 = validRecord.map((g): Gen => ({ bytes: Buffer.concat([g.bytes.subarray(0, g.bytes.length - 1), Buffer.from([0xc3, 0x28]), g.bytes.subarray(g.bytes.length - 1)]), expect: 'error' }));
-const missing = fc.constantFrom('{"rank": 0, "step": 1}', '{"ts": 1, "step": 1}', '{"ts": NaN, "rank": 0, "step": 1}', '[NaN]', 'NaN', '"NaN"', '{}', 'null').map((s): Gen => ({ bytes: Buffer.from(s), expect: 'error' }));
-const line = fc.oneof({ weight: 10, arbitrary: validRecord }, { weight: 2, arbitrary: truncated }, { weight: 2, arbitrary: glued }, { weight: 2, arbitrary: garbage }, { weight: 1, arbitrary: deep }, { weight: 1, arbitrary: hugeNumber }, { weight: 2, arbitrary: badUtf8 }, { weight: 2, arbitrary: missing });
+const hugeNumber = fc
+  .integer({ min: 300, max: 5000 })
+  .map((n): Gen => ({ bytes: Buffer.from(`{"ts": 1${'0'.repeat(n)}, "rank": 0, "step": 1}`), expect: 'any' }));
+const badUtf8 = validRecord.map((g): Gen => ({
+  bytes: Buffer.concat([g.bytes.subarray(0, g.bytes.length - 1), Buffer.from([0xc3, 0x28]), g.bytes.subarray(g.bytes.length - 1)]),
+  expect: 'error',
+}));
+const missing = fc
+  .constantFrom('{"rank": 0, "step": 1}', '{"ts": 1, "step": 1}', '{"ts": NaN, "rank": 0, "step": 1}', '[NaN]', 'NaN', '"NaN"', '{}', 'null')
+  .map((s): Gen => ({ bytes: Buffer.from(s), expect: 'error' }));
+const line = fc.oneof(
+  { weight: 10, arbitrary: validRecord },
+  { weight: 2, arbitrary: truncated },
+  { weight: 2, arbitrary: glued },
+  { weight: 2, arbitrary: garbage },
+  { weight: 1, arbitrary: deep },
+  { weight: 1, arbitrary: hugeNumber },
+  { weight: 2, arbitrary: badUtf8 },
+  { weight: 2, arbitrary: missing },
+);
 
 /** Checks one line's outcome against what its generator meant; returns [records, errors] it adds. */
 function check(g: Gen, o: LineOutcome): [number, number] {
@@ -73,52 +101,56 @@ function check(g: Gen, o: LineOutcome): [number, number] {
 
 const SEED = Number(process.env.TRAINWATCH_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
-test(`${BATCHES * PER_BATCH} generated lines: no throw, each line one outcome (records + errors = lines + salvaged), every valid and every glued record read`, { timeout: 3_600_000 }, (t) => {
-  t.diagnostic(`seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz`);
-  const stats = new Stats();
-  const ranks = new Map<number, RankState>();
-  const table: RankTable = { ranks, touched: () => undefined };
-  const sink = new HeartbeatSink(table, { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 }, stats);
-  let lines = 0;
-  let valid = 0;
-  let salvaged = 0;
-  let records = 0;
-  try {
-    fc.assert(
-      fc.property(fc.array(line, { minLength: PER_BATCH, maxLength: PER_BATCH }), (batch) => {
-        const before = countRecords(ranks);
-        const errorsBefore = totalErrors(stats);
-        let wantRecords = 0;
-        let wantErrors = 0;
-        for (const g of batch) {
-          const buf = Buffer.concat([Buffer.from('xx'), g.bytes, Buffer.from('\n')]);
-          // What the pure parser makes of the line, checked against what the generator meant...
-          const [r, e] = check(g, parseHeartbeatLine(buf, 2, buf.length - 1));
-          wantRecords += r;
-          wantErrors += e;
-          if (r && e) salvaged++;
-          // ...and the sink, fed the same bytes, counts exactly that.
-          sink.line(buf, 2, buf.length - 1);
-          if (g.expect === 'record') valid++;
-        }
-        const got = countRecords(ranks) - before;
-        const errs = totalErrors(stats) - errorsBefore;
-        lines += batch.length;
-        records += got;
-        assert.deepEqual([wantRecords, wantErrors], [got, errs], 'records and errors the sink counted vs. the lines\' outcomes');
-      }),
-      { numRuns: BATCHES, seed: SEED },
-    );
-  } catch (e) {
-    throw new Error(`fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${(e as Error).message}`);
-  }
-  assert.equal(BATCHES * PER_BATCH, lines);
-  assert.equal(lines, stats.linesRead);
-  assert.equal(lines + salvaged, records + totalErrors(stats), 'records + errors = lines + salvaged lines');
-  assert.equal(true, valid > lines / 2);
-  assert.equal(true, salvaged >= lines / 20, `only ${salvaged} salvaged lines: the glued generator is not reaching salvage`);
-  for (const s of ranks.values()) assert.equal(true, s.toksHistory.length <= 40);
-});
+test(
+  `${BATCHES * PER_BATCH} generated lines: no throw, each line one outcome (records + errors = lines + salvaged), every valid and every glued record read`,
+  { timeout: 3_600_000 },
+  (t) => {
+    t.diagnostic(`seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz`);
+    const stats = new Stats();
+    const ranks = new Map<number, RankState>();
+    const table: RankTable = { ranks, touched: () => undefined };
+    const sink = new HeartbeatSink(table, { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 }, stats);
+    let lines = 0;
+    let valid = 0;
+    let salvaged = 0;
+    let records = 0;
+    try {
+      fc.assert(
+        fc.property(fc.array(line, { minLength: PER_BATCH, maxLength: PER_BATCH }), (batch) => {
+          const before = countRecords(ranks);
+          const errorsBefore = totalErrors(stats);
+          let wantRecords = 0;
+          let wantErrors = 0;
+          for (const g of batch) {
+            const buf = Buffer.concat([Buffer.from('xx'), g.bytes, Buffer.from('\n')]);
+            // What the pure parser makes of the line, checked against what the generator meant...
+            const [r, e] = check(g, parseHeartbeatLine(buf, 2, buf.length - 1));
+            wantRecords += r;
+            wantErrors += e;
+            if (r && e) salvaged++;
+            // ...and the sink, fed the same bytes, counts exactly that.
+            sink.line(buf, 2, buf.length - 1);
+            if (g.expect === 'record') valid++;
+          }
+          const got = countRecords(ranks) - before;
+          const errs = totalErrors(stats) - errorsBefore;
+          lines += batch.length;
+          records += got;
+          assert.deepEqual([wantRecords, wantErrors], [got, errs], "records and errors the sink counted vs. the lines' outcomes");
+        }),
+        { numRuns: BATCHES, seed: SEED },
+      );
+    } catch (e) {
+      throw new Error(`fuzz failed with seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz\n${(e as Error).message}`);
+    }
+    assert.equal(BATCHES * PER_BATCH, lines);
+    assert.equal(lines, stats.linesRead);
+    assert.equal(lines + salvaged, records + totalErrors(stats), 'records + errors = lines + salvaged lines');
+    assert.equal(true, valid > lines / 2);
+    assert.equal(true, salvaged >= lines / 20, `only ${salvaged} salvaged lines: the glued generator is not reaching salvage`);
+    for (const s of ranks.values()) assert.equal(true, s.toksHistory.length <= 40);
+  },
+);
 
 function countRecords(ranks: Map<number, RankState>): number {
   let n = 0;

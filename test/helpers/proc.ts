@@ -58,7 +58,10 @@ export async function waitFor<T>(cond: () => T | Promise<T>, what: string, timeo
 /** Fails with the install command when a needed binary is missing (never skips). */
 export function requireBinary(bin: string, debPackage: string): string {
   const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${bin} is not installed. Fix: apt-get update && apt-get install -y --no-install-recommends ${debPackage} (npm test does this when run as root)`);
+  if (r.status !== 0)
+    throw new Error(
+      `${bin} is not installed. Fix: apt-get update && apt-get install -y --no-install-recommends ${debPackage} (npm test does this when run as root)`,
+    );
   return r.stdout.trim();
 }
 
@@ -72,10 +75,11 @@ export interface TrainwatchProc {
 }
 
 /** Starts the real trainwatch CLI on a free port and waits until it serves. */
-export async function startTrainwatch(args: string[], env: Record<string, string> = {}): Promise<TrainwatchProc> {
+export async function startTrainwatch(args: string[], env: Record<string, string> = {}, cwd?: string): Promise<TrainwatchProc> {
   const port = await freePort();
   const proc = spawn(process.execPath, [BIN, '--web.listen-address', `127.0.0.1:${port}`, '--log.level', 'debug', ...args], {
     env: { ...process.env, ...env },
+    cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -83,14 +87,11 @@ export async function startTrainwatch(args: string[], env: Record<string, string
   proc.stderr.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   const url = `http://127.0.0.1:${port}`;
-  await waitFor(
-    async () => {
-      if (proc.exitCode !== null) throw new Error(`trainwatch exited with ${proc.exitCode}:\n${out}`);
-      const r = await fetch(`${url}/readyz`);
-      return r.ok;
-    },
-    'trainwatch to become ready',
-  ).catch((e) => {
+  await waitFor(async () => {
+    if (proc.exitCode !== null) throw new Error(`trainwatch exited with ${proc.exitCode}:\n${out}`);
+    const r = await fetch(`${url}/readyz`);
+    return r.ok;
+  }, 'trainwatch to become ready').catch((e) => {
     proc.kill('SIGKILL');
     throw new Error(`${(e as Error).message}\n--- trainwatch output ---\n${out}`);
   });

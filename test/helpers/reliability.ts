@@ -130,10 +130,14 @@ export function nonZeroParseErrors(m: Map<string, number>): Record<string, numbe
 
 /** Scrapes until `pred` holds; returns that scrape. */
 export async function scrapeUntil(url: string, pred: (m: Map<string, number>) => boolean, what: string, timeoutMs = 30_000): Promise<Map<string, number>> {
-  return waitFor(async () => {
-    const m = await scrape(url);
-    return pred(m) ? m : undefined;
-  }, what, timeoutMs);
+  return waitFor(
+    async () => {
+      const m = await scrape(url);
+      return pred(m) ? m : undefined;
+    },
+    what,
+    timeoutMs,
+  );
 }
 
 /** The run that sweepsPassed writes into. */
@@ -242,7 +246,9 @@ print(written, late_writes, flush=True)
  */
 export function startWriter(t: T, path: string, rank: number, first: number, n: number, perS: number, gapMs = 0): Writer {
   requireBinary('python3', 'python3');
-  const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS), String(gapMs / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('python3', ['-c', WRITER_PY, path, String(rank), String(first), String(n), String(perS), String(gapMs / 1000)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));

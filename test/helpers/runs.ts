@@ -31,7 +31,13 @@ export function writeRuns(root: string, livePid: number): Record<string, number>
     const boot = { ts: o.t0, step: 0, msg: 'boot', phase: 'start', ...pid };
     const n = o.n ?? 0;
     const progress = Array.from({ length: n }, (_, i) => ({
-      ts: o.t0 + ((o.t1! - o.t0) * (i + 1)) / n, step: 10 * (i + 1), msg: 'progress', loss: o.loss ? o.loss(i) : 3 - i / 100, toks_per_s: 40000 + 100 * i, grad_norm: 1, ...pid,
+      ts: o.t0 + ((o.t1! - o.t0) * (i + 1)) / n,
+      step: 10 * (i + 1),
+      msg: 'progress',
+      loss: o.loss ? o.loss(i) : 3 - i / 100,
+      toks_per_s: 40000 + 100 * i,
+      grad_norm: 1,
+      ...pid,
     }));
     write(name, 0, [boot, ...progress]);
     write(name, 1, [{ ...boot, rank: 1 }]);

@@ -58,7 +58,13 @@ export async function startPrometheus(configYaml: string, extraFiles: Record<str
   const port = await freePort();
   const svc = await launch(
     bin,
-    [`--config.file=${join(t.path, 'prometheus.yml')}`, `--storage.tsdb.path=${join(t.path, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--web.enable-lifecycle', '--log.level=warn'],
+    [
+      `--config.file=${join(t.path, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(t.path, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--web.enable-lifecycle',
+      '--log.level=warn',
+    ],
     `http://127.0.0.1:${port}/-/ready`,
     t.cleanup,
   );
@@ -68,13 +74,20 @@ export async function startPrometheus(configYaml: string, extraFiles: Record<str
 /** Runs an instant PromQL query; returns the result vector. */
 export async function promQuery(promUrl: string, expr: string): Promise<Array<{ metric: Record<string, string>; value: [number, string] }>> {
   const r = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`);
-  const body = (await r.json()) as { status: string; error?: string; data?: { resultType: string; result: Array<{ metric: Record<string, string>; value: [number, string] }> } };
+  const body = (await r.json()) as {
+    status: string;
+    error?: string;
+    data?: { resultType: string; result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+  };
   if (body.status !== 'success') throw new Error(`query ${expr} failed: ${body.error}`);
   return body.data!.resultType === 'vector' ? body.data!.result : [];
 }
 
 /** Starts one Alertmanager replica; `peers` are other replicas' cluster addresses. */
-export async function startAlertmanager(configYaml: string, opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string>; peerTimeout?: string } = {}): Promise<Service & { clusterAddress: string; dir: string }> {
+export async function startAlertmanager(
+  configYaml: string,
+  opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string>; peerTimeout?: string } = {},
+): Promise<Service & { clusterAddress: string; dir: string }> {
   const bin = requireBinary('prometheus-alertmanager', 'prometheus-alertmanager');
   const t = tmpDir('tw-am-');
   for (const [name, text] of Object.entries(opts.extraFiles ?? {})) writeFileSync(join(t.path, name), text);

@@ -34,7 +34,10 @@ function writeRun(dir: string, ranks: number): void {
   const now = Date.now() / 1000;
   for (let rank = 0; rank < ranks; rank++) {
     for (let step = 1; step <= 3; step++) {
-      appendFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), pyJson({ ts: now - 5 + step, pid: 4242 + rank, rank, step, msg: 'progress', loss: 2.5 - step / 10, toks_per_s: 1000, grad_norm: 1 }) + '\n');
+      appendFileSync(
+        join(dir, `heartbeat_rank${rank}.jsonl`),
+        pyJson({ ts: now - 5 + step, pid: 4242 + rank, rank, step, msg: 'progress', loss: 2.5 - step / 10, toks_per_s: 1000, grad_norm: 1 }) + '\n',
+      );
     }
   }
 }

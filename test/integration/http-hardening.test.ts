@@ -14,8 +14,26 @@ import { BIN, freePort, parseExposition, pyJson, requireBinary, scrape, startTra
 
 function payload(run: string) {
   return {
-    version: '4', groupKey: '{}:{alertname="x"}', truncatedAlerts: 0, status: 'firing', receiver: 'trainwatch', groupLabels: {}, commonLabels: {}, commonAnnotations: {}, externalURL: 'http://am',
-    alerts: [{ status: 'firing', labels: { alertname: 'TrainingHeartbeatStalled', run, rank: '0', anomaly_type: 'heartbeat_stall', halt: 'true' }, annotations: {}, startsAt: '2026-11-28T10:00:00Z', endsAt: '0001-01-01T00:00:00Z', generatorURL: '', fingerprint: 'fp1' }],
+    version: '4',
+    groupKey: '{}:{alertname="x"}',
+    truncatedAlerts: 0,
+    status: 'firing',
+    receiver: 'trainwatch',
+    groupLabels: {},
+    commonLabels: {},
+    commonAnnotations: {},
+    externalURL: 'http://am',
+    alerts: [
+      {
+        status: 'firing',
+        labels: { alertname: 'TrainingHeartbeatStalled', run, rank: '0', anomaly_type: 'heartbeat_stall', halt: 'true' },
+        annotations: {},
+        startsAt: '2026-11-28T10:00:00Z',
+        endsAt: '0001-01-01T00:00:00Z',
+        generatorURL: '',
+        fingerprint: 'fp1',
+      },
+    ],
   };
 }
 
@@ -35,7 +53,13 @@ test('a cross-site form post (text/plain) or a post without a Content-Type gets 
   const { run, tw } = await webhookSetup(t, ['--webhook.allow-unauthenticated']);
   const body = JSON.stringify(payload('exp1'));
   // What <form enctype="text/plain"> and fetch(no-cors) with a string body send.
-  const types: Array<Record<string, string>> = [{ 'content-type': 'text/plain' }, { 'content-type': 'application/x-www-form-urlencoded' }, { 'content-type': 'multipart/form-data; boundary=x' }, { 'content-type': 'application/json; foo=bar' }, {}];
+  const types: Array<Record<string, string>> = [
+    { 'content-type': 'text/plain' },
+    { 'content-type': 'application/x-www-form-urlencoded' },
+    { 'content-type': 'multipart/form-data; boundary=x' },
+    { 'content-type': 'application/json; foo=bar' },
+    {},
+  ];
   for (const headers of types) {
     const res = await fetch(`${tw.url}/webhook/alertmanager`, { method: 'POST', headers, body: new Blob([body]) });
     const got = (await res.json()) as { error: string };
@@ -52,8 +76,19 @@ test('a cross-site form post (text/plain) or a post without a Content-Type gets 
 
 test('a browser post from another origin gets 403 even as JSON; the same origin and no Origin (Alertmanager) are accepted', async (t) => {
   const { run, tw } = await webhookSetup(t, ['--webhook.allow-unauthenticated']);
-  const send = (headers: Record<string, string>) => fetch(`${tw.url}/webhook/alertmanager`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(payload('exp1')) });
-  const hostile: Array<Record<string, string>> = [{ origin: 'http://evil.example' }, { origin: 'null' }, { origin: `https://127.0.0.1:${tw.port}` }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }];
+  const send = (headers: Record<string, string>) =>
+    fetch(`${tw.url}/webhook/alertmanager`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: JSON.stringify(payload('exp1')),
+    });
+  const hostile: Array<Record<string, string>> = [
+    { origin: 'http://evil.example' },
+    { origin: 'null' },
+    { origin: `https://127.0.0.1:${tw.port}` },
+    { 'sec-fetch-site': 'cross-site' },
+    { 'sec-fetch-site': 'same-site' },
+  ];
   for (const h of hostile) {
     const res = await send(h);
     assert.equal(403, res.status, JSON.stringify(h));
@@ -64,48 +99,57 @@ test('a browser post from another origin gets 403 even as JSON; the same origin 
   assert.equal(true, existsSync(join(run, '.HALT')));
 });
 
-test('64 concurrent wrong passwords are compared off the event loop: /healthz answers while they are in flight, the excess gets 503 with Retry-After, and all are counted', { timeout: 90_000 }, async (t) => {
-  const d = tmpDir();
-  t.after(() => d.cleanup());
-  writeFileSync(join(d.path, 'web.yml'), `basic_auth_users:\n  prometheus: ${bcrypt.hashSync('right', 10)}\n`);
-  const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
-  t.after(() => tw.stop());
-  const basic = (user: string, pw: string) => ({ authorization: 'Basic ' + Buffer.from(`${user}:${pw}`).toString('base64') });
-  const metrics = async () => {
-    const res = await fetch(`${tw.url}/metrics`, { headers: basic('prometheus', 'right') });
-    assert.equal(200, res.status);
-    return parseExposition(await res.text());
-  };
-  assert.equal(1, (await metrics()).get('trainwatch_http_basic_auth_bcrypt_total'));
-  let rejected = 0;
-  let firstBusy!: () => void;
-  const busyNow = new Promise<void>((r) => (firstBusy = r));
-  const attempts = Array.from({ length: 64 }, async (_, i) => {
-    const res = await fetch(`${tw.url}/metrics`, { headers: basic('prometheus', `wrong-${i}`) });
-    await res.text();
-    if (res.status === 503) firstBusy();
-    if (res.status === 401) rejected++;
-    return { status: res.status, retryAfter: res.headers.get('retry-after') };
-  });
-  // A 503 means every comparison slot is taken: ask /healthz now, on a connection of its own.
-  await busyNow;
-  const sent = Date.now();
-  const health = await rawGet(tw.port, '/healthz');
-  const healthMs = Date.now() - sent;
-  const rejectedBefore = rejected;
-  const results = await Promise.all(attempts);
-  const busy = results.filter((r) => r.status === 503);
-  assert.equal(200, health.status);
-  assert.equal(64, rejected + busy.length, JSON.stringify(results.map((r) => r.status)));
-  assert.equal(true, rejectedBefore < rejected, `/healthz was answered only after all ${rejected} comparisons had finished`);
-  assert.deepEqual(busy.map(() => '1'), busy.map((r) => r.retryAfter));
-  t.diagnostic(`401: ${rejected}, 503: ${busy.length}; /healthz round trip as the (busy) test process saw it: ${healthMs} ms, with ${rejected - rejectedBefore} comparisons still to finish`);
-  const after = await metrics();
-  assert.equal(1 + rejected, after.get('trainwatch_http_basic_auth_bcrypt_total'), 'one comparison per 401; the right password came from the cache');
-  assert.equal(rejected, after.get('trainwatch_http_basic_auth_total{result="rejected"}'));
-  assert.equal(busy.length, after.get('trainwatch_http_basic_auth_total{result="throttled"}'));
-  assert.equal(2, after.get('trainwatch_http_basic_auth_total{result="accepted"}'));
-});
+test(
+  '64 concurrent wrong passwords are compared off the event loop: /healthz answers while they are in flight, the excess gets 503 with Retry-After, and all are counted',
+  { timeout: 90_000 },
+  async (t) => {
+    const d = tmpDir();
+    t.after(() => d.cleanup());
+    writeFileSync(join(d.path, 'web.yml'), `basic_auth_users:\n  prometheus: ${bcrypt.hashSync('right', 10)}\n`);
+    const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
+    t.after(() => tw.stop());
+    const basic = (user: string, pw: string) => ({ authorization: 'Basic ' + Buffer.from(`${user}:${pw}`).toString('base64') });
+    const metrics = async () => {
+      const res = await fetch(`${tw.url}/metrics`, { headers: basic('prometheus', 'right') });
+      assert.equal(200, res.status);
+      return parseExposition(await res.text());
+    };
+    assert.equal(1, (await metrics()).get('trainwatch_http_basic_auth_bcrypt_total'));
+    let rejected = 0;
+    let firstBusy!: () => void;
+    const busyNow = new Promise<void>((r) => (firstBusy = r));
+    const attempts = Array.from({ length: 64 }, async (_, i) => {
+      const res = await fetch(`${tw.url}/metrics`, { headers: basic('prometheus', `wrong-${i}`) });
+      await res.text();
+      if (res.status === 503) firstBusy();
+      if (res.status === 401) rejected++;
+      return { status: res.status, retryAfter: res.headers.get('retry-after') };
+    });
+    // A 503 means every comparison slot is taken: ask /healthz now, on a connection of its own.
+    await busyNow;
+    const sent = Date.now();
+    const health = await rawGet(tw.port, '/healthz');
+    const healthMs = Date.now() - sent;
+    const rejectedBefore = rejected;
+    const results = await Promise.all(attempts);
+    const busy = results.filter((r) => r.status === 503);
+    assert.equal(200, health.status);
+    assert.equal(64, rejected + busy.length, JSON.stringify(results.map((r) => r.status)));
+    assert.equal(true, rejectedBefore < rejected, `/healthz was answered only after all ${rejected} comparisons had finished`);
+    assert.deepEqual(
+      busy.map(() => '1'),
+      busy.map((r) => r.retryAfter),
+    );
+    t.diagnostic(
+      `401: ${rejected}, 503: ${busy.length}; /healthz round trip as the (busy) test process saw it: ${healthMs} ms, with ${rejected - rejectedBefore} comparisons still to finish`,
+    );
+    const after = await metrics();
+    assert.equal(1 + rejected, after.get('trainwatch_http_basic_auth_bcrypt_total'), 'one comparison per 401; the right password came from the cache');
+    assert.equal(rejected, after.get('trainwatch_http_basic_auth_total{result="rejected"}'));
+    assert.equal(busy.length, after.get('trainwatch_http_basic_auth_total{result="throttled"}'));
+    assert.equal(2, after.get('trainwatch_http_basic_auth_total{result="accepted"}'));
+  },
+);
 
 /** A GET on a fresh connection of its own (fetch would queue it behind the pool's busy ones). */
 function rawGet(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -125,7 +169,8 @@ test('an unknown user costs a full bcrypt comparison (against a decoy hash), lik
   writeFileSync(join(d.path, 'web.yml'), `basic_auth_users:\n  prometheus: ${bcrypt.hashSync('right', 4)}\n`);
   const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
   t.after(() => tw.stop());
-  const get = (user: string, pw: string) => fetch(`${tw.url}/api/status`, { headers: { authorization: 'Basic ' + Buffer.from(`${user}:${pw}`).toString('base64') } });
+  const get = (user: string, pw: string) =>
+    fetch(`${tw.url}/api/status`, { headers: { authorization: 'Basic ' + Buffer.from(`${user}:${pw}`).toString('base64') } });
   const bcryptRuns = async () => {
     const text = await (await fetch(`${tw.url}/metrics`, { headers: { authorization: 'Basic ' + Buffer.from('prometheus:right').toString('base64') } })).text();
     return Number(text.match(/^trainwatch_http_basic_auth_bcrypt_total (\d+)$/m)![1]);
@@ -178,30 +223,41 @@ const CLIENT_AUTH: Array<[string, boolean, [string, string, string]]> = [
   ['RequireAndVerifyClientCert', true, ['refused', 'refused', 'served']],
 ];
 for (const [auth, withCa, expected] of CLIENT_AUTH) {
-  test(`client_auth_type ${auth}: no certificate is ${expected[0]}, a self-signed one ${expected[1]}, one from the client CA ${expected[2]}, and refusals are counted`, { timeout: 120_000 }, async (t) => {
-    const d = tmpDir();
-    t.after(() => d.cleanup());
-    const c = certificates(d.path);
-    // Relative paths: exporter-toolkit resolves them against the web config's directory.
-    writeFileSync(join(d.path, 'web.yml'), `tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n${withCa ? '  client_ca_file: ca.crt\n' : ''}  client_auth_type: ${auth}\n`);
-    const port = await freePort();
-    const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', `127.0.0.1:${port}`], { stdio: 'ignore' });
-    t.after(() => proc.kill('SIGKILL'));
-    // Generous: only a start that never comes should fail here (the machine may be busy).
-    await waitFor(async () => (await tlsGet(port, '/healthz', c.serverCa, c.valid)) !== 'refused', 'trainwatch to serve HTTPS', 60_000, 100);
-    const got: string[] = [];
-    for (const client of [undefined, c.rogue, c.valid]) {
-      const r = await tlsGet(port, '/healthz', c.serverCa, client);
-      got.push(r === 'refused' ? 'refused' : r.status === 200 ? 'served' : `status ${r.status}`);
-    }
-    assert.deepEqual(expected, got);
-    const m = await tlsGet(port, '/metrics', c.serverCa, c.valid);
-    assert.notEqual('refused', m);
-    const metrics = parseExposition((m as { body: string }).body);
-    const refused = expected.filter((e) => e === 'refused').length;
-    const counted = metrics.get('trainwatch_http_connections_refused_total{reason="client_cert"}')! + metrics.get('trainwatch_http_connections_refused_total{reason="tls_handshake"}')!;
-    assert.equal(refused, counted);
-  });
+  test(
+    `client_auth_type ${auth}: no certificate is ${expected[0]}, a self-signed one ${expected[1]}, one from the client CA ${expected[2]}, and refusals are counted`,
+    { timeout: 120_000 },
+    async (t) => {
+      const d = tmpDir();
+      t.after(() => d.cleanup());
+      const c = certificates(d.path);
+      // Relative paths: exporter-toolkit resolves them against the web config's directory.
+      writeFileSync(
+        join(d.path, 'web.yml'),
+        `tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n${withCa ? '  client_ca_file: ca.crt\n' : ''}  client_auth_type: ${auth}\n`,
+      );
+      const port = await freePort();
+      const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--web.listen-address', `127.0.0.1:${port}`], {
+        stdio: 'ignore',
+      });
+      t.after(() => proc.kill('SIGKILL'));
+      // Generous: only a start that never comes should fail here (the machine may be busy).
+      await waitFor(async () => (await tlsGet(port, '/healthz', c.serverCa, c.valid)) !== 'refused', 'trainwatch to serve HTTPS', 60_000, 100);
+      const got: string[] = [];
+      for (const client of [undefined, c.rogue, c.valid]) {
+        const r = await tlsGet(port, '/healthz', c.serverCa, client);
+        got.push(r === 'refused' ? 'refused' : r.status === 200 ? 'served' : `status ${r.status}`);
+      }
+      assert.deepEqual(expected, got);
+      const m = await tlsGet(port, '/metrics', c.serverCa, c.valid);
+      assert.notEqual('refused', m);
+      const metrics = parseExposition((m as { body: string }).body);
+      const refused = expected.filter((e) => e === 'refused').length;
+      const counted =
+        metrics.get('trainwatch_http_connections_refused_total{reason="client_cert"}')! +
+        metrics.get('trainwatch_http_connections_refused_total{reason="tls_handshake"}')!;
+      assert.equal(refused, counted);
+    },
+  );
 }
 
 /** Starts trainwatch with `args` and asserts that it exits 2 at once with `msg` and no stack trace. */
@@ -213,13 +269,37 @@ function assertRefusedStart(args: string[], msg: RegExp): void {
 }
 
 const BAD_WEB_CONFIGS: Array<[string, string, RegExp]> = [
-  ['an unknown key in tls_server_config', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: [x]\n', /unknown key 'ciphers' in tls_server_config; accepted: cert_file, key_file, .*client_auth_type/],
-  ['an unknown key in http_server_config', 'http_server_config:\n  header:\n    X-Frame-Options: deny\n', /unknown key 'header' in http_server_config; accepted: headers, http2/],
-  ['an unknown top-level key', 'basic_auth_user:\n  a: b\n', /unknown key 'basic_auth_user'; accepted: tls_server_config, http_server_config, basic_auth_users/],
+  [
+    'an unknown key in tls_server_config',
+    'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  ciphers: [x]\n',
+    /unknown key 'ciphers' in tls_server_config; accepted: cert_file, key_file, .*client_auth_type/,
+  ],
+  [
+    'an unknown key in http_server_config',
+    'http_server_config:\n  header:\n    X-Frame-Options: deny\n',
+    /unknown key 'header' in http_server_config; accepted: headers, http2/,
+  ],
+  [
+    'an unknown top-level key',
+    'basic_auth_user:\n  a: b\n',
+    /unknown key 'basic_auth_user'; accepted: tls_server_config, http_server_config, basic_auth_users/,
+  ],
   ['a user mapped to a mapping instead of a hash', 'basic_auth_users:\n  admin:\n    hash: x\n', /basic_auth_users\.admin must be a bcrypt hash/],
-  ['an exporter-toolkit key trainwatch does not implement', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n', /'cipher_suites' is an exporter-toolkit key that trainwatch does not implement; remove it/],
-  ['a client CA but no client_auth_type', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_ca_file: a.crt\n', /client_auth_type is NoClientCert \(the default\).*set client_auth_type: RequireAndVerifyClientCert/],
-  ['an unknown client_auth_type', 'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth_type: VerifyAlways\n', /client_auth_type 'VerifyAlways'; accepted: NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert/],
+  [
+    'an exporter-toolkit key trainwatch does not implement',
+    'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n',
+    /'cipher_suites' is an exporter-toolkit key that trainwatch does not implement; remove it/,
+  ],
+  [
+    'a client CA but no client_auth_type',
+    'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_ca_file: a.crt\n',
+    /client_auth_type is NoClientCert \(the default\).*set client_auth_type: RequireAndVerifyClientCert/,
+  ],
+  [
+    'an unknown client_auth_type',
+    'tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth_type: VerifyAlways\n',
+    /client_auth_type 'VerifyAlways'; accepted: NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert/,
+  ],
 ];
 for (const [name, yaml, msg] of BAD_WEB_CONFIGS) {
   test(`a web config with ${name} stops trainwatch with exit 2, naming the key and what is accepted`, () => {
@@ -238,9 +318,21 @@ for (const [name, yaml, msg] of BAD_WEB_CONFIGS) {
 
 const BAD_HEADERS: Array<[string, string, RegExp]> = [
   ['an invalid header name', '    "X Bad Header": "1"\n', /header "X Bad Header" is not a valid HTTP header name/],
-  ['a header value with a line break', '    Content-Security-Policy: "default-src \'self\'\\r\\nSet-Cookie: a=b"\n', /header "Content-Security-Policy" has a value that is not valid in HTTP/],
-  ['a header exporter-toolkit does not let one set', '    Cache-Control: no-store\n', /header "Cache-Control" cannot be configured \(as in exporter-toolkit\); accepted: Strict-Transport-Security, .*Content-Security-Policy/],
-  ['a value outside the allowed ones', '    X-Frame-Options: allow-from https://x\n', /header "X-Frame-Options" has value "allow-from https:\/\/x"; accepted: deny, sameorigin/],
+  [
+    'a header value with a line break',
+    '    Content-Security-Policy: "default-src \'self\'\\r\\nSet-Cookie: a=b"\n',
+    /header "Content-Security-Policy" has a value that is not valid in HTTP/,
+  ],
+  [
+    'a header exporter-toolkit does not let one set',
+    '    Cache-Control: no-store\n',
+    /header "Cache-Control" cannot be configured \(as in exporter-toolkit\); accepted: Strict-Transport-Security, .*Content-Security-Policy/,
+  ],
+  [
+    'a value outside the allowed ones',
+    '    X-Frame-Options: allow-from https://x\n',
+    /header "X-Frame-Options" has value "allow-from https:\/\/x"; accepted: deny, sameorigin/,
+  ],
 ];
 for (const [name, yaml, msg] of BAD_HEADERS) {
   test(`http_server_config.headers with ${name} stops trainwatch with exit 2 naming the header, instead of failing every request`, () => {
@@ -257,14 +349,24 @@ for (const [name, yaml, msg] of BAD_HEADERS) {
 test('the headers exporter-toolkit allows are sent on every answer, /healthz and the webhook included', async (t) => {
   const d = tmpDir();
   t.after(() => d.cleanup());
-  writeFileSync(join(d.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n    Content-Security-Policy: "default-src \'self\'"\n    Strict-Transport-Security: max-age=31536000\n');
+  writeFileSync(
+    join(d.path, 'web.yml'),
+    'http_server_config:\n  headers:\n    X-Frame-Options: deny\n    Content-Security-Policy: "default-src \'self\'"\n    Strict-Transport-Security: max-age=31536000\n',
+  );
   const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml'), '--webhook.allow-unauthenticated']);
   t.after(() => tw.stop());
   const health = await fetch(`${tw.url}/healthz`);
-  const hook = await fetch(`${tw.url}/webhook/alertmanager`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(payload('elsewhere')) });
+  const hook = await fetch(`${tw.url}/webhook/alertmanager`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(payload('elsewhere')),
+  });
   for (const res of [health, hook]) {
     assert.equal(200, res.status);
-    assert.deepEqual(['deny', "default-src 'self'", 'max-age=31536000'], ['x-frame-options', 'content-security-policy', 'strict-transport-security'].map((h) => res.headers.get(h)));
+    assert.deepEqual(
+      ['deny', "default-src 'self'", 'max-age=31536000'],
+      ['x-frame-options', 'content-security-policy', 'strict-transport-security'].map((h) => res.headers.get(h)),
+    );
   }
 });
 
@@ -309,7 +411,11 @@ const FILE_SETTINGS: Array<[string, (dir: string, fifo: string) => string[], Reg
   ['--config', (_d, fifo) => ['--config', fifo], /--config: .*fifo is a FIFO \(named pipe\), not a regular file/],
   ['--web.config.file', (_d, fifo) => ['--web.config.file', fifo], /--web\.config\.file: .*fifo is a FIFO \(named pipe\), not a regular file/],
   ['--webhook.token-file', (_d, fifo) => ['--webhook.token-file', fifo], /--webhook\.token-file: .*fifo is a FIFO \(named pipe\), not a regular file/],
-  ['tls_server_config.cert_file', (dir) => (writeFileSync(join(dir, 'web.yml'), 'tls_server_config:\n  cert_file: fifo\n  key_file: fifo\n'), ['--web.config.file', join(dir, 'web.yml')]), /cert_file: .*fifo is a FIFO \(named pipe\), not a regular file/],
+  [
+    'tls_server_config.cert_file',
+    (dir) => (writeFileSync(join(dir, 'web.yml'), 'tls_server_config:\n  cert_file: fifo\n  key_file: fifo\n'), ['--web.config.file', join(dir, 'web.yml')]),
+    /cert_file: .*fifo is a FIFO \(named pipe\), not a regular file/,
+  ],
 ];
 for (const [setting, args, msg] of FILE_SETTINGS) {
   test(`a FIFO given as ${setting} stops trainwatch with exit 2 and a clear message instead of hanging the start`, { timeout: 90_000 }, () => {
@@ -369,10 +475,14 @@ test('connections beyond --web.max-connections are closed unserved and counted; 
   for (const s of held) s.destroy();
   // Until the server has seen them close, a probe can still be refused: each such is counted too.
   let probesRefused = 0;
-  await waitFor(async () => {
-    const r = await rawGet(tw.port, '/healthz').catch(() => (probesRefused++, undefined));
-    return r?.status === 200;
-  }, '/healthz to answer once the idle connections are closed', 60_000);
+  await waitFor(
+    async () => {
+      const r = await rawGet(tw.port, '/healthz').catch(() => (probesRefused++, undefined));
+      return r?.status === 200;
+    },
+    '/healthz to answer once the idle connections are closed',
+    60_000,
+  );
   const m = await scrape(tw.url);
   assert.equal(3 + probesRefused, m.get('trainwatch_http_connections_refused_total{reason="max_connections"}'));
   assert.match(tw.logs(), /connection refused: --web\.max-connections are open/);

@@ -9,7 +9,10 @@ import { startSimTrainer, teardown, tmpDir, waitFor } from '../helpers/proc.js';
 type Rec = { ts: number; msg: string; step: number; pid: number; rank: number; grad_norm?: number | null; path?: string };
 const records = (dir: string, rank: number): Rec[] =>
   existsSync(join(dir, `heartbeat_rank${rank}.jsonl`))
-    ? readFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), 'utf8').trim().split('\n').map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as Rec)
+    ? readFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as Rec)
     : [];
 const read = (dir: string, f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : undefined);
 
@@ -27,22 +30,41 @@ function setup(t: Parameters<typeof teardown>[0]) {
 }
 
 describe('the simulated trainer', { concurrency: 3 }, () => {
-  test('default layout: rank 0 writes progress and step_end at step 1 and every log_every steps, rank 1 only boot, loader and its watchdog dumps; no final record', { timeout: 30_000 }, async (t) => {
-    const { dir, sim } = setup(t);
-    const s = sim(['--ranks', '2', '--step-s', '0.02', '--steps', '60', '--log-every', '10', '--wd-check-s', '0.1', '--wd-stall-s', '0.3']);
-    assert.equal(0, await s.exited, s.output());
-    const r0 = records(dir, 0);
-    assert.deepEqual(['boot', 'fineweb_loader_ready'], r0.slice(0, 2).map((r) => r.msg));
-    assert.deepEqual([1, 10, 20, 30, 40, 50, 60], r0.filter((r) => r.msg === 'progress').map((r) => r.step));
-    assert.deepEqual([1, 10, 20, 30, 40, 50, 60], r0.filter((r) => r.msg === 'step_end').map((r) => r.step));
-    assert.equal('step_end', r0.at(-1)!.msg);
-    const r1 = records(dir, 1);
-    assert.deepEqual(['boot', 'fineweb_loader_ready'], r1.slice(0, 2).map((r) => r.msg));
-    assert.deepEqual([], r1.slice(2).filter((r) => r.msg !== 'watchdog_dump'));
-    assert.equal(true, r1.length > 2, 'a healthy silent rank dumps, as the real watchdog thread does');
-    assert.equal(0, r1.at(-1)!.step);
-    assert.equal('step,loss,lr,toks_per_s\n1,', read(dir, 'training.csv')!.slice(0, 26));
-  });
+  test(
+    'default layout: rank 0 writes progress and step_end at step 1 and every log_every steps, rank 1 only boot, loader and its watchdog dumps; no final record',
+    { timeout: 30_000 },
+    async (t) => {
+      const { dir, sim } = setup(t);
+      const s = sim(['--ranks', '2', '--step-s', '0.02', '--steps', '60', '--log-every', '10', '--wd-check-s', '0.1', '--wd-stall-s', '0.3']);
+      assert.equal(0, await s.exited, s.output());
+      const r0 = records(dir, 0);
+      assert.deepEqual(
+        ['boot', 'fineweb_loader_ready'],
+        r0.slice(0, 2).map((r) => r.msg),
+      );
+      assert.deepEqual(
+        [1, 10, 20, 30, 40, 50, 60],
+        r0.filter((r) => r.msg === 'progress').map((r) => r.step),
+      );
+      assert.deepEqual(
+        [1, 10, 20, 30, 40, 50, 60],
+        r0.filter((r) => r.msg === 'step_end').map((r) => r.step),
+      );
+      assert.equal('step_end', r0.at(-1)!.msg);
+      const r1 = records(dir, 1);
+      assert.deepEqual(
+        ['boot', 'fineweb_loader_ready'],
+        r1.slice(0, 2).map((r) => r.msg),
+      );
+      assert.deepEqual(
+        [],
+        r1.slice(2).filter((r) => r.msg !== 'watchdog_dump'),
+      );
+      assert.equal(true, r1.length > 2, 'a healthy silent rank dumps, as the real watchdog thread does');
+      assert.equal(0, r1.at(-1)!.step);
+      assert.equal('step,loss,lr,toks_per_s\n1,', read(dir, 'training.csv')!.slice(0, 26));
+    },
+  );
 
   test('--beats adds a beat per step on every rank', { timeout: 30_000 }, async (t) => {
     const { dir, sim } = setup(t);
@@ -71,7 +93,12 @@ describe('the simulated trainer', { concurrency: 3 }, () => {
   test('nonfinite_grad logs grad_norm NaN and trains on', { timeout: 30_000 }, async (t) => {
     const { dir, sim } = setup(t);
     assert.equal(0, await sim(['--ranks', '2', '--step-s', '0.01', '--steps', '10', '--fault', 'nonfinite_grad', '--fault-at', '5']).exited);
-    assert.deepEqual([6, 7, 8, 9, 10].map(() => null), records(dir, 0).filter((r) => r.msg === 'progress' && r.step >= 6).map((r) => r.grad_norm));
+    assert.deepEqual(
+      [6, 7, 8, 9, 10].map(() => null),
+      records(dir, 0)
+        .filter((r) => r.msg === 'progress' && r.step >= 6)
+        .map((r) => r.grad_norm),
+    );
   });
 
   test('SIGTERM and SIGUSR1 dump stacks and the trainer runs on to its end', { timeout: 30_000 }, async (t) => {
@@ -82,7 +109,10 @@ describe('the simulated trainer', { concurrency: 3 }, () => {
     for (const pid of pids) process.kill(pid, 'SIGTERM');
     s.kill('SIGUSR1');
     assert.equal(0, await s.exited);
-    assert.equal(true, readdirSync(dir).some((f) => /^stackdump_\d+\.txt$/.test(f)));
+    assert.equal(
+      true,
+      readdirSync(dir).some((f) => /^stackdump_\d+\.txt$/.test(f)),
+    );
     assert.equal(150, records(dir, 0).at(-1)!.step);
   });
 
@@ -92,7 +122,10 @@ describe('the simulated trainer', { concurrency: 3 }, () => {
     await waitFor(() => records(dir, 0).filter((r) => r.msg === 'watchdog_dump').length >= 3, 'rank 0 dumping');
     assert.equal(9, Math.max(...records(dir, 0).map((r) => r.step)));
     const frozenAt = records(dir, 0).find((r) => r.msg === 'watchdog_dump')!.ts;
-    assert.deepEqual([], records(dir, 1).filter((r) => r.ts > frozenAt));
+    assert.deepEqual(
+      [],
+      records(dir, 1).filter((r) => r.ts > frozenAt),
+    );
   });
 
   test('a crashing rank exits 1 without a record and the launcher ends the other ranks', { timeout: 30_000 }, async (t) => {

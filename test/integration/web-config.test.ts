@@ -12,18 +12,49 @@ function selfSigned(dir: string): { cert: string; key: string } {
   const openssl = requireBinary('openssl', 'openssl');
   const cert = join(dir, 'tls.crt');
   const key = join(dir, 'tls.key');
-  const r = spawnSync(openssl, ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8' });
+  const r = spawnSync(
+    openssl,
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+    ],
+    { encoding: 'utf8' },
+  );
   assert.equal(0, r.status, r.stderr);
   return { cert, key };
 }
 
 function httpsGet(port: number, path: string, ca: Buffer, post?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, ca, servername: 'localhost', method: post === undefined ? 'GET' : 'POST', headers: post === undefined ? {} : { 'content-type': 'application/json' } }, (res) => {
-      let body = '';
-      res.on('data', (d) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        ca,
+        servername: 'localhost',
+        method: post === undefined ? 'GET' : 'POST',
+        headers: post === undefined ? {} : { 'content-type': 'application/json' },
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.end(post);
   });
@@ -37,7 +68,11 @@ test('tls_server_config serves /metrics and the webhook over HTTPS with the give
   writeFileSync(wc, `tls_server_config:\n  cert_file: ${cert}\n  key_file: ${key}\n  min_version: TLS12\n`);
   // startTrainwatch probes over plain HTTP, so start it directly and probe over HTTPS.
   const port = await freePort();
-  const proc = spawn(process.execPath, [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', `127.0.0.1:${port}`, '--webhook.allow-unauthenticated'], { stdio: 'ignore' });
+  const proc = spawn(
+    process.execPath,
+    [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', `127.0.0.1:${port}`, '--webhook.allow-unauthenticated'],
+    { stdio: 'ignore' },
+  );
   t.after(() => proc.kill('SIGKILL'));
   const ca = readFileSync(cert);
   let res: { status: number; body: string } | undefined;
@@ -53,7 +88,11 @@ test('tls_server_config serves /metrics and the webhook over HTTPS with the give
 
 const badConfigs: Array<[string, string, RegExp]> = [
   ['a TLS section without a key file', 'tls_server_config:\n  cert_file: /nonexistent.crt\n', /tls_server_config needs key_file \(or key\)/],
-  ['an unreadable certificate', 'tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n', /cert_file: cannot read \/nonexistent\.crt/],
+  [
+    'an unreadable certificate',
+    'tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n',
+    /cert_file: cannot read \/nonexistent\.crt/,
+  ],
   ['a plain-text password instead of a bcrypt hash', 'basic_auth_users:\n  admin: hunter2\n', /must be a bcrypt hash \(make one with: htpasswd/],
   ['an unknown top-level key', 'tls_config:\n  x: 1\n', /unknown key 'tls_config'/],
 ];
@@ -62,7 +101,10 @@ for (const [name, yaml, msg] of badConfigs) {
     const d = tmpDir();
     const wc = join(d.path, 'web.yml');
     writeFileSync(wc, yaml);
-    const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', '127.0.0.1:0'], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, [BIN, '--root', d.path, '--web.config.file', wc, '--web.listen-address', '127.0.0.1:0'], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     d.cleanup();
     assert.equal(2, r.status);
     assert.match(r.stderr, msg);

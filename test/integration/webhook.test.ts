@@ -11,8 +11,17 @@ const TOKEN = 's3cret-token-for-tests';
 
 function payload(alerts: Array<Record<string, unknown>>, extra: Record<string, unknown> = {}) {
   return {
-    version: '4', groupKey: '{}:{alertname="x"}', truncatedAlerts: 0, status: 'firing', receiver: 'trainwatch',
-    groupLabels: {}, commonLabels: {}, commonAnnotations: {}, externalURL: 'http://am', notification_reason: 'new', ...extra,
+    version: '4',
+    groupKey: '{}:{alertname="x"}',
+    truncatedAlerts: 0,
+    status: 'firing',
+    receiver: 'trainwatch',
+    groupLabels: {},
+    commonLabels: {},
+    commonAnnotations: {},
+    externalURL: 'http://am',
+    notification_reason: 'new',
+    ...extra,
     alerts,
   };
 }
@@ -21,7 +30,10 @@ function alert(run: string, o: { status?: string; startsAt?: string; fingerprint
     status: o.status ?? 'firing',
     labels: { alertname: 'TrainingHeartbeatStalled', run, rank: '0', anomaly_type: o.kind ?? 'heartbeat_stall', halt: o.halt ?? 'true', severity: 'critical' },
     annotations: { summary: 'stalled', description: `run ${run} rank 0 stalled` },
-    startsAt: o.startsAt ?? '2026-11-28T10:00:00Z', endsAt: '0001-01-01T00:00:00Z', generatorURL: 'http://prom', fingerprint: o.fingerprint ?? 'fp1',
+    startsAt: o.startsAt ?? '2026-11-28T10:00:00Z',
+    endsAt: '0001-01-01T00:00:00Z',
+    generatorURL: 'http://prom',
+    fingerprint: o.fingerprint ?? 'fp1',
   };
 }
 async function post(tw: TrainwatchProc, body: unknown, auth: string | null = `Bearer ${TOKEN}`, raw = false) {
@@ -32,7 +44,13 @@ async function post(tw: TrainwatchProc, body: unknown, auth: string | null = `Be
   });
   return { status: res.status, body: (await res.json().catch(() => ({}))) as { alerts?: Array<{ result: string }>; error?: string } };
 }
-const auditOf = (dir: string) => (existsSync(join(dir, '.trainwatch-audit.jsonl')) ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+const auditOf = (dir: string) =>
+  existsSync(join(dir, '.trainwatch-audit.jsonl'))
+    ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+    : [];
 
 async function setup(t: { after(fn: () => unknown): void }, extraArgs: string[] = []) {
   const d = tmpDir();
@@ -86,8 +104,14 @@ test('a firing halting alert writes .anomaly_type, .HALT and one audit entry; du
   assert.equal('heartbeat_stall\n', readFileSync(join(run, '.anomaly_type'), 'utf8'));
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(run, '.HALT'), 'utf8'));
   const all = await Promise.all(Array.from({ length: 100 }, () => post(tw, payload([alert('exp1')]))));
-  assert.deepEqual(Array(100).fill(200), all.map((r) => r.status));
-  assert.deepEqual(Array(100).fill('duplicate'), all.map((r) => r.body.alerts![0].result));
+  assert.deepEqual(
+    Array(100).fill(200),
+    all.map((r) => r.status),
+  );
+  assert.deepEqual(
+    Array(100).fill('duplicate'),
+    all.map((r) => r.body.alerts![0].result),
+  );
   assert.equal(1, auditOf(run).filter((e) => e.event === 'anomaly').length);
   const m = await scrape(tw.url);
   assert.equal(100, m.get('trainwatch_webhook_alerts_total{result="duplicate"}'));
@@ -111,10 +135,17 @@ test('a resolved alert is recorded but never removes .HALT; a later re-fire is a
   assert.equal('resolved_duplicate', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0].result);
   const refire = await post(tw, payload([alert('exp1', { startsAt: '2026-11-28T11:00:00Z' })]));
   assert.equal('acted', refire.body.alerts![0].result);
-  const events = auditOf(run).filter((e) => e.event !== 'action').map((e) => e.event);
+  const events = auditOf(run)
+    .filter((e) => e.event !== 'action')
+    .map((e) => e.event);
   assert.deepEqual(['anomaly', 'resolved', 'anomaly'], events);
   // .HALT existed already: the new episode is audited, and nothing rewrites the control files.
-  assert.deepEqual(['ok'], auditOf(run).filter((e) => e.action === 'halt').map((e) => e.result));
+  assert.deepEqual(
+    ['ok'],
+    auditOf(run)
+      .filter((e) => e.action === 'halt')
+      .map((e) => e.result),
+  );
 });
 
 test('labels with traversal, separators, encodings or NUL are rejected and nothing is written anywhere', async (t) => {
@@ -164,7 +195,12 @@ test('a failed write answers 5xx so Alertmanager retries, and the retry complete
   assert.equal(200, r2.status);
   assert.equal('heartbeat_stall\n', readFileSync(join(run, '.anomaly_type'), 'utf8'));
   assert.equal(1, auditOf(run).filter((e) => e.event === 'anomaly').length);
-  assert.deepEqual(['failed', 'ok'], auditOf(run).filter((e) => e.action === 'anomaly_type').map((e) => e.result));
+  assert.deepEqual(
+    ['failed', 'ok'],
+    auditOf(run)
+      .filter((e) => e.action === 'anomaly_type')
+      .map((e) => e.result),
+  );
 });
 
 test('after kill -9 and a restart, a redelivered alert is still a duplicate (the audit log is the memory)', async (t) => {
@@ -205,7 +241,10 @@ test('the audit log deleted while trainwatch runs is re-created by the next deli
   assert.equal('acted', (await post(tw, payload([alert('exp1')]))).body.alerts![0].result);
   rmSync(join(run, '.trainwatch-audit.jsonl'));
   assert.equal('resolved', (await post(tw, payload([alert('exp1', { status: 'resolved' })]))).body.alerts![0].result);
-  assert.deepEqual(['resolved'], auditOf(run).map((e) => e.event));
+  assert.deepEqual(
+    ['resolved'],
+    auditOf(run).map((e) => e.event),
+  );
 });
 
 test('served outside express, the webhook answers as before: query string, WWW-Authenticate, web config headers, 400 and 413 messages, chunked and compressed bodies', async (t) => {
@@ -214,13 +253,24 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   writeFileSync(join(cfg.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: deny\n');
   const { tw } = await setup(t, ['--webhook.max-body-bytes', '2048', '--web.config.file', join(cfg.path, 'web.yml')]);
   const send = async (body: BodyInit, headers: Record<string, string> = {}, path = '/webhook/alertmanager?source=am&x') => {
-    const res = await fetch(`${tw.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers }, body, duplex: 'half' } as RequestInit);
+    const res = await fetch(`${tw.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...headers },
+      body,
+      duplex: 'half',
+    } as RequestInit);
     return { status: res.status, headers: res.headers, body: (await res.json()) as { error?: string; alerts?: Array<{ result: string }> } };
   };
   const unauth = await send(JSON.stringify(payload([alert('exp1')])), { authorization: 'Bearer nope' });
-  assert.deepEqual([401, 'Bearer', 'deny', 'unauthorized'], [unauth.status, unauth.headers.get('www-authenticate'), unauth.headers.get('x-frame-options'), unauth.body.error]);
+  assert.deepEqual(
+    [401, 'Bearer', 'deny', 'unauthorized'],
+    [unauth.status, unauth.headers.get('www-authenticate'), unauth.headers.get('x-frame-options'), unauth.body.error],
+  );
   const ok = await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json' });
-  assert.deepEqual([200, 'acted', 'deny', 'application/json; charset=utf-8'], [ok.status, ok.body.alerts![0].result, ok.headers.get('x-frame-options'), ok.headers.get('content-type')]);
+  assert.deepEqual(
+    [200, 'acted', 'deny', 'application/json; charset=utf-8'],
+    [ok.status, ok.body.alerts![0].result, ok.headers.get('x-frame-options'), ok.headers.get('content-type')],
+  );
   const bad = await send('{"version": "4", "alerts": [');
   assert.deepEqual([400, 'body is not valid JSON', 'deny'], [bad.status, bad.body.error, bad.headers.get('x-frame-options')]);
   const big = JSON.stringify(payload([alert('exp1')], { commonAnnotations: { x: 'y'.repeat(5000) } }));
@@ -233,20 +283,35 @@ test('served outside express, the webhook answers as before: query string, WWW-A
   assert.equal('duplicate', (await send(gzipSync(JSON.stringify(payload([alert('exp1')]))), { 'content-encoding': 'gzip' })).body.alerts![0].result);
   assert.equal(415, (await send(JSON.stringify(payload([alert('exp1')])), { 'content-type': 'application/json; charset=latin1' })).status);
   const m = await scrape(tw.url);
-  assert.deepEqual([1, 2, 1, 2, 1], ['401', '200', '400', '413', '415'].map((c) => m.get(`trainwatch_webhook_requests_total{code="${c}"}`)));
+  assert.deepEqual(
+    [1, 2, 1, 2, 1],
+    ['401', '200', '400', '413', '415'].map((c) => m.get(`trainwatch_webhook_requests_total{code="${c}"}`)),
+  );
 });
 
 test('a delivery with the alerts of 8 ranks opens one episode that the other 7 join, and its resolution closes it; the audit log has them in order', async (t) => {
   const { tw, run } = await setup(t);
   const ranks = Array.from({ length: 8 }, (_, r) => ({ ...alert('exp1', { fingerprint: `r${r}` }), labels: { ...alert('exp1').labels, rank: String(r) } }));
   const fired = await post(tw, payload(ranks));
-  assert.deepEqual(['acted', ...Array(7).fill('joined')], fired.body.alerts!.map((a) => a.result));
+  assert.deepEqual(
+    ['acted', ...Array(7).fill('joined')],
+    fired.body.alerts!.map((a) => a.result),
+  );
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(run, '.HALT'), 'utf8'));
   const resolved = await post(tw, payload(ranks.map((a) => ({ ...a, status: 'resolved' }))));
-  assert.deepEqual(Array(8).fill('resolved'), resolved.body.alerts!.map((a) => a.result));
+  assert.deepEqual(
+    Array(8).fill('resolved'),
+    resolved.body.alerts!.map((a) => a.result),
+  );
   const log = auditOf(run);
-  assert.deepEqual(['anomaly', 'action', 'action', 'action', ...Array(7).fill('joined'), ...Array(7).fill('alert_resolved'), 'resolved'], log.map((e) => e.event));
-  assert.deepEqual(ranks.map((a) => `${a.fingerprint}@${a.startsAt}`), log.filter((e) => e.event === 'anomaly' || e.event === 'joined').map((e) => e.key));
+  assert.deepEqual(
+    ['anomaly', 'action', 'action', 'action', ...Array(7).fill('joined'), ...Array(7).fill('alert_resolved'), 'resolved'],
+    log.map((e) => e.event),
+  );
+  assert.deepEqual(
+    ranks.map((a) => `${a.fingerprint}@${a.startsAt}`),
+    log.filter((e) => e.event === 'anomaly' || e.event === 'joined').map((e) => e.key),
+  );
   assert.equal(1, new Set(log.map((e) => e.episode)).size);
 });
 
@@ -256,10 +321,16 @@ test('an audit log that cannot be written fails the delivery with 5xx, but the c
   const alerts = [alert('exp1', { fingerprint: 'a' }), alert('exp1', { fingerprint: 'b' }), alert('someone-elses-run')];
   const r = await post(tw, payload(alerts));
   assert.equal(500, r.status);
-  assert.deepEqual(['failed', 'failed', 'not_ours'], r.body.alerts!.map((a) => a.result));
+  assert.deepEqual(
+    ['failed', 'failed', 'not_ours'],
+    r.body.alerts!.map((a) => a.result),
+  );
   assert.deepEqual(['.HALT', '.anomaly.json', '.anomaly_type', '.trainwatch-audit.jsonl', 'heartbeat_rank0.jsonl'], readdirSync(run).sort());
   // Alertmanager's retry finds the episode in memory: nothing to write, nothing to record.
   const retry = await post(tw, payload(alerts));
   assert.equal(200, retry.status);
-  assert.deepEqual(['duplicate', 'duplicate', 'not_ours'], retry.body.alerts!.map((a) => a.result));
+  assert.deepEqual(
+    ['duplicate', 'duplicate', 'not_ours'],
+    retry.body.alerts!.map((a) => a.result),
+  );
 });

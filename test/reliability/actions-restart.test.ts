@@ -16,7 +16,10 @@ test('kill9_while_actions_in_flight: after a restart every run has its files, on
   for (let i = 0; i < RUNS; i++) {
     const dir = join(d.path, `run${String(i).padStart(2, '0')}`);
     mkdirSync(dir);
-    writeFileSync(join(dir, 'heartbeat_rank0.jsonl'), [1, 2, 3].map((s) => pyJson({ ts: now, rank: 0, step: s, msg: 'progress', loss: s === 3 ? NaN : 2.0 })).join('\n') + '\n');
+    writeFileSync(
+      join(dir, 'heartbeat_rank0.jsonl'),
+      [1, 2, 3].map((s) => pyJson({ ts: now, rank: 0, step: s, msg: 'progress', loss: s === 3 ? NaN : 2.0 })).join('\n') + '\n',
+    );
   }
   const dirs = Array.from({ length: RUNS }, (_, i) => join(d.path, `run${String(i).padStart(2, '0')}`));
   // Started directly: the first sweep acts on every run before /readyz answers, so we cannot wait for it.
@@ -33,7 +36,10 @@ test('kill9_while_actions_in_flight: after a restart every run has its files, on
   await waitFor(() => dirs.every((dir) => existsSync(join(dir, '.HALT'))), 'every run halted after the restart');
   let recovered = 0;
   for (const dir of dirs) {
-    const audit = readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>);
+    const audit = readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, string>);
     assert.equal(1, audit.filter((e) => e.event === 'anomaly').length, `${dir}: one episode`);
     for (const action of ['anomaly_type', 'details', 'halt']) {
       const done = audit.filter((e) => e.event === 'action' && e.action === action && e.result !== 'failed');

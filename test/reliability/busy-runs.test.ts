@@ -44,8 +44,10 @@ describe('busy runs', { concurrency: 2 }, () => {
     assert.equal(N, linesIn(run, 'heartbeat_rank0.jsonl'), 'the files hold every record once');
     // A sentinel after the writer's last record: once it is counted, everything before it was read.
     beat(run, 0, N + 1);
-    const m = await scrapeUntil(tw.url, (m) => step(m, 'busy', 0) === N + 1, 'the sentinel record after the writer\'s last').catch(async (e) => {
-      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'busy', 0)} of ${N + 1} after ${rotations} rotations and ${writer.late()} late writes`);
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'busy', 0) === N + 1, "the sentinel record after the writer's last").catch(async (e) => {
+      throw new Error(
+        `${(e as Error).message}: have ${records(await scrape(tw.url), 'busy', 0)} of ${N + 1} after ${rotations} rotations and ${writer.late()} late writes`,
+      );
     });
     t.diagnostic(`${N} records, ${rotations} rotations while polled, ${writer.late()} records written into a file already rotated away`);
     assert.equal(N + 1, records(m, 'busy', 0), 'every record once, none twice');
@@ -111,7 +113,11 @@ describe('busy runs', { concurrency: 2 }, () => {
     const m = await scrapeUntil(tw.url, (m) => m.get('trainwatch_runs_watched') === 1 && step(m, 'gone', 0) === undefined, 'the deleted run to be dropped');
     assert.equal(0, polled(m));
     assert.equal(1, step(m, 'steady', 0));
-    assert.deepEqual([], fdTargets(tw.pid).filter((p) => p.startsWith(run)), 'no descriptor left in the deleted run');
+    assert.deepEqual(
+      [],
+      fdTargets(tw.pid).filter((p) => p.startsWith(run)),
+      'no descriptor left in the deleted run',
+    );
     await assertServing(tw);
   });
 });

@@ -93,38 +93,47 @@ describe('hostile files', { concurrency: 2 }, () => {
     await assertServing(tw);
   });
 
-  test('more_heartbeat_files_than_the_fd_limit: idle files release their descriptors, no run is dropped, every file is read, the control run is halted', { timeout: 120_000 }, async (t) => {
-    const base = scratch(t);
-    const { control } = twoRuns(base);
-    // 600 files in 30 runs, under an open-files limit of 256 (issue 11 row 4: 25k files).
-    const RUNS = 30;
-    const FILES = 20;
-    for (let r = 0; r < RUNS; r++) {
-      const dir = join(base, `many${r}`);
-      mkdirSync(dir);
-      for (let k = 0; k < FILES; k++) {
-        beat(dir, k, 1);
-        // Quiet for an hour, as most of 25k rank files are: idle release applies to them.
-        utimesSync(join(dir, `heartbeat_rank${k}.jsonl`), new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000));
+  test(
+    'more_heartbeat_files_than_the_fd_limit: idle files release their descriptors, no run is dropped, every file is read, the control run is halted',
+    { timeout: 120_000 },
+    async (t) => {
+      const base = scratch(t);
+      const { control } = twoRuns(base);
+      // 600 files in 30 runs, under an open-files limit of 256 (issue 11 row 4: 25k files).
+      const RUNS = 30;
+      const FILES = 20;
+      for (let r = 0; r < RUNS; r++) {
+        const dir = join(base, `many${r}`);
+        mkdirSync(dir);
+        for (let k = 0; k < FILES; k++) {
+          beat(dir, k, 1);
+          // Quiet for an hour, as most of 25k rank files are: idle release applies to them.
+          utimesSync(join(dir, `heartbeat_rank${k}.jsonl`), new Date(Date.now() - 3600_000), new Date(Date.now() - 3600_000));
+        }
       }
-    }
-    const tw = await startTw(t, ['--root', base, ...FAST], { wrap: ['sh', '-c', 'ulimit -n 256 && exec "$@"', 'sh'] });
-    const m = await scrapeUntil(tw.url, (m) => {
-      let n = 0;
-      for (let r = 0; r < RUNS; r++) for (let k = 0; k < FILES; k++) if (step(m, `many${r}`, k) === 1) n++;
-      return n === RUNS * FILES;
-    }, 'every one of the 600 files to be read', 60_000);
-    assert.equal(RUNS + 2, m.get('trainwatch_runs_watched'));
-    assert.equal(true, m.get('trainwatch_files_open')! < 256, `${m.get('trainwatch_files_open')} files open`);
-    await controlHalted(tw, control);
-    // A new record in an idle (released) file is still read.
-    beat(join(base, 'many7'), 3, 2);
-    await scrapeUntil(tw.url, (m) => step(m, 'many7', 3) === 2, 'a record appended to a released file');
-    await healthy(tw);
-    assert.doesNotMatch(tw.logs(), /run dropped/);
-    assert.equal(0, (await scrapeUntil(tw.url, () => true, 'a scrape')).get('trainwatch_runs_expired_total'));
-    await assertServing(tw);
-  });
+      const tw = await startTw(t, ['--root', base, ...FAST], { wrap: ['sh', '-c', 'ulimit -n 256 && exec "$@"', 'sh'] });
+      const m = await scrapeUntil(
+        tw.url,
+        (m) => {
+          let n = 0;
+          for (let r = 0; r < RUNS; r++) for (let k = 0; k < FILES; k++) if (step(m, `many${r}`, k) === 1) n++;
+          return n === RUNS * FILES;
+        },
+        'every one of the 600 files to be read',
+        60_000,
+      );
+      assert.equal(RUNS + 2, m.get('trainwatch_runs_watched'));
+      assert.equal(true, m.get('trainwatch_files_open')! < 256, `${m.get('trainwatch_files_open')} files open`);
+      await controlHalted(tw, control);
+      // A new record in an idle (released) file is still read.
+      beat(join(base, 'many7'), 3, 2);
+      await scrapeUntil(tw.url, (m) => step(m, 'many7', 3) === 2, 'a record appended to a released file');
+      await healthy(tw);
+      assert.doesNotMatch(tw.logs(), /run dropped/);
+      assert.equal(0, (await scrapeUntil(tw.url, () => true, 'a scrape')).get('trainwatch_runs_expired_total'));
+      await assertServing(tw);
+    },
+  );
 
   test('run_dir_name_not_utf8: refused and logged with its escaped name and the fix; the control run is halted', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
@@ -140,4 +149,3 @@ describe('hostile files', { concurrency: 2 }, () => {
     await assertServing(tw);
   });
 });
-

@@ -8,7 +8,23 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readlinkSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrape, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, cpuSeconds, killAtEnd, fdTargets, nonZeroParseErrors, records, scrapeUntil, sleep, startTw, startWriter, step, scratch, sweepsPassed, SWEEP_SENTINEL } from '../helpers/reliability.js';
+import {
+  assertServing,
+  beat,
+  cpuSeconds,
+  killAtEnd,
+  fdTargets,
+  nonZeroParseErrors,
+  records,
+  scrapeUntil,
+  sleep,
+  startTw,
+  startWriter,
+  step,
+  scratch,
+  sweepsPassed,
+  SWEEP_SENTINEL,
+} from '../helpers/reliability.js';
 
 describe('lifecycle', { concurrency: 4 }, () => {
   test('deleted_but_open_file: trainwatch releases its descriptor after reading what was left', { timeout: 60_000 }, async (t) => {
@@ -19,7 +35,9 @@ describe('lifecycle', { concurrency: 4 }, () => {
     for (let i = 1; i <= 5; i++) beat(run, 0, i);
     // Another process keeps the file open, so the inode outlives its name: only trainwatch's own
     // descriptor is in question.
-    const holder = spawn('python3', ['-c', 'import sys, time\nf = open(sys.argv[1], "a")\nprint("open", flush=True)\ntime.sleep(120)', f], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const holder = spawn('python3', ['-c', 'import sys, time\nf = open(sys.argv[1], "a")\nprint("open", flush=True)\ntime.sleep(120)', f], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     killAtEnd(t, holder);
     await new Promise((r) => holder.stdout.once('data', r));
     const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '0.5']);
@@ -27,7 +45,11 @@ describe('lifecycle', { concurrency: 4 }, () => {
     assert.equal(1, fdTargets(tw.pid).filter((p) => p === f).length, 'trainwatch holds the file open');
     for (let i = 6; i <= 8; i++) beat(run, 0, i);
     rmSync(f);
-    assert.equal(true, fdTargets(holder.pid!).some((p) => p === `${f} (deleted)`), 'the inode is still alive');
+    assert.equal(
+      true,
+      fdTargets(holder.pid!).some((p) => p === `${f} (deleted)`),
+      'the inode is still alive',
+    );
     // Read for a 1 s grace after the delete (a late writer), then released at the next poll.
     await waitFor(() => !fdTargets(tw.pid).some((p) => p.startsWith(f)), 'trainwatch to release the deleted file', 60_000);
     let m = await scrapeUntil(tw.url, (m) => records(m, 'del', 0) === 8, 'the 3 records appended just before the delete');
@@ -56,7 +78,11 @@ describe('lifecycle', { concurrency: 4 }, () => {
     rmSync(run, { recursive: true });
     let m = await scrapeUntil(tw.url, (m) => !m.has('trainwatch_step{run="r1",rank="0"}') && m.get('trainwatch_runs_watched') === 0, 'the series to disappear');
     assert.equal(undefined, m.get('trainwatch_run_ranks{run="r1"}'));
-    assert.deepEqual([], fdTargets(tw.pid).filter((p) => p.startsWith(run)), 'no descriptor left in the deleted run');
+    assert.deepEqual(
+      [],
+      fdTargets(tw.pid).filter((p) => p.startsWith(run)),
+      'no descriptor left in the deleted run',
+    );
     // Re-created: a new run, counted from its new files only; rank 1 has no file yet.
     fill(3, 100);
     unlinkSync(join(run, 'heartbeat_rank1.jsonl'));
@@ -72,7 +98,11 @@ describe('lifecycle', { concurrency: 4 }, () => {
     // them); never anything else, and never a record twice.
     rmSync(run, { recursive: true });
     fill(2, 200);
-    m = await scrapeUntil(tw.url, (m) => [2, 6].includes(records(m, 'r1', 0)) && [2, 3].includes(records(m, 'r1', 1)) && step(m, 'r1', 0) === 201, 'the quickly re-created run');
+    m = await scrapeUntil(
+      tw.url,
+      (m) => [2, 6].includes(records(m, 'r1', 0)) && [2, 3].includes(records(m, 'r1', 1)) && step(m, 'r1', 0) === 201,
+      'the quickly re-created run',
+    );
     const dropped = records(m, 'r1', 0) === 2;
     t.diagnostic(dropped ? 'the quick re-creation was seen as a new run' : 'the quick re-creation was seen as new files of the same run');
     assert.equal(dropped ? 2 : 3, records(m, 'r1', 1));
@@ -85,86 +115,97 @@ describe('lifecycle', { concurrency: 4 }, () => {
     await assertServing(tw);
   });
 
-  test('file_churn: heartbeat files created and deleted at ~1,000 a minute, descriptors and tails back to the baseline, every record counted once', { timeout: 180_000 }, async (t) => {
-    const base = scratch(t);
-    const churn = join(base, 'churn');
-    const steady = join(base, 'steady');
-    mkdirSync(churn);
-    mkdirSync(steady);
-    beat(steady, 0, 0, 'boot');
-    const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.5', '--watch.crash-detect', '1']);
-    await scrapeUntil(tw.url, (m) => records(m, 'steady', 0, 'boot') === 1, 'the steady run');
-    const writer = startWriter(t, join(steady, 'heartbeat_rank0.jsonl'), 0, 1, 100_000, 20);
-    await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) >= 5, 'the steady writer to be running');
-    const fds0 = fdTargets(tw.pid).length;
-    const watched0 = (await scrape(tw.url)).get('trainwatch_files_watched')!;
-    const cpu0 = cpuSeconds(tw.pid);
-    const t0 = Date.now();
-    // 330 heartbeat files at 1,000 a minute (when the machine keeps up): each gets a record when
-    // created, another half a second later, and is deleted about 1.5 s after its birth (~25
-    // exist at any moment), but never before trainwatch counted its two records: a file deleted
-    // unread is lost to any tailer, so that would test the machine's load, not trainwatch. A
-    // few stack dumps come and go too.
-    const FILES = 330;
-    const EVERY = 60;
-    const live: { rank: number; born: number; second: boolean }[] = [];
-    let created = 0;
-    let deleted = 0;
-    const deleteRead = async (due: (f: (typeof live)[number]) => boolean) => {
-      const gone = live.filter(due);
-      if (gone.length === 0) return;
-      await scrapeUntil(tw.url, (m) => gone.every((f) => records(m, 'churn', f.rank) === 2), `ranks ${gone.map((f) => f.rank).join(' ')} counted before their deletion`, 60_000);
-      for (const f of gone) {
-        live.splice(live.indexOf(f), 1);
-        unlinkSync(join(churn, `heartbeat_rank${f.rank}.jsonl`));
-        deleted++;
-      }
-    };
-    for (let tick = 0; created < FILES; tick++) {
-      const tickAt = Date.now();
-      const rank = 1000 + created++;
-      beat(churn, rank, 1);
-      live.push({ rank, born: tickAt, second: false });
-      for (const f of live) {
-        if (!f.second && tickAt - f.born >= 500) {
-          beat(churn, f.rank, 2);
-          f.second = true;
+  test(
+    'file_churn: heartbeat files created and deleted at ~1,000 a minute, descriptors and tails back to the baseline, every record counted once',
+    { timeout: 180_000 },
+    async (t) => {
+      const base = scratch(t);
+      const churn = join(base, 'churn');
+      const steady = join(base, 'steady');
+      mkdirSync(churn);
+      mkdirSync(steady);
+      beat(steady, 0, 0, 'boot');
+      const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.5', '--watch.crash-detect', '1']);
+      await scrapeUntil(tw.url, (m) => records(m, 'steady', 0, 'boot') === 1, 'the steady run');
+      const writer = startWriter(t, join(steady, 'heartbeat_rank0.jsonl'), 0, 1, 100_000, 20);
+      await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) >= 5, 'the steady writer to be running');
+      const fds0 = fdTargets(tw.pid).length;
+      const watched0 = (await scrape(tw.url)).get('trainwatch_files_watched')!;
+      const cpu0 = cpuSeconds(tw.pid);
+      const t0 = Date.now();
+      // 330 heartbeat files at 1,000 a minute (when the machine keeps up): each gets a record when
+      // created, another half a second later, and is deleted about 1.5 s after its birth (~25
+      // exist at any moment), but never before trainwatch counted its two records: a file deleted
+      // unread is lost to any tailer, so that would test the machine's load, not trainwatch. A
+      // few stack dumps come and go too.
+      const FILES = 330;
+      const EVERY = 60;
+      const live: { rank: number; born: number; second: boolean }[] = [];
+      let created = 0;
+      let deleted = 0;
+      const deleteRead = async (due: (f: (typeof live)[number]) => boolean) => {
+        const gone = live.filter(due);
+        if (gone.length === 0) return;
+        await scrapeUntil(
+          tw.url,
+          (m) => gone.every((f) => records(m, 'churn', f.rank) === 2),
+          `ranks ${gone.map((f) => f.rank).join(' ')} counted before their deletion`,
+          60_000,
+        );
+        for (const f of gone) {
+          live.splice(live.indexOf(f), 1);
+          unlinkSync(join(churn, `heartbeat_rank${f.rank}.jsonl`));
+          deleted++;
         }
+      };
+      for (let tick = 0; created < FILES; tick++) {
+        const tickAt = Date.now();
+        const rank = 1000 + created++;
+        beat(churn, rank, 1);
+        live.push({ rank, born: tickAt, second: false });
+        for (const f of live) {
+          if (!f.second && tickAt - f.born >= 500) {
+            beat(churn, f.rank, 2);
+            f.second = true;
+          }
+        }
+        await deleteRead((f) => f.second && tickAt - f.born >= 1500);
+        if (tick % 10 === 0) {
+          writeFileSync(join(churn, `stackdump_${tick}.txt`), 'Thread 0x1\n');
+          if (tick >= 10) unlinkSync(join(churn, `stackdump_${tick - 10}.txt`));
+        }
+        await sleep(Math.max(0, tickAt + EVERY - Date.now())); // pacing only; nothing is asserted about time
       }
-      await deleteRead((f) => f.second && tickAt - f.born >= 1500);
-      if (tick % 10 === 0) {
-        writeFileSync(join(churn, `stackdump_${tick}.txt`), 'Thread 0x1\n');
-        if (tick >= 10) unlinkSync(join(churn, `stackdump_${tick - 10}.txt`));
+      const elapsed = (Date.now() - t0) / 1000;
+      for (const f of live) {
+        if (!f.second) beat(churn, f.rank, 2);
+        f.second = true;
       }
-      await sleep(Math.max(0, tickAt + EVERY - Date.now())); // pacing only; nothing is asserted about time
-    }
-    const elapsed = (Date.now() - t0) / 1000;
-    for (const f of live) {
-      if (!f.second) beat(churn, f.rank, 2);
-      f.second = true;
-    }
-    await deleteRead(() => true);
-    for (const n of readdirSync(churn)) rmSync(join(churn, n));
-    t.diagnostic(`${created} heartbeat files created and ${deleted} deleted in ${elapsed.toFixed(1)} s (${Math.round((created / elapsed) * 60)}/min); trainwatch CPU ${(((cpuSeconds(tw.pid) - cpu0) / elapsed) * 100).toFixed(1)}% of a core (bench/ measures this)`);
-    assert.equal(FILES, deleted);
-    // Every churned file's two records, exactly once: a sentinel in the steady run is no help
-    // for other files, so the counts are checked once every file is gone and swept.
-    await sweepsPassed(tw.url, base, 2);
-    const m = await scrape(tw.url);
-    const wrong = [];
-    for (let r = 1000; r < 1000 + created; r++) if (records(m, 'churn', r) !== 2 || step(m, 'churn', r) !== 2) wrong.push(r);
-    assert.deepEqual([], wrong, 'ranks whose records were not counted exactly twice');
-    // Descriptors and tails back to where they were (the sentinel run adds one file).
-    await waitFor(() => fdTargets(tw.pid).length <= fds0 + 3, `fds back near the baseline of ${fds0}`, 60_000).catch((e) => {
-      throw new Error(`${(e as Error).message}; now ${fdTargets(tw.pid).length}: ${fdTargets(tw.pid).join(' ')}`);
-    });
-    await scrapeUntil(tw.url, (m) => m.get('trainwatch_files_watched')! <= watched0 + 1, 'files_watched back to the baseline', 60_000);
-    const n = await writer.stop();
-    const m2 = await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) === n, `the steady run's ${n} records`);
-    assert.equal(n, step(m2, 'steady', 0));
-    assert.deepEqual({}, nonZeroParseErrors(m2));
-    await assertServing(tw);
-  });
+      await deleteRead(() => true);
+      for (const n of readdirSync(churn)) rmSync(join(churn, n));
+      t.diagnostic(
+        `${created} heartbeat files created and ${deleted} deleted in ${elapsed.toFixed(1)} s (${Math.round((created / elapsed) * 60)}/min); trainwatch CPU ${(((cpuSeconds(tw.pid) - cpu0) / elapsed) * 100).toFixed(1)}% of a core (bench/ measures this)`,
+      );
+      assert.equal(FILES, deleted);
+      // Every churned file's two records, exactly once: a sentinel in the steady run is no help
+      // for other files, so the counts are checked once every file is gone and swept.
+      await sweepsPassed(tw.url, base, 2);
+      const m = await scrape(tw.url);
+      const wrong = [];
+      for (let r = 1000; r < 1000 + created; r++) if (records(m, 'churn', r) !== 2 || step(m, 'churn', r) !== 2) wrong.push(r);
+      assert.deepEqual([], wrong, 'ranks whose records were not counted exactly twice');
+      // Descriptors and tails back to where they were (the sentinel run adds one file).
+      await waitFor(() => fdTargets(tw.pid).length <= fds0 + 3, `fds back near the baseline of ${fds0}`, 60_000).catch((e) => {
+        throw new Error(`${(e as Error).message}; now ${fdTargets(tw.pid).length}: ${fdTargets(tw.pid).join(' ')}`);
+      });
+      await scrapeUntil(tw.url, (m) => m.get('trainwatch_files_watched')! <= watched0 + 1, 'files_watched back to the baseline', 60_000);
+      const n = await writer.stop();
+      const m2 = await scrapeUntil(tw.url, (m) => records(m, 'steady', 0) === n, `the steady run's ${n} records`);
+      assert.equal(n, step(m2, 'steady', 0));
+      assert.deepEqual({}, nonZeroParseErrors(m2));
+      await assertServing(tw);
+    },
+  );
 
   test('symlink_loop_in_run_root: no crash, one warning per loop, the real runs still discovered', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
@@ -189,12 +230,27 @@ describe('lifecycle', { concurrency: 4 }, () => {
       await sweepsPassed(tw.url, base, 3);
       const m = await scrape(tw.url);
       // Each directory is one run, whatever its names: the loops are not runs.
-      assert.deepEqual([`late${poll ? 'p' : ''}`, 'real'], [...m.keys()].filter((k) => k.startsWith('trainwatch_run_ranks{')).map((k) => /run="([^"]+)"/.exec(k)![1]).filter((r) => r !== SWEEP_SENTINEL).map((r) => (r === 'same' ? 'real' : r)).sort());
+      assert.deepEqual(
+        [`late${poll ? 'p' : ''}`, 'real'],
+        [...m.keys()]
+          .filter((k) => k.startsWith('trainwatch_run_ranks{'))
+          .map((k) => /run="([^"]+)"/.exec(k)![1])
+          .filter((r) => r !== SWEEP_SENTINEL)
+          .map((r) => (r === 'same' ? 'real' : r))
+          .sort(),
+      );
       assert.equal(5, records(m, 'real', 0) + records(m, 'same', 0));
       // A loop is worth one warning, not one per sweep (several sweeps went by).
-      const warnings = tw.logs().split('\n').filter((l) => /level=warn/.test(l) && !l.includes(`run=${SWEEP_SENTINEL}`) && !/run=(real|same|late)/.test(l));
+      const warnings = tw
+        .logs()
+        .split('\n')
+        .filter((l) => /level=warn/.test(l) && !l.includes(`run=${SWEEP_SENTINEL}`) && !/run=(real|same|late)/.test(l));
       const paths = warnings.map((l) => /path=(\S+)/.exec(l)?.[1]);
-      assert.deepEqual(['a', 'b', 'c1', 'c2'].map((n) => join(base, n)), paths.sort(), `warnings:\n${warnings.join('\n')}`);
+      assert.deepEqual(
+        ['a', 'b', 'c1', 'c2'].map((n) => join(base, n)),
+        paths.sort(),
+        `warnings:\n${warnings.join('\n')}`,
+      );
       await assertServing(tw);
       await tw.stop();
       rmSync(late, { recursive: true });

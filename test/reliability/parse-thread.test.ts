@@ -20,7 +20,7 @@ const PARAMS = { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0
 /** A seeded mix of everything a heartbeat file can hold, over several ranks (a legacy heartbeat.jsonl). */
 function mixedFile(bytes: number, seed = 7): { text: Buffer; lines: number } {
   let x = seed;
-  const rnd = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const rnd = () => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   const parts: Buffer[] = [];
   let size = 0;
   let lines = 0;
@@ -31,13 +31,28 @@ function mixedFile(bytes: number, seed = 7): { text: Buffer; lines: number } {
     const toks = stepN % 50 < 8 ? 0 : 1000 + Math.floor(rnd() * 100);
     const loss = stepN % 70 < 12 ? 2.5 : rnd() * 4;
     let line: string | Buffer;
-    if (r < 0.7) line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'progress', pid: 100 + rank, loss, toks_per_s: toks, grad_norm: stepN % 97 === 0 ? NaN : rnd(), dt_fetch_s: rnd() / 100, gpu_mem_alloc: 30000, gate_entropy_mean: rnd() });
+    if (r < 0.7)
+      line = pyJson({
+        ts: 1.7e9 + stepN,
+        rank,
+        step: stepN,
+        msg: 'progress',
+        pid: 100 + rank,
+        loss,
+        toks_per_s: toks,
+        grad_norm: stepN % 97 === 0 ? NaN : rnd(),
+        dt_fetch_s: rnd() / 100,
+        gpu_mem_alloc: 30000,
+        gate_entropy_mean: rnd(),
+      });
     else if (r < 0.8) line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: r < 0.75 ? 'beat' : 'watchdog_dump', note: 'say "NaN" \u00e9' });
     else if (r < 0.84) line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'progress', loss: NaN, toks_per_s: Infinity });
-    else if (r < 0.87) line = '{"ts": 1.7e9, "rank": 1, "st' + pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'beat' }); // glued after a kill
+    else if (r < 0.87)
+      line = '{"ts": 1.7e9, "rank": 1, "st' + pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'beat' }); // glued after a kill
     else if (r < 0.89) line = Buffer.concat([Buffer.from('{"ts": 1, "rank": 0, "step": 1, "msg": "'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]);
     else if (r < 0.91) line = r < 0.9 ? '' : '\r';
-    else if (r < 0.93) line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'progress', pad: 'x'.repeat(MAX_LINE) }); // too long
+    else if (r < 0.93)
+      line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'progress', pad: 'x'.repeat(MAX_LINE) }); // too long
     else if (r < 0.95) line = ['[1, 2]', '{"rank": 0, "step": 1}', '{"ts": "soon", "rank": 0, "step": 1}', 'not json'][stepN % 4]!;
     else line = pyJson({ ts: 1.7e9 + stepN, rank, step: stepN, msg: 'boot' });
     const b = Buffer.concat([typeof line === 'string' ? Buffer.from(line) : line, Buffer.from('\n')]);
@@ -85,7 +100,10 @@ test('backlog_parsed_on_two_threads: state, line and error counts equal a main-t
   assert.equal(f.lines, alone.stats.linesRead + alone.stats.parseErrors.line_too_long);
   assert.equal(alone.stats.linesRead, both.stats.linesRead);
   assert.deepEqual(alone.stats.parseErrors, both.stats.parseErrors);
-  assert.ok(alone.stats.parseErrors.invalid_json > 0 && alone.stats.parseErrors.invalid_utf8 > 0 && alone.stats.parseErrors.blank_line > 0, 'the fixture exercises the error paths');
+  assert.ok(
+    alone.stats.parseErrors.invalid_json > 0 && alone.stats.parseErrors.invalid_utf8 > 0 && alone.stats.parseErrors.blank_line > 0,
+    'the fixture exercises the error paths',
+  );
   assert.deepEqual(alone.ranks, both.ranks);
   assert.ok(both.touched > 0);
 });

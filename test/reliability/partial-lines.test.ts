@@ -155,7 +155,11 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     // A sentinel in every file: once each is counted, nothing before it can be counted again.
     for (const run of [pre, post]) for (const r of [0, 1, 2, 3]) beat(run, r, 99);
     const m = await scrapeUntil(tw.url, (m) => ['pre', 'post'].every((run) => [0, 1, 2, 3].every((r) => step(m, run, r) === 99)), 'the sentinel records');
-    for (const run of ['pre', 'post']) assert.deepEqual([3, 2, 2, 2], [0, 1, 2, 3].map((r) => records(m, run, r)));
+    for (const run of ['pre', 'post'])
+      assert.deepEqual(
+        [3, 2, 2, 2],
+        [0, 1, 2, 3].map((r) => records(m, run, r)),
+      );
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
@@ -169,14 +173,19 @@ describe('partial lines and restarts', { concurrency: 4 }, () => {
     // record: it lacks rank and step), and each first record shares a long prefix up to `rank`.
     const head = JSON.stringify({ msg: 'launcher', note: 'x'.repeat(1000) }) + '\n';
     const ts = (Date.now() / 1000).toFixed(3);
-    const rec = (rank: number, s: number) => `{"ts": ${ts}, "iso": "", "pid": 4242, "pad": "${'y'.repeat(300)}", "step": ${s}, "msg": "progress", "rank": ${rank}}\n`;
+    const rec = (rank: number, s: number) =>
+      `{"ts": ${ts}, "iso": "", "pid": 4242, "pad": "${'y'.repeat(300)}", "step": ${s}, "msg": "progress", "rank": ${rank}}\n`;
     for (const r of [0, 1]) writeFileSync(join(run, `heartbeat_rank${r}.jsonl`), head + rec(r, 1));
     const tw = await startTw(t, ['--root', base, ...FAST]);
     let m = await scrapeUntil(tw.url, (m) => records(m, 'twins', 0) === 1 && records(m, 'twins', 1) === 1, 'both ranks');
     for (let s = 2; s <= 10; s++) for (const r of [0, 1]) appendFileSync(join(run, `heartbeat_rank${r}.jsonl`), rec(r, s + r * 100));
     // A third file created later with the same first bytes.
     writeFileSync(join(run, 'heartbeat_rank2.jsonl'), head + rec(2, 1));
-    m = await scrapeUntil(tw.url, (m) => records(m, 'twins', 0) === 10 && records(m, 'twins', 1) === 10 && records(m, 'twins', 2) === 1, 'all records of the three files');
+    m = await scrapeUntil(
+      tw.url,
+      (m) => records(m, 'twins', 0) === 10 && records(m, 'twins', 1) === 10 && records(m, 'twins', 2) === 1,
+      'all records of the three files',
+    );
     assert.equal(10, step(m, 'twins', 0));
     assert.equal(110, step(m, 'twins', 1));
     assert.equal(1, step(m, 'twins', 2));

@@ -7,7 +7,21 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameS
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { scrape, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, fdTargets, nonZeroParseErrors, record, records, scrapeUntil, startTw, startWriter, step, scratch, sweepsPassed, SWEEP_SENTINEL } from '../helpers/reliability.js';
+import {
+  assertServing,
+  beat,
+  fdTargets,
+  nonZeroParseErrors,
+  record,
+  records,
+  scrapeUntil,
+  startTw,
+  startWriter,
+  step,
+  scratch,
+  sweepsPassed,
+  SWEEP_SENTINEL,
+} from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.1'];
 
@@ -30,56 +44,62 @@ function procState(pid: number): string {
 }
 
 describe('rotation', { concurrency: 4 }, () => {
-  test('rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice', { timeout: 120_000 }, async (t) => {
-    const base = scratch(t);
-    const run = join(base, 'rot');
-    mkdirSync(run);
-    const f = join(run, 'heartbeat_rank0.jsonl');
-    beat(run, 0, 0, 'boot');
-    // Sweeps once a second: between them only file events can follow a rename, and events on a
-    // file stay with its old inode after a rename (what broke here before).
-    const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '1']);
-    // 3 ms between the writer's open and its write (a GIL switch in a threaded trainer): many
-    // renames fall there, and that record lands in the rotated file after trainwatch drained it.
-    const writer = startWriter(t, f, 0, 1, 100_000, 200, 3);
-    // Rotate only once the writer runs: a file generation that its writer creates just before
-    // it is rotated away is lost to any tailer that never got to open it.
-    await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= 10, 'the writer to be running');
-    let rotations = 0;
-    while (rotations < 25) {
-      // The writer pauses (SIGSTOP) wherever it is, often between its open and its write, and
-      // trainwatch catches up with every record on disk before the rename: a tailer that had
-      // not yet opened a file generation would lose it, however fast, so the test does not
-      // race trainwatch against the writer, only rotations against the writer's open file.
-      writer.proc.kill('SIGSTOP');
-      await waitFor(() => procState(writer.proc.pid!) === 'T', 'the writer to stop');
-      const onDisk = linesIn(run, 'heartbeat_rank0.jsonl') - 1;
-      await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) === onDisk, `trainwatch to catch up before rotation ${rotations + 1}`);
-      // logrotate's `create` style: rename away; the trainer's next append creates a fresh file.
-      // Every other rotated file is compressed, one rotation later (logrotate's delaycompress):
-      // a record the writer had opened the file for just before the rename lands there late.
-      if (existsSync(f)) {
-        renameSync(f, `${f}.${++rotations}`);
-        if (rotations % 2 === 0) spawnSync('gzip', [`${f}.${rotations - 1}`]);
+  test(
+    'rename_and_create_rotation_under_continuous_writing: many rotations while a writer appends, nothing lost or read twice',
+    { timeout: 120_000 },
+    async (t) => {
+      const base = scratch(t);
+      const run = join(base, 'rot');
+      mkdirSync(run);
+      const f = join(run, 'heartbeat_rank0.jsonl');
+      beat(run, 0, 0, 'boot');
+      // Sweeps once a second: between them only file events can follow a rename, and events on a
+      // file stay with its old inode after a rename (what broke here before).
+      const tw = await startTw(t, ['--dir', run, '--tail.sweep-interval-s', '1']);
+      // 3 ms between the writer's open and its write (a GIL switch in a threaded trainer): many
+      // renames fall there, and that record lands in the rotated file after trainwatch drained it.
+      const writer = startWriter(t, f, 0, 1, 100_000, 200, 3);
+      // Rotate only once the writer runs: a file generation that its writer creates just before
+      // it is rotated away is lost to any tailer that never got to open it.
+      await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= 10, 'the writer to be running');
+      let rotations = 0;
+      while (rotations < 25) {
+        // The writer pauses (SIGSTOP) wherever it is, often between its open and its write, and
+        // trainwatch catches up with every record on disk before the rename: a tailer that had
+        // not yet opened a file generation would lose it, however fast, so the test does not
+        // race trainwatch against the writer, only rotations against the writer's open file.
+        writer.proc.kill('SIGSTOP');
+        await waitFor(() => procState(writer.proc.pid!) === 'T', 'the writer to stop');
+        const onDisk = linesIn(run, 'heartbeat_rank0.jsonl') - 1;
+        await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) === onDisk, `trainwatch to catch up before rotation ${rotations + 1}`);
+        // logrotate's `create` style: rename away; the trainer's next append creates a fresh file.
+        // Every other rotated file is compressed, one rotation later (logrotate's delaycompress):
+        // a record the writer had opened the file for just before the rename lands there late.
+        if (existsSync(f)) {
+          renameSync(f, `${f}.${++rotations}`);
+          if (rotations % 2 === 0) spawnSync('gzip', [`${f}.${rotations - 1}`]);
+        }
+        writer.proc.kill('SIGCONT');
+        // A few records into the new generation before the next pause.
+        await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= onDisk + 5, `records after rotation ${rotations}`);
       }
-      writer.proc.kill('SIGCONT');
-      // A few records into the new generation before the next pause.
-      await scrapeUntil(tw.url, (m) => records(m, 'rot', 0) >= onDisk + 5, `records after rotation ${rotations}`);
-    }
-    const N = await writer.stop();
-    assert.equal(N + 1, linesIn(run, 'heartbeat_rank0.jsonl'), 'the files hold every record once');
-    // A sentinel after the writer's last record: once it is counted, everything before it was read.
-    beat(run, 0, N + 1);
-    const m = await scrapeUntil(tw.url, (m) => step(m, 'rot', 0) === N + 1, 'the sentinel record after the writer\'s last').catch(async (e) => {
-      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'rot', 0)} of ${N + 1} after ${rotations} rotations and ${writer.late()} late writes`);
-    });
-    t.diagnostic(`${N} records, ${rotations} rotations, ${writer.late()} records written into a file already rotated away`);
-    assert.equal(true, writer.late() >= 3, 'the test provoked late writes');
-    assert.equal(N + 1, records(m, 'rot', 0), 'every record once, none twice');
-    assert.equal(1, records(m, 'rot', 0, 'boot'));
-    assert.deepEqual({}, nonZeroParseErrors(m));
-    await assertServing(tw);
-  });
+      const N = await writer.stop();
+      assert.equal(N + 1, linesIn(run, 'heartbeat_rank0.jsonl'), 'the files hold every record once');
+      // A sentinel after the writer's last record: once it is counted, everything before it was read.
+      beat(run, 0, N + 1);
+      const m = await scrapeUntil(tw.url, (m) => step(m, 'rot', 0) === N + 1, "the sentinel record after the writer's last").catch(async (e) => {
+        throw new Error(
+          `${(e as Error).message}: have ${records(await scrape(tw.url), 'rot', 0)} of ${N + 1} after ${rotations} rotations and ${writer.late()} late writes`,
+        );
+      });
+      t.diagnostic(`${N} records, ${rotations} rotations, ${writer.late()} records written into a file already rotated away`);
+      assert.equal(true, writer.late() >= 3, 'the test provoked late writes');
+      assert.equal(N + 1, records(m, 'rot', 0), 'every record once, none twice');
+      assert.equal(1, records(m, 'rot', 0, 'boot'));
+      assert.deepEqual({}, nonZeroParseErrors(m));
+      await assertServing(tw);
+    },
+  );
 
   test('copytruncate_under_continuous_writing: truncations while a writer appends, nothing lost or read twice', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
@@ -113,41 +133,45 @@ describe('rotation', { concurrency: 4 }, () => {
     assert.equal(N, linesIn(run, 'heartbeat_rank0.jsonl'));
     // A sentinel after the writer's last record: once it is counted, everything before it was read.
     beat(run, 0, N + 1);
-    const m = await scrapeUntil(tw.url, (m) => step(m, 'ct', 0) === N + 1, 'the sentinel record after the writer\'s last');
+    const m = await scrapeUntil(tw.url, (m) => step(m, 'ct', 0) === N + 1, "the sentinel record after the writer's last");
     assert.equal(N + 1, records(m, 'ct', 0), 'every record once, none twice');
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
 
-  test('copytruncate_without_pausing_the_writer: records written just before each copy are read from the copy; every record in a file is read once', { timeout: 60_000 }, async (t) => {
-    const base = scratch(t);
-    const run = join(base, 'ctw');
-    mkdirSync(run);
-    const f = join(run, 'heartbeat_rank0.jsonl');
-    // Between two reads (one window of tail.event-coalesce-ms) records pile up; after the
-    // truncate, the copy is their only home. (A second copytruncate before trainwatch read the
-    // first one's generation would lose that generation: one copy holds our mark, not both.)
-    const tw = await startTw(t, ['--dir', run, '--tail.event-coalesce-ms', '400']);
-    const writer = startWriter(t, f, 0, 1, 100_000, 400);
-    await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= 10, 'the writer to be running');
-    const pace = (ms: number) => new Promise((r) => setTimeout(r, ms)); // the writer's pace between rotations, not a wait for a verdict
-    for (let i = 1; i <= 6; i++) {
-      await pace(1500);
-      // logrotate's copytruncate with dateext: copy, then truncate in place, the writer never stops.
-      copyFileSync(f, `${f}-2026113${i}`);
-      truncateSync(f, 0);
-    }
-    await pace(200);
-    const N = await writer.stop();
-    // Records written between a copy and its truncate are in no file: nobody can read them.
-    const inFiles = linesIn(run, 'heartbeat_rank0.jsonl');
-    const m = await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= inFiles, `the ${inFiles} records in the files (of ${N} written)`).catch(async (e) => {
-      throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'ctw', 0)}`);
-    });
-    assert.equal(true, records(m, 'ctw', 0) <= N, 'no record read twice');
-    assert.equal(0, m.get('trainwatch_parse_errors_total{reason="copytruncate_lost"}') ?? 0, 'every truncation found its copy');
-    await assertServing(tw);
-  });
+  test(
+    'copytruncate_without_pausing_the_writer: records written just before each copy are read from the copy; every record in a file is read once',
+    { timeout: 60_000 },
+    async (t) => {
+      const base = scratch(t);
+      const run = join(base, 'ctw');
+      mkdirSync(run);
+      const f = join(run, 'heartbeat_rank0.jsonl');
+      // Between two reads (one window of tail.event-coalesce-ms) records pile up; after the
+      // truncate, the copy is their only home. (A second copytruncate before trainwatch read the
+      // first one's generation would lose that generation: one copy holds our mark, not both.)
+      const tw = await startTw(t, ['--dir', run, '--tail.event-coalesce-ms', '400']);
+      const writer = startWriter(t, f, 0, 1, 100_000, 400);
+      await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= 10, 'the writer to be running');
+      const pace = (ms: number) => new Promise((r) => setTimeout(r, ms)); // the writer's pace between rotations, not a wait for a verdict
+      for (let i = 1; i <= 6; i++) {
+        await pace(1500);
+        // logrotate's copytruncate with dateext: copy, then truncate in place, the writer never stops.
+        copyFileSync(f, `${f}-2026113${i}`);
+        truncateSync(f, 0);
+      }
+      await pace(200);
+      const N = await writer.stop();
+      // Records written between a copy and its truncate are in no file: nobody can read them.
+      const inFiles = linesIn(run, 'heartbeat_rank0.jsonl');
+      const m = await scrapeUntil(tw.url, (m) => records(m, 'ctw', 0) >= inFiles, `the ${inFiles} records in the files (of ${N} written)`).catch(async (e) => {
+        throw new Error(`${(e as Error).message}: have ${records(await scrape(tw.url), 'ctw', 0)}`);
+      });
+      assert.equal(true, records(m, 'ctw', 0) <= N, 'no record read twice');
+      assert.equal(0, m.get('trainwatch_parse_errors_total{reason="copytruncate_lost"}') ?? 0, 'every truncation found its copy');
+      await assertServing(tw);
+    },
+  );
 
   test('gz_rotated_file_beside_live_one: never opened, never counted', { timeout: 60_000 }, async (t) => {
     const base = scratch(t);
@@ -174,12 +198,21 @@ describe('rotation', { concurrency: 4 }, () => {
     for (const r of [0, 1, 2]) beat(run, r, 999);
     m = await scrapeUntil(tw.url, (m) => [0, 1, 2].every((r) => step(m, 'gz', r) === 999), 'the sentinel records');
     await sweepsPassed(tw.url, base, 2);
-    assert.deepEqual([], fdTargets(tw.pid).filter((p) => p.includes('.gz') || p.endsWith('.jsonl.1')), 'trainwatch never opens a rotated file');
+    assert.deepEqual(
+      [],
+      fdTargets(tw.pid).filter((p) => p.includes('.gz') || p.endsWith('.jsonl.1')),
+      'trainwatch never opens a rotated file',
+    );
     m = await scrape(tw.url);
     assert.equal(21, records(m, 'gz', 0));
     assert.equal(1, records(m, 'gz', 1), 'rank 1: only its sentinel, not its .gz');
     assert.equal(1, records(m, 'gz', 2), 'rank 2: only its sentinel, not its .gz');
-    const live = [join(run, 'heartbeat_rank0.jsonl'), join(run, 'heartbeat_rank1.jsonl'), join(run, 'heartbeat_rank2.jsonl'), join(base, SWEEP_SENTINEL, 'heartbeat_rank0.jsonl')];
+    const live = [
+      join(run, 'heartbeat_rank0.jsonl'),
+      join(run, 'heartbeat_rank1.jsonl'),
+      join(run, 'heartbeat_rank2.jsonl'),
+      join(base, SWEEP_SENTINEL, 'heartbeat_rank0.jsonl'),
+    ];
     assert.equal(liveBytes + live.reduce((n, p) => n + statSync(p).size, 0), m.get('trainwatch_read_bytes_total'), 'only the live files were read');
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);

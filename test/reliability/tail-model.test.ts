@@ -244,7 +244,14 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
   };
   if (initial > 0) write(() => model.take(initial));
   // A grace far longer than a sequence: the last rotated file stays readable until the next rotation.
-  const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: STARTUP, startAtEnd, rotateGraceMs: grace ? 600_000 : 0, idlePolls: release ? 1 : 0, idleMs: 0 });
+  const tail = new FileTail(path, sink, {
+    maxLineBytes: MAX_LINE,
+    startupBytes: STARTUP,
+    startAtEnd,
+    rotateGraceMs: grace ? 600_000 : 0,
+    idlePolls: release ? 1 : 0,
+    idleMs: 0,
+  });
   let startupPending = startAtEnd;
   /** the file rotated away last, while it may still take late lines: its path and generation */
   let lateTarget: { path: string; gen: number } | undefined;
@@ -313,28 +320,42 @@ async function runSequence(seed: number, initial: number, startAtEnd: boolean, g
     await poll();
     await tail.close(); // ends a rotated file still in its grace: its unfinished line is counted then
     assert.deepEqual(sink.lines, model.expected, 'delivered lines');
-    assert.deepEqual(sink.errors, Object.fromEntries(Object.entries({ line_too_long: model.tooLong + model.pendingTooLong(), partial_line_dropped: model.dropped, copytruncate_lost: model.truncLost }).filter(([, v]) => v > 0)), 'error counts');
+    assert.deepEqual(
+      sink.errors,
+      Object.fromEntries(
+        Object.entries({
+          line_too_long: model.tooLong + model.pendingTooLong(),
+          partial_line_dropped: model.dropped,
+          copytruncate_lost: model.truncLost,
+        }).filter(([, v]) => v > 0),
+      ),
+      'error counts',
+    );
   } finally {
     await tail.close();
     d.cleanup();
   }
 }
 
-test('model: random appends, partial lines, rotations, copytruncate, truncate-regrow and polls (descriptors held or released when idle) deliver every line exactly once, in order', { timeout: 90_000 }, async () => {
-  const seed = process.env.TW_MODEL_SEED ? Number(process.env.TW_MODEL_SEED) : undefined;
-  await fc.assert(
-    fc.asyncProperty(
-      fc.integer({ min: 0, max: 2 ** 31 - 1 }),
-      fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 5000 })),
-      fc.boolean(),
-      fc.boolean(),
-      fc.boolean(),
-      fc.array(opArb, { minLength: 1, maxLength: 60 }),
-      (lineSeed, initial, startAtEnd, grace, release, ops) => runSequence(lineSeed, initial, startAtEnd, grace, release, ops),
-    ),
-    { numRuns: 500, seed, verbose: 1, includeErrorInReport: true },
-  );
-});
+test(
+  'model: random appends, partial lines, rotations, copytruncate, truncate-regrow and polls (descriptors held or released when idle) deliver every line exactly once, in order',
+  { timeout: 90_000 },
+  async () => {
+    const seed = process.env.TW_MODEL_SEED ? Number(process.env.TW_MODEL_SEED) : undefined;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+        fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 5000 })),
+        fc.boolean(),
+        fc.boolean(),
+        fc.boolean(),
+        fc.array(opArb, { minLength: 1, maxLength: 60 }),
+        (lineSeed, initial, startAtEnd, grace, release, ops) => runSequence(lineSeed, initial, startAtEnd, grace, release, ops),
+      ),
+      { numRuns: 500, seed, verbose: 1, includeErrorInReport: true },
+    );
+  },
+);
 
 test('model sanity: a startup window over a long file skips only what is before the window', { timeout: 30_000 }, async () => {
   // Guards the model itself: a file of 100 short lines read with startAtEnd delivers a suffix.

@@ -2,7 +2,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, rmdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  rmdirSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { Actions, type RunRef } from '../../src/actions/actions.js';
 import { AppendLog, ConfinementError } from '../../src/actions/files.js';
@@ -22,7 +35,13 @@ function setup(halt = true) {
   const run: RunRef = { name: 'run', dir, real: realpathSync(dir) };
   const stats = new Stats();
   const mk = () => new Actions({ halt, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
-  const audit = () => (existsSync(join(dir, '.trainwatch-audit.jsonl')) ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+  const audit = () =>
+    existsSync(join(dir, '.trainwatch-audit.jsonl'))
+      ? readFileSync(join(dir, '.trainwatch-audit.jsonl'), 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+      : [];
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : undefined);
   return { d, dir, run, stats, actions: mk(), mk, audit, read };
 }
@@ -37,7 +56,12 @@ test('an episode writes once; a deleted .anomaly_type stays deleted while it las
   await actions.reconcile(run, [], 1020);
   await actions.reconcile(run, [flat], 1030);
   assert.equal('throughput_flatline\n', read('.anomaly_type'));
-  assert.deepEqual(['anomaly', 'resolved', 'anomaly'], audit().filter((e) => e.event !== 'action').map((e) => e.event));
+  assert.deepEqual(
+    ['anomaly', 'resolved', 'anomaly'],
+    audit()
+      .filter((e) => e.event !== 'action')
+      .map((e) => e.event),
+  );
   d.cleanup();
 });
 
@@ -49,8 +73,18 @@ test('while a .HALT is there, a new episode is audited but rewrites none of the 
   await actions.reconcile(run, [flat], 1030);
   assert.equal(undefined, read('.anomaly_type'));
   assert.equal('halt: heartbeat_stall\n', read('.HALT'));
-  assert.deepEqual(['heartbeat_stall', 'throughput_flatline'], audit().filter((e) => e.event === 'anomaly').map((e) => e.kind));
-  assert.deepEqual(['ok'], audit().filter((e) => e.action === 'halt').map((e) => e.result));
+  assert.deepEqual(
+    ['heartbeat_stall', 'throughput_flatline'],
+    audit()
+      .filter((e) => e.event === 'anomaly')
+      .map((e) => e.kind),
+  );
+  assert.deepEqual(
+    ['ok'],
+    audit()
+      .filter((e) => e.action === 'halt')
+      .map((e) => e.result),
+  );
   d.cleanup();
 });
 
@@ -72,11 +106,22 @@ test('a kind that is quiet while halted keeps its episode open instead of resolv
   // .HALT appears: the detector stops reporting the stall (silence is expected now) and the
   // flatline is over. Only the flatline's episode ends.
   await actions.reconcile({ ...run, halted: true }, [], 1001);
-  assert.deepEqual(['throughput_flatline'], audit().filter((e) => e.event === 'resolved').map((e) => e.kind));
+  assert.deepEqual(
+    ['throughput_flatline'],
+    audit()
+      .filter((e) => e.event === 'resolved')
+      .map((e) => e.kind),
+  );
   // .HALT is removed and the run is still silent: the same stall episode, so nothing is
   // audited or written again.
   await actions.reconcile(run, [stall], 1002);
-  assert.deepEqual(['anomaly:heartbeat_stall', 'anomaly:throughput_flatline', 'resolved:throughput_flatline'], audit().filter((e) => e.event !== 'action').map((e) => `${e.event}:${e.kind}`).sort());
+  assert.deepEqual(
+    ['anomaly:heartbeat_stall', 'anomaly:throughput_flatline', 'resolved:throughput_flatline'],
+    audit()
+      .filter((e) => e.event !== 'action')
+      .map((e) => `${e.event}:${e.kind}`)
+      .sort(),
+  );
   assert.equal(undefined, read('.anomaly_type'));
   d.cleanup();
 });
@@ -86,7 +131,12 @@ test('two kinds at once: both are audited, and the more important one is left in
   await actions.reconcile(run, [flat, stall], 1000);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
   assert.equal(undefined, read('.HALT'));
-  assert.deepEqual(['throughput_flatline', 'heartbeat_stall'], audit().filter((e) => e.event === 'anomaly').map((e) => e.kind));
+  assert.deepEqual(
+    ['throughput_flatline', 'heartbeat_stall'],
+    audit()
+      .filter((e) => e.event === 'anomaly')
+      .map((e) => e.kind),
+  );
   d.cleanup();
 });
 
@@ -99,7 +149,12 @@ test('a failed write is counted, audited and retried at the next evaluation unti
   rmdirSync(join(dir, '.anomaly_type'));
   await actions.reconcile(run, [stall], 1010);
   assert.equal('heartbeat_stall\n', read('.anomaly_type'));
-  assert.deepEqual(['failed', 'ok'], audit().filter((e) => e.action === 'anomaly_type').map((e) => e.result));
+  assert.deepEqual(
+    ['failed', 'ok'],
+    audit()
+      .filter((e) => e.action === 'anomaly_type')
+      .map((e) => e.result),
+  );
   assert.equal(1, audit().filter((e) => e.event === 'anomaly').length);
   d.cleanup();
 });
@@ -149,7 +204,10 @@ test('an audit log deleted while trainwatch runs is re-created by the next entry
   await actions.reconcile(run, [stall], 1000);
   rmSync(join(dir, '.trainwatch-audit.jsonl'));
   await actions.reconcile(run, [], 1010);
-  assert.deepEqual(['resolved'], audit().map((e) => e.event));
+  assert.deepEqual(
+    ['resolved'],
+    audit().map((e) => e.event),
+  );
 });
 
 test('a rotated audit log (renamed away) gets no more entries: they go to a new file under the name', async (t) => {
@@ -160,7 +218,10 @@ test('a rotated audit log (renamed away) gets no more entries: they go to a new 
   const rotated = readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8');
   await actions.reconcile(run, [], 1010);
   assert.equal(rotated, readFileSync(join(dir, '.trainwatch-audit.jsonl.1'), 'utf8'));
-  assert.deepEqual(['resolved'], audit().map((e) => e.event));
+  assert.deepEqual(
+    ['resolved'],
+    audit().map((e) => e.event),
+  );
 });
 
 test('a run directory swapped for a symlink after its audit log was opened: the next entry is refused, nothing is written outside', async (t) => {
@@ -189,7 +250,10 @@ test('killed between the control-file writes and their audit entries: the restar
   const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
   await again.reconcile({ ...run, halted: true }, [stall], 1010, procs);
   const actions = audit().filter((e) => e.event === 'action');
-  assert.deepEqual(['anomaly_type', 'details', 'halt'], actions.map((e) => e.action));
+  assert.deepEqual(
+    ['anomaly_type', 'details', 'halt'],
+    actions.map((e) => e.action),
+  );
   assert.deepEqual({ result: 'ok', recovered: true }, { result: actions[2].result, recovered: actions[2].recovered });
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
   await again.reconcile({ ...run, halted: true }, [stall], 1010 + 60, procs);
@@ -197,7 +261,10 @@ test('killed between the control-file writes and their audit entries: the restar
 });
 
 test('a .HALT older than the restored episode, or with another reason, is not taken for its own: it counts as found', async (t) => {
-  for (const [content, ageS] of [['halt: heartbeat_stall\n', 3600], ['halt: by hand\n', 0]] as const) {
+  for (const [content, ageS] of [
+    ['halt: heartbeat_stall\n', 3600],
+    ['halt: by hand\n', 0],
+  ] as const) {
     const { d, run, stats, dir, audit } = setup();
     const mk = () => new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
     const now = Date.now() / 1000;
@@ -276,7 +343,13 @@ test('a directory named .HALT is not removed: the halt fails with an error namin
   rmdirSync(join(dir, '.HALT'));
   await actions.reconcile(run, [stall], 1010);
   assert.equal('halt: heartbeat_stall\n', readFileSync(join(dir, '.HALT'), 'utf8'));
-  assert.deepEqual(['failed', 'ok'], audit().map((e) => e.result).filter(Boolean).slice(-2));
+  assert.deepEqual(
+    ['failed', 'ok'],
+    audit()
+      .map((e) => e.result)
+      .filter(Boolean)
+      .slice(-2),
+  );
 });
 
 test('an audit log that is a directory does not stop the halt: the run is halted, the fix is logged, the failed read and appends are counted', async (t) => {
@@ -302,7 +375,15 @@ test('an audit log that is a symlink to a JSON-lines file outside is never read:
   t.after(() => actions.close().then(() => d.cleanup()));
   const outside = join(d.path, 'secret.jsonl');
   const ep = { ts: 999, episode: 'outside-ep', kind: 'heartbeat_stall', source: 'embedded' };
-  writeFileSync(outside, [{ ...ep, event: 'anomaly', message: 'SECRET-OUTSIDE' }, ...['anomaly_type', 'details', 'halt'].map((action) => ({ ...ep, event: 'action', action, result: 'ok' }))].map((e) => JSON.stringify(e)).join('\n') + '\n');
+  writeFileSync(
+    outside,
+    [
+      { ...ep, event: 'anomaly', message: 'SECRET-OUTSIDE' },
+      ...['anomaly_type', 'details', 'halt'].map((action) => ({ ...ep, event: 'action', action, result: 'ok' })),
+    ]
+      .map((e) => JSON.stringify(e))
+      .join('\n') + '\n',
+  );
   symlinkSync(outside, join(dir, '.trainwatch-audit.jsonl'));
   await actions.reconcile(run, [stall], 1000).catch(() => undefined);
   assert.equal('halt: heartbeat_stall\n', read('.HALT'));
@@ -310,15 +391,18 @@ test('an audit log that is a symlink to a JSON-lines file outside is never read:
   assert.equal(1, stats.auditErrors.read_refused);
 });
 
-test('a run directory exchanged with a symlink to an outside directory in a loop while episodes act: nothing lands outside and no temp file is left anywhere', { timeout: 60_000 }, async (t) => {
-  const { d, run, dir, stats } = setup();
-  const outside = join(d.path, 'outside');
-  const swap = join(d.path, 'swap');
-  mkdirSync(outside);
-  symlinkSync(outside, swap);
-  const stop = join(d.path, 'stop');
-  // renameat2(RENAME_EXCHANGE): the run dir and the symlink trade names atomically, again and again.
-  const py = `
+test(
+  'a run directory exchanged with a symlink to an outside directory in a loop while episodes act: nothing lands outside and no temp file is left anywhere',
+  { timeout: 60_000 },
+  async (t) => {
+    const { d, run, dir, stats } = setup();
+    const outside = join(d.path, 'outside');
+    const swap = join(d.path, 'swap');
+    mkdirSync(outside);
+    symlinkSync(outside, swap);
+    const stop = join(d.path, 'stop');
+    // renameat2(RENAME_EXCHANGE): the run dir and the symlink trade names atomically, again and again.
+    const py = `
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 a, b, stop = (p.encode() for p in sys.argv[1:4])
@@ -331,61 +415,69 @@ if os.path.islink(a):
     libc.renameat2(-100, a, -100, b, 2)
 print(n)
 `;
-  const swapper = spawn('python3', ['-c', py, dir, swap, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let swaps = '';
-  swapper.stdout.on('data', (b) => (swaps += b));
-  const exited = new Promise((r) => swapper.once('exit', r));
-  t.after(() => swapper.kill());
-  const actions = new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
-  t.after(() => actions.close().then(() => d.cleanup()));
-  let ok = 0;
-  let refused = 0;
-  // Each new episode writes .anomaly_type and .anomaly.json and stages a .HALT (linked once, then
-  // found). Until both outcomes were seen many times: the exchanges raced the writes, however the
-  // two processes are scheduled.
-  for (let i = 0; ok < 50 || refused < 50; i++) {
-    assert.equal(true, i < 20_000 && swapper.exitCode === null, `the exchanges raced the writes (${ok} completed, ${refused} refused)`);
-    try {
-      await actions.reconcile(run, i % 2 === 0 ? [stall] : [], 1000 + i);
-      ok++;
-    } catch {
-      refused++;
+    const swapper = spawn('python3', ['-c', py, dir, swap, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let swaps = '';
+    swapper.stdout.on('data', (b) => (swaps += b));
+    const exited = new Promise((r) => swapper.once('exit', r));
+    t.after(() => swapper.kill());
+    const actions = new Actions({ halt: true, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
+    t.after(() => actions.close().then(() => d.cleanup()));
+    let ok = 0;
+    let refused = 0;
+    // Each new episode writes .anomaly_type and .anomaly.json and stages a .HALT (linked once, then
+    // found). Until both outcomes were seen many times: the exchanges raced the writes, however the
+    // two processes are scheduled.
+    for (let i = 0; ok < 50 || refused < 50; i++) {
+      assert.equal(true, i < 20_000 && swapper.exitCode === null, `the exchanges raced the writes (${ok} completed, ${refused} refused)`);
+      try {
+        await actions.reconcile(run, i % 2 === 0 ? [stall] : [], 1000 + i);
+        ok++;
+      } catch {
+        refused++;
+      }
     }
-  }
-  writeFileSync(stop, '');
-  await exited;
-  t.diagnostic(`${swaps.trim()} exchanges; ${ok} evaluations completed, ${refused} refused`);
-  assert.equal(true, lstatSync(dir).isDirectory(), 'the run dir is back in place');
-  assert.deepEqual([], readdirSync(outside));
-  const leaked = [...readdirSync(dir), ...readdirSync(d.path)].filter((n) => n.includes('.tmp-'));
-  assert.deepEqual([], leaked);
-});
+    writeFileSync(stop, '');
+    await exited;
+    t.diagnostic(`${swaps.trim()} exchanges; ${ok} evaluations completed, ${refused} refused`);
+    assert.equal(true, lstatSync(dir).isDirectory(), 'the run dir is back in place');
+    assert.deepEqual([], readdirSync(outside));
+    const leaked = [...readdirSync(dir), ...readdirSync(d.path)].filter((n) => n.includes('.tmp-'));
+    assert.deepEqual([], leaked);
+  },
+);
 
-test('a rotated audit log carries the open episode, its done actions and the halt record in its checkpoint: after a restart nothing is redone and escalation still follows', { timeout: 60_000 }, async (t) => {
-  const { d, run, stats, dir, audit } = setup();
-  const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
-  const first = mk();
-  t.after(() => first.close().then(() => d.cleanup()));
-  await first.reconcile(run, [stall], 1000);
-  // Webhook episodes whose `anomaly` entries carry 64 KiB messages, until the log rotates.
-  const message = 'x'.repeat(64 << 10);
-  for (let i = 0; !existsSync(join(dir, '.trainwatch-audit.jsonl.1')); i++) {
-    assert.equal(true, i < 1000, 'the log rotated');
-    const a = { key: `fp${i}@t`, kind: 'fetch_stall', halts: false, message };
-    await first.alerts(run, [{ ...a, status: 'firing' }], 1001);
-    await first.alerts(run, [{ ...a, status: 'resolved' }], 1001);
-  }
-  assert.equal(1, stats.auditRotations);
-  assert.equal('checkpoint', audit()[0].event);
-  rmSync(join(dir, '.anomaly_type'));
-  const again = mk();
-  t.after(() => again.close());
-  const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
-  await again.reconcile({ ...run, halted: true }, [stall], 1100, procs);
-  assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
-  assert.deepEqual([], audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'));
-  assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0].pid}`)?.result);
-});
+test(
+  'a rotated audit log carries the open episode, its done actions and the halt record in its checkpoint: after a restart nothing is redone and escalation still follows',
+  { timeout: 60_000 },
+  async (t) => {
+    const { d, run, stats, dir, audit } = setup();
+    const mk = () => new Actions({ halt: true, by: 'test', escalateS: 60, escalateTermS: 0, escalateKillS: 0, autoClearHalt: false, log: quiet, stats });
+    const first = mk();
+    t.after(() => first.close().then(() => d.cleanup()));
+    await first.reconcile(run, [stall], 1000);
+    // Webhook episodes whose `anomaly` entries carry 64 KiB messages, until the log rotates.
+    const message = 'x'.repeat(64 << 10);
+    for (let i = 0; !existsSync(join(dir, '.trainwatch-audit.jsonl.1')); i++) {
+      assert.equal(true, i < 1000, 'the log rotated');
+      const a = { key: `fp${i}@t`, kind: 'fetch_stall', halts: false, message };
+      await first.alerts(run, [{ ...a, status: 'firing' }], 1001);
+      await first.alerts(run, [{ ...a, status: 'resolved' }], 1001);
+    }
+    assert.equal(1, stats.auditRotations);
+    assert.equal('checkpoint', audit()[0].event);
+    rmSync(join(dir, '.anomaly_type'));
+    const again = mk();
+    t.after(() => again.close());
+    const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
+    await again.reconcile({ ...run, halted: true }, [stall], 1100, procs);
+    assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
+    assert.deepEqual(
+      [],
+      audit().filter((e) => e.event === 'anomaly' && e.kind === 'heartbeat_stall'),
+    );
+    assert.equal('unverified', audit().find((e) => e.action === `sigusr1:${procs[0].pid}`)?.result);
+  },
+);
 
 test('.anomaly.json holds exactly the keys docs/detection.md lists for it', async () => {
   const { d, run, actions, read } = setup();
@@ -394,7 +486,10 @@ test('.anomaly.json holds exactly the keys docs/detection.md lists for it', asyn
   const doc = readFileSync(join(REPO, 'docs/detection.md'), 'utf8');
   const para = /`\.anomaly\.json` holds\s([\s\S]*?); the numbers/.exec(doc);
   assert.ok(para, 'docs/detection.md: the sentence "`.anomaly.json` holds …; the numbers …" is gone');
-  const documented = [...para[1].matchAll(/`([a-z_]+)`/g)].map((m) => m[1]).filter((k) => !['embedded', 'alertmanager'].includes(k)).sort();
+  const documented = [...para[1].matchAll(/`([a-z_]+)`/g)]
+    .map((m) => m[1])
+    .filter((k) => !['embedded', 'alertmanager'].includes(k))
+    .sort();
   assert.deepEqual(documented, written);
   d.cleanup();
 });

@@ -10,7 +10,7 @@ import { BIN, REPO, tmpDir } from '../helpers/proc.js';
 
 const flags = (o: Record<string, unknown> = {}) => new Map(Object.entries(o));
 
-test('every documented NSA_WATCH_* variable works with the guide\'s default', () => {
+test("every documented NSA_WATCH_* variable works with the guide's default", () => {
   const c = resolveConfig(flags(), {});
   assert.deepEqual(
     { interval: 30, halt: false, stall: 180, flatline: 5, loss: 10, grad: 3, fetch: 3.0, gateN: 3, gateEnt: 0.2, gateMax: 0.9 },
@@ -29,7 +29,7 @@ test('every documented NSA_WATCH_* variable works with the guide\'s default', ()
   );
 });
 
-test('the guide\'s A100 profile, as plain exports, sets exactly those values', () => {
+test("the guide's A100 profile, as plain exports, sets exactly those values", () => {
   const c = resolveConfig(flags(), { NSA_WATCH_INTERVAL_S: '15', NSA_WATCH_HEARTBEAT_STALL_S: '120', NSA_WATCH_FLATLINE_N: '3', NSA_WATCH_HALT: '1' });
   assert.deepEqual([15, 120, 3, true], [c['watch.interval-s'], c['watch.heartbeat-stall-s'], c['watch.flatline-n'], c.halt]);
 });
@@ -56,7 +56,10 @@ const bad: Array<[string, Record<string, unknown>, Record<string, string>, RegEx
 ];
 for (const [name, f, env, msg] of bad) {
   test(`${name} is refused with a message naming the setting and the accepted range`, () => {
-    assert.throws(() => resolveConfig(flags(f), env), (e: unknown) => e instanceof ConfigError && msg.test(e.message));
+    assert.throws(
+      () => resolveConfig(flags(f), env),
+      (e: unknown) => e instanceof ConfigError && msg.test(e.message),
+    );
   });
 }
 
@@ -91,17 +94,22 @@ test('docs/metrics.md and docs/configuration.md are in sync with the code (npm r
   assert.equal(configurationDoc(), readFileSync(join(REPO, 'docs/configuration.md'), 'utf8'));
 });
 
-test('every setting\'s default is a value of its own type, as the Config type derived from the table says', () => {
+test("every setting's default is a value of its own type, as the Config type derived from the table says", () => {
   const wrong: string[] = [];
   for (const s of SETTINGS as readonly Setting[]) {
     const d = s.default;
     const ok =
-      s.type === 'list' ? Array.isArray(d) && d.every((x) => typeof x === 'string')
-      : s.type === 'number' ? typeof d === 'number'
-      : s.type === 'int' ? Number.isInteger(d)
-      : s.type === 'bool' ? typeof d === 'boolean'
-      : s.type === 'enum' ? typeof d === 'string' && s.choices!.includes(d)
-      : d === undefined || typeof d === 'string';
+      s.type === 'list'
+        ? Array.isArray(d) && d.every((x) => typeof x === 'string')
+        : s.type === 'number'
+          ? typeof d === 'number'
+          : s.type === 'int'
+            ? Number.isInteger(d)
+            : s.type === 'bool'
+              ? typeof d === 'boolean'
+              : s.type === 'enum'
+                ? typeof d === 'string' && s.choices!.includes(d)
+                : d === undefined || typeof d === 'string';
     if (!ok) wrong.push(`${s.key}: ${JSON.stringify(d)} is not a ${s.type}`);
   }
   assert.deepEqual([], wrong);

@@ -23,6 +23,7 @@ test('process_open_fds counts the descriptors the process holds, as a listing of
 
 test('the prom-client gauges that promtool rejects (names ending in _total) are not served', async () => {
   const text = await defaultMetrics().metrics();
-  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) assert.equal(false, text.includes(name), name);
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'])
+    assert.equal(false, text.includes(name), name);
   assert.equal(true, text.includes('\nnodejs_eventloop_lag_max_seconds '));
 });

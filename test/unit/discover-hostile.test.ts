@@ -47,7 +47,6 @@ test('emfile_during_discovery: out of descriptors throws DiscoveryRetry (never a
   }
 });
 
-
 test('run_dir_name_not_utf8: refused with a reason that shows the name escaped and names the fix; the other runs are discovered, at every discovery', async () => {
   const d = tmpDir('tw-disc-');
   try {
@@ -57,7 +56,10 @@ test('run_dir_name_not_utf8: refused with a reason that shows the name escaped a
     for (let pass = 0; pass < 2; pass++) {
       const errors: Array<[string, Error]> = [];
       const runs = await discoverRuns([], [d.path], (p, e) => errors.push([p, e]), cache);
-      assert.deepEqual(['ok'], runs.map((r) => r.name));
+      assert.deepEqual(
+        ['ok'],
+        runs.map((r) => r.name),
+      );
       assert.equal(1, errors.length);
       assert.equal(join(d.path, 'run-%FF%FE%25x'), errors[0][0]);
       assert.equal(true, errors[0][1] instanceof RunNameNotUtf8);

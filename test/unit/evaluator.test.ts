@@ -27,15 +27,38 @@ function setup(over: Partial<Config> = {}) {
   const t = thresholdsOf(config);
   const clock = new ManualClock(1_000_000);
   const stats = new Stats();
-  const actions = new Actions({ halt: config.halt, by: 'test', escalateS: 0, escalateTermS: 0, escalateKillS: 0, autoClearHalt: config['watch.auto-clear-halt'], log: quiet, stats });
+  const actions = new Actions({
+    halt: config.halt,
+    by: 'test',
+    escalateS: 0,
+    escalateTermS: 0,
+    escalateKillS: 0,
+    autoClearHalt: config['watch.auto-clear-halt'],
+    log: quiet,
+    stats,
+  });
   const runs = new Map<string, Run>();
   /** what each pid looks like to the evaluator: the test sets it */
   const procs = new Map<number, ProcFact>();
-  const ev = new Evaluator(config, t, actions, quiet, clock, { runs, isReady: () => true, isStopped: () => false, rediscover: () => undefined }, (w) => procs.get(w.pid) ?? 'unknown');
+  const ev = new Evaluator(
+    config,
+    t,
+    actions,
+    quiet,
+    clock,
+    { runs, isReady: () => true, isStopped: () => false, rediscover: () => undefined },
+    (w) => procs.get(w.pid) ?? 'unknown',
+  );
   const run = new Run('run', dir, realpathSync(dir), () => undefined);
   run.instanceIno = statSync(dir).ino;
   runs.set(run.real, run);
-  const P = { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+  const P = {
+    gateEntropyMin: t.gateEntropyMin,
+    gateMaxThreshold: t.gateMaxThreshold,
+    gateCollapseFrac: t.gateCollapseFrac,
+    fetchStallRatio: t.fetchStallRatio,
+    fetchWarmupN: t.fetchWarmupN,
+  };
   const write = (rank: number, pid: number, msg: string, extra: Partial<HeartbeatRecord> = {}) => {
     let s = run.ranks.get(rank);
     if (!s) run.ranks.set(rank, (s = newRankState(rank)));

@@ -5,11 +5,27 @@ import assert from 'node:assert/strict';
 import { defaultConfig, thresholdsOf, type Thresholds } from '../../src/config/settings.js';
 import { detectRun, primaryOf, stallDeadlines, type RunFacts } from '../../src/detect/detect.js';
 import type { HeartbeatRecord } from '../../src/parse/line.js';
-import { attemptKeyOf, isNewAttempt, livenessOf, parseHaltLine, runStateOf, type HaltFact, type LifeFacts, type ProcFact, type RunState } from '../../src/state/lifecycle.js';
+import {
+  attemptKeyOf,
+  isNewAttempt,
+  livenessOf,
+  parseHaltLine,
+  runStateOf,
+  type HaltFact,
+  type LifeFacts,
+  type ProcFact,
+  type RunState,
+} from '../../src/state/lifecycle.js';
 import { newRankState, rankRole, reduce, type RankState } from '../../src/state/rank.js';
 
 const T: Thresholds = { ...thresholdsOf(defaultConfig()), stallS: 180, startupGraceS: 900 };
-const P = { gateEntropyMin: T.gateEntropyMin, gateMaxThreshold: T.gateMaxThreshold, gateCollapseFrac: T.gateCollapseFrac, fetchStallRatio: T.fetchStallRatio, fetchWarmupN: T.fetchWarmupN };
+const P = {
+  gateEntropyMin: T.gateEntropyMin,
+  gateMaxThreshold: T.gateMaxThreshold,
+  gateCollapseFrac: T.gateCollapseFrac,
+  fetchStallRatio: T.fetchStallRatio,
+  fetchWarmupN: T.fetchWarmupN,
+};
 
 /** A run written as the real trainer writes it: rank 0 logs, ranks >= 1 only boot, every rank's watchdog thread dumps after 180 s of its own silence. */
 class Trainer {
@@ -101,7 +117,10 @@ test('the startup grace ends for every rank when the run shows progress, not whe
   tr.write(0, 'progress', { toks_per_s: 1 });
   // rank 1 beat once and froze; rank 0 trains on: rank 1's own threshold applies now.
   assert.equal('silence', stallDeadlines(facts(tr), T).get(1)!.basis);
-  assert.deepEqual(['heartbeat_stall@1'], kinds(tr, 1030 + 181).filter((k) => k.endsWith('@1')));
+  assert.deepEqual(
+    ['heartbeat_stall@1'],
+    kinds(tr, 1030 + 181).filter((k) => k.endsWith('@1')),
+  );
 });
 
 test('during startup, dumps count for nothing and every rank has the grace', () => {
@@ -178,7 +197,15 @@ test('.HALT lines name their kind; anything else names none', () => {
 });
 
 // Every transition of the state diagram in docs/detection.md, through runStateOf.
-const base = (tr: Trainer, more: Partial<LifeFacts> = {}): LifeFacts => ({ ranks: tr.ranks, liveness: 'verified', halt: { present: false }, expired: false, crashDetect: false, stallS: 180, ...more });
+const base = (tr: Trainer, more: Partial<LifeFacts> = {}): LifeFacts => ({
+  ranks: tr.ranks,
+  liveness: 'verified',
+  halt: { present: false },
+  expired: false,
+  crashDetect: false,
+  stallS: 180,
+  ...more,
+});
 const state = (f: LifeFacts, now: number): RunState => runStateOf(f, now).state;
 
 test('lifecycle: starting → training → anomalous → training', () => {
@@ -247,7 +274,16 @@ test('lifecycle: any state → expired past the TTL', () => {
 test('liveness: one visible pid alive keeps the run alive; none visible is unknown', () => {
   const tr = new Trainer(2, 1000);
   tr.boot();
-  assert.equal('verified', livenessOf(tr.ranks, new Map<number, ProcFact>([[100, 'gone'], [101, 'alive']])));
+  assert.equal(
+    'verified',
+    livenessOf(
+      tr.ranks,
+      new Map<number, ProcFact>([
+        [100, 'gone'],
+        [101, 'alive'],
+      ]),
+    ),
+  );
   assert.equal('unknown', livenessOf(tr.ranks, new Map()));
   assert.equal('exited', livenessOf(tr.ranks, new Map<number, ProcFact>([[100, 'gone']])));
 });

@@ -8,7 +8,10 @@ test('two runs with the same base name are labelled by their parent directories,
   const a = loc('/data/a/run');
   const b = loc('/data/b/run');
   const c = loc('/data/x/other');
-  for (const order of [[a, b, c], [c, b, a]]) {
+  for (const order of [
+    [a, b, c],
+    [c, b, a],
+  ]) {
     const names = nameApart(order);
     assert.deepEqual(['a/run', 'b/run', 'other'], [names.get(a), names.get(b), names.get(c)]);
   }

@@ -28,7 +28,13 @@ function fleet(): Watcher {
 
 const params = (w: Watcher) => {
   const t = w.thresholds;
-  return { gateEntropyMin: t.gateEntropyMin, gateMaxThreshold: t.gateMaxThreshold, gateCollapseFrac: t.gateCollapseFrac, fetchStallRatio: t.fetchStallRatio, fetchWarmupN: t.fetchWarmupN };
+  return {
+    gateEntropyMin: t.gateEntropyMin,
+    gateMaxThreshold: t.gateMaxThreshold,
+    gateCollapseFrac: t.gateCollapseFrac,
+    fetchStallRatio: t.fetchStallRatio,
+    fetchWarmupN: t.fetchWarmupN,
+  };
 };
 
 function record(w: Watcher, runIdx: number, rec: HeartbeatRecord): void {
@@ -80,7 +86,15 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 8, arbitrary: fc.record({ k: fc.constant('record' as const), run: runIdx, rec: recArb }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('dropRank' as const), run: runIdx, rank: fc.integer({ min: 0, max: 3 }) }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('expire' as const), run: runIdx }) },
-  { weight: 1, arbitrary: fc.record({ k: fc.constant('anomalies' as const), run: runIdx, ranks: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 3 }), kind: fc.integer({ min: 0, max: ANOMALY_KINDS.length - 1 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      k: fc.constant('anomalies' as const),
+      run: runIdx,
+      ranks: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 3 }),
+      kind: fc.integer({ min: 0, max: ANOMALY_KINDS.length - 1 }),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('alive' as const), run: runIdx, pid: fc.integer({ min: 100, max: 103 }), alive: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('halted' as const), run: runIdx }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('csv' as const), run: runIdx, step: fc.integer({ min: 0, max: 9 }), loss: value }) },
@@ -133,11 +147,24 @@ test('a value that changed between two scrapes is shown new in the second, while
 
 test('the longest texts of numbers, NaN and infinities are written whole', () => {
   const w = fleet();
-  const extremes = { loss: -0.0000012345678901234567, toks_per_s: -1.7976931348623157e308, grad_norm: NaN, dt_fetch_s: 0.002, gate_entropy_mean: -Infinity, gate_max_gate: 5e-324 };
+  const extremes = {
+    loss: -0.0000012345678901234567,
+    toks_per_s: -1.7976931348623157e308,
+    grad_norm: NaN,
+    dt_fetch_s: 0.002,
+    gate_entropy_mean: -Infinity,
+    gate_max_gate: 5e-324,
+  };
   record(w, 1, { ts: 1000, rank: 3, step: 1, msg: 'progress', ...extremes });
   const out = text(new MetricsRenderer(w, '1.0').render(1000));
   const lab = '{run="rün \\"x\\" \\\\ y",rank="3"}';
-  for (const line of [`trainwatch_loss${lab} -0.0000012345678901234567`, `trainwatch_tokens_per_second${lab} -1.7976931348623157e+308`, `trainwatch_grad_norm${lab} NaN`, `trainwatch_gate_entropy_mean${lab} -Inf`, `trainwatch_gate_max_ratio${lab} 5e-324`]) {
+  for (const line of [
+    `trainwatch_loss${lab} -0.0000012345678901234567`,
+    `trainwatch_tokens_per_second${lab} -1.7976931348623157e+308`,
+    `trainwatch_grad_norm${lab} NaN`,
+    `trainwatch_gate_entropy_mean${lab} -Inf`,
+    `trainwatch_gate_max_ratio${lab} 5e-324`,
+  ]) {
     assert.equal(true, out.includes(`\n${line}\n`), line);
   }
 });

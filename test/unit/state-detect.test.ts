@@ -8,7 +8,13 @@ import { newRankState, reduce, type RankState } from '../../src/state/rank.js';
 import { newCsvState, reduceCsv } from '../../src/state/run.js';
 
 const T: Thresholds = thresholdsOf(defaultConfig());
-const P = { gateEntropyMin: T.gateEntropyMin, gateMaxThreshold: T.gateMaxThreshold, gateCollapseFrac: T.gateCollapseFrac, fetchStallRatio: T.fetchStallRatio, fetchWarmupN: T.fetchWarmupN };
+const P = {
+  gateEntropyMin: T.gateEntropyMin,
+  gateMaxThreshold: T.gateMaxThreshold,
+  gateCollapseFrac: T.gateCollapseFrac,
+  fetchStallRatio: T.fetchStallRatio,
+  fetchWarmupN: T.fetchWarmupN,
+};
 
 let clock = 1000;
 function rec(fields: Partial<HeartbeatRecord> = {}): HeartbeatRecord {
@@ -33,7 +39,10 @@ const countRules: Array<[string, number, Partial<HeartbeatRecord>]> = [
 for (const [kind, n, bad] of countRules) {
   test(`${kind}: ${n - 1} bad progress records are silent, the ${n}th fires, a good one clears it`, () => {
     const s = feed(times(5, () => rec()));
-    feed(times(n - 1, () => rec(bad)), s);
+    feed(
+      times(n - 1, () => rec(bad)),
+      s,
+    );
     assert.equal(false, kinds(s).includes(kind));
     feed([rec(bad)], s);
     assert.equal(true, kinds(s).includes(kind));
@@ -75,7 +84,10 @@ test('watchdog_dump records are not liveness, and a dump newer than the last bea
 
 test('a halted run (.HALT present) is not reported as stalled', () => {
   const s = feed([rec()]);
-  assert.deepEqual([], detectRun({ ranks: [s], halted: true }, T, clock + 10 * T.stallS).map((a) => a.kind));
+  assert.deepEqual(
+    [],
+    detectRun({ ranks: [s], halted: true }, T, clock + 10 * T.stallS).map((a) => a.kind),
+  );
   assert.equal(undefined, nextStallDeadline({ ranks: [s], halted: true }, T, clock));
 });
 
@@ -104,7 +116,10 @@ test('fetch_stall: silent during warm-up, fires on a spike above ratio x baselin
   feed([rec({ dt_fetch_s: 0.1 * T.fetchStallRatio * 1.5 })], s);
   assert.equal(true, kinds(s).includes('fetch_stall'));
   const baseline = s.fetchBaseline!;
-  feed(times(20, () => rec({ dt_fetch_s: 5 })), s);
+  feed(
+    times(20, () => rec({ dt_fetch_s: 5 })),
+    s,
+  );
   assert.equal(baseline, s.fetchBaseline);
   assert.equal(true, kinds(s).includes('fetch_stall'));
 });
@@ -121,7 +136,10 @@ test('straggler: a rank N steps behind its most advanced peer at the same moment
   assert.deepEqual([], k());
   feed([rec({ rank: 1, step: 1000 - T.stragglerSteps })], b);
   assert.deepEqual(['straggler:1'], k());
-  assert.deepEqual([], detectRun({ ranks: [b], halted: false }, T, clock).map((x) => x.kind));
+  assert.deepEqual(
+    [],
+    detectRun({ ranks: [b], halted: false }, T, clock).map((x) => x.kind),
+  );
 });
 
 test('straggler compares steps at the same moment: a peer read later, or a hung rank, is not a straggler', () => {
@@ -129,8 +147,17 @@ test('straggler compares steps at the same moment: a peer read later, or a hung 
   const a = feed([rec({ rank: 0, step: 10 })], newRankState(0));
   const b = feed([rec({ rank: 1, step: 10 })], newRankState(1));
   for (let i = 11; i <= 310; i++) feed([rec({ rank: 0, step: i })], a);
-  assert.deepEqual(new Map([[0, 0], [1, 0]]), stepLags([a, b]));
-  assert.deepEqual([], detectRun({ ranks: [a, b], halted: false }, T, b.lastLivenessTs!).map((x) => x.kind));
+  assert.deepEqual(
+    new Map([
+      [0, 0],
+      [1, 0],
+    ]),
+    stepLags([a, b]),
+  );
+  assert.deepEqual(
+    [],
+    detectRun({ ranks: [a, b], halted: false }, T, b.lastLivenessTs!).map((x) => x.kind),
+  );
 });
 
 test('trainer_crash: only with crash detection on, only when the pid is known to be gone and no .HALT is there', () => {
@@ -149,7 +176,10 @@ test('training.csv rows with toks_per_s <= 0 drive throughput_flatline on rank 0
   for (let i = 0; i < T.flatlineN - 1; i++) reduceCsv(csv, { step: i, toks_per_s: 0 });
   assert.deepEqual([], detectRun({ ranks: [], csv, halted: false }, T, clock));
   reduceCsv(csv, { step: 99, toks_per_s: 0 });
-  assert.deepEqual(['throughput_flatline:0'], detectRun({ ranks: [], csv, halted: false }, T, clock).map((a) => `${a.kind}:${a.rank}`));
+  assert.deepEqual(
+    ['throughput_flatline:0'],
+    detectRun({ ranks: [], csv, halted: false }, T, clock).map((a) => `${a.kind}:${a.rank}`),
+  );
 });
 
 test('state memory is bounded: a million records leave a fixed-size state', () => {
@@ -173,7 +203,10 @@ test('the detector emits every kind of the one list, and only those: one constru
     ['gate_collapse', () => kinds(bad(T.gateCollapseN, { gate_entropy_mean: 0.05 }))],
     ['nonfinite_loss', () => kinds(bad(T.nonfiniteN, { loss: NaN }))],
     ['straggler', () => detectRun({ ranks: lagging(), halted: false }, T, clock).map((a) => a.kind)],
-    ['trainer_crash', () => detectRun({ ranks: [fresh], halted: false, pidAlive: () => false }, { ...T, crashDetect: true }, fresh.lastLivenessTs!).map((a) => a.kind)],
+    [
+      'trainer_crash',
+      () => detectRun({ ranks: [fresh], halted: false, pidAlive: () => false }, { ...T, crashDetect: true }, fresh.lastLivenessTs!).map((a) => a.kind),
+    ],
   ];
   const emitted = new Set<string>();
   for (const [kind, run] of runs) {

@@ -12,15 +12,37 @@ const EVIL = '</script><script>window.__pwned=1</script><!--';
 /** A run as api/status shows it; only what the page reads. */
 function run(name: string, state: RunDoc['state'], extra: Partial<RunDoc> = {}): RunDoc {
   return {
-    run: name, dir: `/runs/${name}`, state, reason: `why ${name}`, primary: undefined, liveness: 'verified', attempt: 1, halt: undefined,
-    expired: false, halted: false, anomalies: [], episodes: [], audit: [], ranks: [], ...extra,
+    run: name,
+    dir: `/runs/${name}`,
+    state,
+    reason: `why ${name}`,
+    primary: undefined,
+    liveness: 'verified',
+    attempt: 1,
+    halt: undefined,
+    expired: false,
+    halted: false,
+    anomalies: [],
+    episodes: [],
+    audit: [],
+    ranks: [],
+    ...extra,
   };
 }
 
 function doc(runs: RunDoc[]): StatusDoc {
   const states = { starting: 0, training: 0, anomalous: 0, halt_requested: 0, halted: 0, finished: 0, crashed: 0, expired: 0 };
   for (const r of runs) states[r.state]++;
-  return { version: '0.0.0', now: 1_700_000_000, mode: 'embedded', halt: true, thresholds: {} as StatusDoc['thresholds'], states, runs };
+  return {
+    version: '0.0.0',
+    now: 1_700_000_000,
+    mode: 'embedded',
+    halt: true,
+    watch: { dirs: [], roots: [] },
+    thresholds: {} as StatusDoc['thresholds'],
+    states,
+    runs,
+  };
 }
 
 /** The rows as served inside <main> (the script also carries the view's source). */
@@ -30,7 +52,11 @@ const served = (html: string) => [...main(html).matchAll(/data-run="([^"]*)"/g)]
 
 test('run names, reasons, messages and .HALT text are escaped in the rows, and the embedded JSON cannot end its script element', () => {
   const d = doc([
-    run('<img src=x onerror=alert(1)>', 'halted', { reason: EVIL, halt: { kind: EVIL, by: 'unknown' }, primary: { kind: 'heartbeat_stall', severity: 'critical', rank: 0, message: EVIL } }),
+    run('<img src=x onerror=alert(1)>', 'halted', {
+      reason: EVIL,
+      halt: { kind: EVIL, by: 'unknown' },
+      primary: { kind: 'heartbeat_stall', severity: 'critical', rank: 0, message: EVIL },
+    }),
     run(`a&b "q" 'x'`, 'training', { dir: EVIL }),
   ]);
   const html = statusPageHtml('1.0', '/metrics', d);
@@ -46,7 +72,11 @@ test('run names, reasons, messages and .HALT text are escaped in the rows, and t
 });
 
 test('the rows come in the order of the document, and a halted run is one closed line with its halt reason', () => {
-  const d = doc([run('b-anomalous', 'anomalous'), run('a-halted', 'halted', { halt: { kind: 'heartbeat_stall', by: 'trainwatch' } }), run('c-training', 'training')]);
+  const d = doc([
+    run('b-anomalous', 'anomalous'),
+    run('a-halted', 'halted', { halt: { kind: 'heartbeat_stall', by: 'trainwatch' } }),
+    run('c-training', 'training'),
+  ]);
   const html = statusPageHtml('1.0', '/metrics', d);
   assert.deepEqual(['b-anomalous', 'a-halted', 'c-training'], served(html));
   const tag = (name: string) => new RegExp(`<details class="run" data-run="${name}"[^>]*>`).exec(html)![0];
@@ -63,7 +93,10 @@ test('?state= shows only the listed states; an unknown state is ignored and name
   assert.match(statusPageHtml('1.0', '/metrics', d, 'halted,finished'), /Showing 2 of 4 runs: halted, finished\./);
   const typo = statusPageHtml('1.0', '/metrics', d, 'haltd,<b>');
   assert.deepEqual(['x', 'y', 'z', 'w'], served(typo));
-  assert.match(typo, /Ignored unknown state "haltd", "&lt;b&gt;" in \?state=\. The states are: anomalous, halt_requested, crashed, starting, training, halted, finished, expired\./);
+  assert.match(
+    typo,
+    /Ignored unknown state "haltd", "&lt;b&gt;" in \?state=\. The states are: anomalous, halt_requested, crashed, starting, training, halted, finished, expired\./,
+  );
   // An array (?state=a&state=b) is not a filter either, and not a crash.
   assert.deepEqual(['x', 'y', 'z', 'w'], served(statusPageHtml('1.0', '/metrics', d, ['halted', 'finished'])));
 });

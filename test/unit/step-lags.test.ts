@@ -82,7 +82,10 @@ test('twenty thousand ranks in one run: every rank gets its lag, the one behind 
 });
 
 test('rank cap: a tracked rank is always admitted, a new one only while the run has fewer than the cap', () => {
-  const known = new Map([[0, 'a'], [1, 'b']]);
+  const known = new Map([
+    [0, 'a'],
+    [1, 'b'],
+  ]);
   assert.equal(true, admitRank(known, 1, 2));
   assert.equal(false, admitRank(known, 2, 2));
   assert.equal(true, admitRank(known, 2, 3));

@@ -62,9 +62,21 @@ test('runs never visited and due runs are visited at once, without starving the 
 });
 
 test('a run with no files yet counts as one file, and a run bigger than the budget is still visited', () => {
-  const runs: R[] = [{ id: 0, files: 0, sweptAt: 3, due: false }, { id: 1, files: 5000, sweptAt: 1, due: false }, ...runsOf(10, 1, 2).map((r) => ({ ...r, id: r.id + 2 }))];
+  const runs: R[] = [
+    { id: 0, files: 0, sweptAt: 3, due: false },
+    { id: 1, files: 5000, sweptAt: 1, due: false },
+    ...runsOf(10, 1, 2).map((r) => ({ ...r, id: r.id + 2 })),
+  ];
   const visited = planSweep(runs, (r) => r);
-  assert.deepEqual([1], visited.map((r) => r.id), 'the oldest run alone fills the budget');
+  assert.deepEqual(
+    [1],
+    visited.map((r) => r.id),
+    'the oldest run alone fills the budget',
+  );
   simulate(runs, 2);
-  assert.equal(true, runs.every((r) => r.sweptAt > 3), 'every run visited within two sweeps');
+  assert.equal(
+    true,
+    runs.every((r) => r.sweptAt > 3),
+    'every run visited within two sweeps',
+  );
 });

@@ -87,7 +87,10 @@ async function raceStatAndOpen(base: TailIO, plant: (dir: string, name: string) 
   return sink;
 }
 
-for (const [name, base] of [['direct system calls', SYNC_IO], ['the thread pool', ASYNC_IO]] as const) {
+for (const [name, base] of [
+  ['direct system calls', SYNC_IO],
+  ['the thread pool', ASYNC_IO],
+] as const) {
   test(`fifo_swapped_in_between_stat_and_open (${name}): the open does not wait for a writer, and the FIFO is refused`, { timeout: 10_000 }, async () => {
     // Without O_NONBLOCK the open blocks until a writer opens the FIFO: never.
     const sink = await raceStatAndOpen(base, (_dir, planted) => mkfifo(planted));
@@ -134,21 +137,28 @@ test('a regular file replaced by a FIFO is drained first: its last lines are del
 
 const TB = 2 ** 40;
 
-test('sparse_file_truncated_to_1TB: the record appended after the hole is read with a few small reads, and the hole is counted as sparse_skip', { timeout: 20_000 }, async () => {
-  const { path, sink, tail, done } = setup();
-  appendFileSync(path, 'a\n');
-  await tail.poll();
-  truncateSync(path, TB); // a terabyte of zeros, none of them on disk
-  appendFileSync(path, 'b\n');
-  await tail.poll();
-  appendFileSync(path, 'c\n');
-  await tail.poll();
-  assert.deepEqual(['a', 'b', 'c'], sink.lines);
-  assert.equal(true, sink.errors.includes('sparse_skip'));
-  assert.deepEqual([], sink.errors.filter((e) => e !== 'sparse_skip'));
-  assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
-  await done();
-});
+test(
+  'sparse_file_truncated_to_1TB: the record appended after the hole is read with a few small reads, and the hole is counted as sparse_skip',
+  { timeout: 20_000 },
+  async () => {
+    const { path, sink, tail, done } = setup();
+    appendFileSync(path, 'a\n');
+    await tail.poll();
+    truncateSync(path, TB); // a terabyte of zeros, none of them on disk
+    appendFileSync(path, 'b\n');
+    await tail.poll();
+    appendFileSync(path, 'c\n');
+    await tail.poll();
+    assert.deepEqual(['a', 'b', 'c'], sink.lines);
+    assert.equal(true, sink.errors.includes('sparse_skip'));
+    assert.deepEqual(
+      [],
+      sink.errors.filter((e) => e !== 'sparse_skip'),
+    );
+    assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
+    await done();
+  },
+);
 
 test('sparse_file_without_data_after_the_hole: skipped to its end; a record appended later is read', { timeout: 20_000 }, async () => {
   const { path, sink, tail, done } = setup();
@@ -163,16 +173,20 @@ test('sparse_file_without_data_after_the_hole: skipped to its end; a record appe
   await done();
 });
 
-test('sparse_file_at_startup: a 1 TB file present at startup is read from its last window, and the record after the zeros is delivered', { timeout: 20_000 }, async () => {
-  const { path, sink, tail, done } = setup(SYNC_IO, { startAtEnd: true });
-  writeFileSync(path, 'old\n');
-  truncateSync(path, TB);
-  appendFileSync(path, 'new\n');
-  await tail.poll();
-  assert.deepEqual(['new'], sink.lines);
-  assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
-  await done();
-});
+test(
+  'sparse_file_at_startup: a 1 TB file present at startup is read from its last window, and the record after the zeros is delivered',
+  { timeout: 20_000 },
+  async () => {
+    const { path, sink, tail, done } = setup(SYNC_IO, { startAtEnd: true });
+    writeFileSync(path, 'old\n');
+    truncateSync(path, TB);
+    appendFileSync(path, 'new\n');
+    await tail.poll();
+    assert.deepEqual(['new'], sink.lines);
+    assert.equal(true, sink.read < 8 << 20, `read ${sink.read} bytes`);
+    await done();
+  },
+);
 
 test('a short run of NUL bytes between records (a crash left zeros) is skipped and counted; the records around it are delivered', async () => {
   const { path, sink, tail, done } = setup();

@@ -128,13 +128,14 @@ test('a deleted file is released: no descriptor stays open on it after the next 
   const { path, tail, done } = setup();
   appendFileSync(path, 'a\n');
   await tail.poll();
-  const openOnIt = () => readdirSync('/proc/self/fd').filter((fd) => {
-    try {
-      return readlinkSync(`/proc/self/fd/${fd}`).startsWith(path);
-    } catch {
-      return false;
-    }
-  }).length;
+  const openOnIt = () =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith(path);
+      } catch {
+        return false;
+      }
+    }).length;
   assert.equal(1, openOnIt());
   rmSync(path);
   await tail.poll();
@@ -161,7 +162,10 @@ test('startup on a large existing file reads only a bounded window at its end, f
   await tail.poll();
   assert.equal(true, sink.read <= 4096, `read ${sink.read} bytes`);
   assert.equal('line-19999', sink.lines.at(-1));
-  assert.equal(true, sink.lines.every((l) => /^line-\d+$/.test(l)));
+  assert.equal(
+    true,
+    sink.lines.every((l) => /^line-\d+$/.test(l)),
+  );
   assert.equal(true, statSync(path).size > 100_000);
   await done();
 });
