@@ -396,13 +396,20 @@ test('security headers are on by default: nosniff and no framing on every answer
 test('http_server_config.headers override the default security headers, on the status page too', async (t) => {
   const d = tmpDir();
   t.after(() => d.cleanup());
-  writeFileSync(join(d.path, 'web.yml'), 'http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n    Content-Security-Policy: "frame-ancestors \'self\'"\n');
+  writeFileSync(
+    join(d.path, 'web.yml'),
+    'http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n    Content-Security-Policy: "frame-ancestors \'self\'"\n',
+  );
   const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
   t.after(() => tw.stop());
   for (const path of ['/', '/api/status']) {
     const res = await fetch(tw.url + path);
     await res.arrayBuffer();
-    assert.deepEqual(['sameorigin', "frame-ancestors 'self'", 'nosniff'], ['x-frame-options', 'content-security-policy', 'x-content-type-options'].map((h) => res.headers.get(h)), path);
+    assert.deepEqual(
+      ['sameorigin', "frame-ancestors 'self'", 'nosniff'],
+      ['x-frame-options', 'content-security-policy', 'x-content-type-options'].map((h) => res.headers.get(h)),
+      path,
+    );
   }
 });
 
