@@ -119,8 +119,9 @@ const ORDER = ['anomalous:critical', 'halt_requested', 'anomalous', 'crashed', '
 /** Waits until the page has drawn the next status document it polled (draw runs in the same task). */
 async function nextRedraw(page: Page): Promise<void> {
   // `last` is the page script's top-level binding: reachable from an expression, not from window.
+  // Polled from here: waitForFunction evals its predicate in the page, which the page's CSP forbids.
   const before = await page.evaluate('last.now');
-  await page.waitForFunction(`last.now !== ${JSON.stringify(before)}`, undefined, { timeout: 10_000 });
+  await waitFor(async () => (await page.evaluate('last.now')) !== before, 'the page to draw its next status document', 10_000);
 }
 
 const orderKey = (state: string, severity: string | null) => ORDER.indexOf(state === 'anomalous' && severity === 'critical' ? 'anomalous:critical' : state);

@@ -519,7 +519,8 @@ export class Actions {
 
   private async signal(run: RunRef, h: HaltRecord, p: TrainerProc, sig: (typeof ESCALATION)[number], now: number): Promise<void> {
     // Only a verified process gets a signal: on this host, started shortly before its own boot
-    // record (signals.ts verifyTrainer). A pid in a record is otherwise anybody's.
+    // record, running as the owner of its rank's heartbeat file (signals.ts provenWriter). A pid
+    // in a record is otherwise anybody's.
     const result = p.verified ? (sendSignal(p.pid, sig) === 'ok' ? 'sent' : 'not_running') : 'unverified';
     h.done.set(`${sig.toLowerCase()}:${p.pid}`, now);
     this.o.stats.action(sig.toLowerCase(), result);

@@ -43,16 +43,29 @@ export function sendSignal(pid: number, sig: NodeJS.Signals): string {
   }
 }
 
+/** Reads a /proc file as text; injectable so that the proofs below can be tested against a fake /proc. */
+export type ProcReader = (path: string) => string;
+const readProc: ProcReader = (path) => readFileSync(path, 'utf8');
+
 /** processStartTime with a direct system call: /proc is in memory, and this runs per quiet run, not per record. */
-export function processStartTimeSync(pid: number): number | undefined {
+export function processStartTimeSync(pid: number, read: ProcReader = readProc): number | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = read(`/proc/${pid}/stat`);
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (bootTimeS === undefined) {
-      const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
-      bootTimeS = m ? Number(m[1]) : 0;
-    }
-    return bootTimeS + Number(fields[19]) / TICKS;
+    const btime = () => Number(/^btime (\d+)$/m.exec(read('/proc/stat'))?.[1] ?? 0);
+    // Only the real /proc's boot time is cached: a fake one must not leak into it.
+    const boot = read === readProc ? (bootTimeS ??= btime()) : btime();
+    return boot + Number(fields[19]) / TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The real uid of `pid` (first field of "Uid:" in /proc/<pid>/status), or undefined if unknown. */
+export function processUid(pid: number, read: ProcReader = readProc): number | undefined {
+  try {
+    const m = /^Uid:\s+(\d+)/m.exec(read(`/proc/${pid}/status`));
+    return m ? Number(m[1]) : undefined;
   } catch {
     return undefined;
   }
@@ -82,6 +95,18 @@ export function startedAsWriter(start: number, w: WriterFacts, strict: boolean):
   if (w.sinceTs === undefined || start > w.sinceTs + START_SLACK_S) return false;
   if (!strict) return true;
   return w.bootTs !== undefined && start <= w.bootTs + START_SLACK_S && start >= w.bootTs - BOOT_WINDOW_S;
+}
+
+/**
+ * Escalation's proof that `w.pid` is the process writing this rank's heartbeat file: it started
+ * as the writer did (strict: within BOOT_WINDOW_S before its boot record, not after its first
+ * record), and its real uid owns the file (`fileUid`; undefined, no proof). A pid a record names
+ * that belongs to another user's process, or to one started at another time, is never signalled.
+ */
+export function provenWriter(w: WriterFacts, fileUid: number | undefined, read: ProcReader = readProc): boolean {
+  const start = processStartTimeSync(w.pid, read);
+  if (start === undefined || !startedAsWriter(start, w, true)) return false;
+  return fileUid !== undefined && processUid(w.pid, read) === fileUid;
 }
 
 /**

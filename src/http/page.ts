@@ -16,6 +16,7 @@
 // Memory stays bounded however long the tab is open: the page keeps only the newest status
 // document, at most MAX_ROWS rank rows per run unless a run is expanded, and the last
 // AUDIT_LINES audit entries per run.
+import { createHash } from 'node:crypto';
 import type { StatusDoc } from './status.js';
 
 type Doc = StatusDoc;
@@ -629,6 +630,14 @@ ${SHARED.map((f) => f.toString()).join('\n')}
 ${SCRIPT}`;
 // The view's own source must not end the <script> element it is shipped in.
 if (/<\/script|<!--/i.test(BROWSER_JS)) throw new Error('page.ts: the browser script holds "</script" or "<!--"');
+
+const sha256 = (s: string) => `'sha256-${createHash('sha256').update(s, 'utf8').digest('base64')}'`;
+/**
+ * The status page's Content-Security-Policy: only its own inline script and style run (by hash:
+ * both are built once, so the hashes are fixed), it may fetch only its own origin, and no page
+ * may frame it. The JSON data block is not executed, so it needs no hash.
+ */
+export const PAGE_CSP = `default-src 'none'; script-src ${sha256(BROWSER_JS)}; style-src ${sha256(CSS)}; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
 
 /** The status page HTML, with `doc` rendered in and embedded; `stateQuery` is the ?state= filter. */
 export function statusPageHtml(version: string, metricsPath: string, doc: Doc, stateQuery?: unknown): string {

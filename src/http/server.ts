@@ -12,7 +12,7 @@ import { renderMetrics } from '../metrics/render.js';
 import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
-import { statusPageHtml } from './page.js';
+import { PAGE_CSP, statusPageHtml } from './page.js';
 import { bodyError, BUSY, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
 import { HttpStats } from './stats.js';
 import { BasicAuth, clientCertRefusal, loadWebConfig } from './webconfig.js';
@@ -30,6 +30,13 @@ export interface Started {
 }
 
 /** Builds the express app and starts listening on --web.listen-address. */
+/** Sent on every answer unless http_server_config.headers sets the same name (the status page gets PAGE_CSP instead). */
+export const DEFAULT_HEADERS: Readonly<Record<string, string>> = {
+  'X-Content-Type-Options': 'nosniff',
+  'X-Frame-Options': 'DENY',
+  'Content-Security-Policy': "default-src 'none'; frame-ancestors 'none'",
+};
+
 export async function startServer(w: Watcher, log: Logger, version: string): Promise<Started> {
   const c = w.config;
   const webConfig = loadWebConfig(c['web.config.file']);
@@ -62,7 +69,10 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  // Security headers on by default (no sniffing, no framing); http_server_config.headers override them.
+  const configured = new Set(Object.keys(webConfig.headers).map((k) => k.toLowerCase()));
   app.use((_req, res, next) => {
+    for (const [k, v] of Object.entries(DEFAULT_HEADERS)) res.setHeader(k, v);
     for (const [k, v] of Object.entries(webConfig.headers)) res.setHeader(k, v);
     next();
   });
@@ -105,6 +115,7 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
     res.json(statusJson(w, w.now(), version));
   });
   app.get('/', (req, res) => {
+    if (!configured.has('content-security-policy')) res.setHeader('Content-Security-Policy', PAGE_CSP);
     res.type('html').send(statusPageHtml(version, c['web.telemetry-path'], statusJson(w, w.now(), version), req.query.state));
   });
 

@@ -228,6 +228,13 @@ export class FileTail {
   private again = false;
   private closed = false;
   private lastError: string | undefined;
+  /** owner uid of the regular file at the path, as of the last poll (escalation's proof of the writer) */
+  private owner: number | undefined;
+
+  /** The uid owning the regular file at the path at the last poll; undefined before one, or while it is not a regular file. */
+  get ownerUid(): number | undefined {
+    return this.owner;
+  }
 
   constructor(
     readonly path: string,
@@ -282,6 +289,7 @@ export class FileTail {
     try {
       st = await this.io.stat(this.path);
     } catch (e) {
+      this.owner = undefined;
       const code = (e as NodeJS.ErrnoException).code;
       // Gone (rotated away or deleted): finish the old file, then wait for a new one. Whatever
       // appears at the path from now on was created after we started: it is read from 0.
@@ -291,6 +299,7 @@ export class FileTail {
       if (code !== 'ENOENT' && code !== 'ENOTDIR') this.reportError('read_error', `stat: ${(e as Error).message}`);
       return;
     }
+    this.owner = st.isFile() ? st.uid : undefined;
     if (!st.isFile()) {
       // Not our file any more (a FIFO, a symlink, a directory renamed over it): finish the old
       // one, refuse this one; a regular file that comes back later is new.

@@ -7,7 +7,7 @@ import { lstat, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Actions, TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
-import { procFact, processStartTimeSync, startedAsWriter } from '../actions/signals.js';
+import { procFact, provenWriter } from '../actions/signals.js';
 import type { Config, Thresholds } from '../config/settings.js';
 import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts, type StallDeadline } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
@@ -135,8 +135,9 @@ export class Evaluator {
     const procs: TrainerProc[] = [];
     for (const s of run.halted ? ranks : []) {
       if (s.pid === undefined) continue;
-      const start = processStartTimeSync(s.pid);
-      const verified = start !== undefined && startedAsWriter(start, { pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, true);
+      // The rank's own file, or the older single heartbeat.jsonl; its owner must be the process's uid.
+      const file = run.tails.get(`heartbeat_rank${s.rank}.jsonl`) ?? run.tails.get('heartbeat.jsonl');
+      const verified = provenWriter({ pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, file?.ownerUid);
       procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, verified, fact: run.procs.get(s.pid) ?? 'unknown' });
     }
     if (run.anomalies.length > 0 && !this.sameInstance(run)) return; // re-created under us: the next discovery starts it afresh

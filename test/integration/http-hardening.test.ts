@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { get as httpGet } from 'node:http';
@@ -365,6 +366,49 @@ test('the headers exporter-toolkit allows are sent on every answer, /healthz and
     assert.deepEqual(
       ['deny', "default-src 'self'", 'max-age=31536000'],
       ['x-frame-options', 'content-security-policy', 'strict-transport-security'].map((h) => res.headers.get(h)),
+    );
+  }
+});
+
+test('security headers are on by default: nosniff and no framing on every answer, and a CSP on the status page that allows exactly its own inline script and style', async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  const tw = await startTrainwatch(['--root', d.path]);
+  t.after(() => tw.stop());
+  for (const path of ['/', '/api/status', '/metrics', '/healthz', '/nowhere']) {
+    const res = await fetch(tw.url + path);
+    await res.arrayBuffer();
+    assert.deepEqual(['nosniff', 'DENY'], [res.headers.get('x-content-type-options'), res.headers.get('x-frame-options')], path);
+    assert.match(res.headers.get('content-security-policy') ?? '', /frame-ancestors 'none'/, path);
+  }
+  const page = await fetch(`${tw.url}/`);
+  const html = await page.text();
+  const csp = page.headers.get('content-security-policy')!;
+  const hash = (s: string) => `'sha256-${createHash('sha256').update(s, 'utf8').digest('base64')}'`;
+  const script = /<script>([\s\S]*?)<\/script>/.exec(html)![1];
+  const style = /<style>([\s\S]*?)<\/style>/.exec(html)![1];
+  assert.equal(`script-src ${hash(script)}`, /script-src [^;]+/.exec(csp)![0]);
+  assert.equal(`style-src ${hash(style)}`, /style-src [^;]+/.exec(csp)![0]);
+  assert.equal(false, /unsafe-inline|unsafe-eval/.test(csp));
+  assert.match((await fetch(`${tw.url}/api/status`)).headers.get('content-security-policy')!, /^default-src 'none'/);
+});
+
+test('http_server_config.headers override the default security headers, on the status page too', async (t) => {
+  const d = tmpDir();
+  t.after(() => d.cleanup());
+  writeFileSync(
+    join(d.path, 'web.yml'),
+    'http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n    Content-Security-Policy: "frame-ancestors \'self\'"\n',
+  );
+  const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
+  t.after(() => tw.stop());
+  for (const path of ['/', '/api/status']) {
+    const res = await fetch(tw.url + path);
+    await res.arrayBuffer();
+    assert.deepEqual(
+      ['sameorigin', "frame-ancestors 'self'", 'nosniff'],
+      ['x-frame-options', 'content-security-policy', 'x-content-type-options'].map((h) => res.headers.get(h)),
+      path,
     );
   }
 });
