@@ -159,7 +159,7 @@ test(
     assert.equal(lines, stats.linesRead);
     assert.equal(lines + salvaged, records + totalErrors(stats), 'records + errors = lines + salvaged lines');
     // About half the generated lines are valid records (by weight); a quarter is the floor that says the generator still makes them.
-  assert.equal(true, valid > lines / 4, `only ${valid} of ${lines} lines were valid records`);
+    assert.equal(true, valid > lines / 4, `only ${valid} of ${lines} lines were valid records`);
     assert.equal(true, salvaged >= lines / 20, `only ${salvaged} salvaged lines: the glued generator is not reaching salvage`);
     for (const s of ranks.values()) assert.equal(true, s.toksHistory.length <= 40);
   },
