@@ -49,7 +49,8 @@ export function statusJson(w: Watcher, now: number, version: string) {
   const states = Object.fromEntries(RUN_STATES.map((st) => [st, 0])) as Record<RunState, number>;
   for (const run of w.runs.values()) {
     const ranks: RankStatus[] = [];
-    for (const s of [...run.ranks.values()].sort((a, b) => a.rank - b.rank)) {
+    // A rank whose file was deleted is not shown (its counters stay in /metrics until the run expires).
+    for (const s of [...run.ranks.values()].filter((x) => !run.goneRanks.has(x.rank)).sort((a, b) => a.rank - b.rank)) {
       ranks.push({
         rank: s.rank,
         age: s.lastLivenessTs === undefined ? undefined : Math.max(0, now - s.lastLivenessTs),

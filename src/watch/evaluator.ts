@@ -87,7 +87,14 @@ export class Evaluator {
     if (caughtUp) run.stalled = true; // read to the end just now: judge what is there
     run.dirty = false;
     const now = this.clock.now();
-    const ranks = [...run.ranks.values()];
+    // A rank whose file was deleted is judged again only once it writes again.
+    const ranks = [...run.ranks.values()].filter((s) => {
+      const gone = run.goneRanks.get(s.rank);
+      if (gone === undefined) return true;
+      if ((s.lastLivenessTs ?? -Infinity) <= gone) return false;
+      run.goneRanks.delete(s.rank);
+      return true;
+    });
     const newest = newestRecordTs(ranks);
     run.expired = newest !== undefined && now - newest > this.config['run.ttl-s'];
     const key = attemptKeyOf(ranks);
@@ -98,7 +105,8 @@ export class Evaluator {
       if (fresh && run.csv) run.csv.throughputZero = 0; // the old attempt's rows are no evidence against the new one
       run.attemptKey = key;
     }
-    await this.checkAcks(run, now);
+    // A run directory deleted under us makes the acknowledgement's audit append fail: judged at the next sweep.
+    await this.checkAcks(run, now).catch((e: unknown) => this.log.debug({ run: run.name, err: (e as Error).message }, 'acknowledgement not recorded'));
     // An active run's pids were looked at when they first wrote; a quiet one's every time.
     this.refreshProcs(run, newest === undefined || now - newest > QUIET_S);
     run.liveness = livenessOf(ranks, run.procs);
@@ -171,7 +179,7 @@ export class Evaluator {
     const p = run.primary;
     run.life = runStateOf(
       {
-        ranks: [...run.ranks.values()],
+        ranks: [...run.ranks.values()].filter((s) => !run.goneRanks.has(s.rank)),
         liveness: run.liveness,
         halt: run.halt,
         primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' },

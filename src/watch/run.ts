@@ -16,7 +16,9 @@ export class Run implements RankTable, RunRef {
   csv?: CsvState;
   tails = new Map<string, FileTail>();
   /** each tail's sink, to forget a deleted rank file's ranks */
-  sinks = new Map<string, { reset(): void }>();
+  sinks = new Map<string, { reset(): void; ranksRead?(): number[] }>();
+  /** ranks whose file was deleted (not rotated), with their newest record then: not judged until they write again */
+  goneRanks = new Map<number, number>();
   /** .HALT exists (see `halt` for what it says) */
   halted = false;
   halt: HaltFact = { present: false };

@@ -66,6 +66,11 @@ const MAX_IN_FLIGHT = 2;
 export class HeartbeatSink extends CountingSink {
   /** ranks this file has contributed (a legacy heartbeat.jsonl holds several) */
   private readonly mine = new Set<number>();
+
+  /** The ranks this file has contributed. */
+  ranksRead(): number[] {
+    return [...this.mine];
+  }
   /** progress records per rank since the last reset, to tell an unbroken streak */
   private readonly progressSeen = new Map<number, number>();
   private livenessSeen = false;

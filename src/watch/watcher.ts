@@ -405,8 +405,10 @@ export class Watcher {
         const sink = run.sinks.get(name);
         run.sinks.delete(name);
         if (sink && !ROTATED_SUFFIXES.some((x) => existsSync(join(run.dir, name + x)))) {
-          sink.reset();
-          this.log.info({ run: run.name, file: name }, 'rank file deleted: its ranks are no longer watched');
+          // Its ranks are no longer judged (no stall for a file that is gone); their counters stay
+          // until the run expires, and a re-created file of the same rank is judged again.
+          for (const r of sink.ranksRead?.() ?? []) run.goneRanks.set(r, run.ranks.get(r)?.lastLivenessTs ?? -Infinity);
+          this.log.info({ run: run.name, file: name }, 'rank file deleted: its ranks are no longer judged');
           run.touched();
         }
       }
