@@ -127,6 +127,15 @@ export function rankRole(s: RankState): RankRole {
   return s.lastPeriodicTs !== undefined ? 'periodic' : 'boot_only';
 }
 
+/** Forgets what belonged to the rank's previous process: its dumps, cadence and end record. */
+function forgetProcess(s: RankState): void {
+  s.lastDumpTs = undefined;
+  s.lastPeriodicTs = undefined;
+  s.periodicGapS = undefined;
+  s.lastCadenceTs = undefined;
+  s.endTs = undefined;
+}
+
 /** A deep copy, for callers that need the state before a reduce. */
 export function cloneRankState(s: RankState): RankState {
   return { ...s, streaks: { ...s.streaks }, records: { ...s.records }, toksHistory: [...s.toksHistory], stepHistory: [...s.stepHistory] };
@@ -148,12 +157,8 @@ export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankS
     s.pid = r.pid;
     s.pidSinceTs = r.ts;
     s.pidBootTs = undefined;
-    s.endTs = undefined;
     // A new process: the old one's dumps and cadence are not its own.
-    s.lastDumpTs = undefined;
-    s.lastPeriodicTs = undefined;
-    s.periodicGapS = undefined;
-    s.lastCadenceTs = undefined;
+    forgetProcess(s);
   }
   if (s.lastLivenessTs === undefined || r.ts >= s.lastLivenessTs) s.lastLivenessTs = r.ts;
   if (s.step === undefined || r.step !== s.step) {
@@ -181,11 +186,7 @@ export function reduce(s: RankState, r: HeartbeatRecord, p: ReduceParams): RankS
     s.bootTs = r.ts;
     s.pidBootTs = r.ts;
     s.lastProgressTs = undefined;
-    s.lastPeriodicTs = undefined;
-    s.periodicGapS = undefined;
-    s.lastCadenceTs = undefined;
-    s.endTs = undefined;
-    s.lastDumpTs = undefined;
+    forgetProcess(s);
     s.streaks = { throughputZero: 0, lossSame: 0, gradZero: 0, gateCollapse: 0, nonfinite: 0 };
     s.fetchSamples = 0;
     s.fetchBaseline = undefined;
