@@ -229,7 +229,8 @@ export class Actions {
 
   /** The kind named by the .HALT trainwatch wrote into a run, if its audit memory is loaded and says so. */
   haltKind(real: string): string | undefined {
-    return this.runs.get(real)?.mem?.halt?.kind;
+    const mem = this.runs.get(real)?.mem;
+    return mem?.writingHalt ?? mem?.halt?.kind;
   }
 
   /** The time of the run's newest acknowledgement, read back from the audit log on first use. */
@@ -460,7 +461,11 @@ export class Actions {
       step('details', async () => (await writeAtomic(run.dir, run.real, CONTROL_FILES.details, details), 'ok')),
     ]);
     // After both: the trainer reads the reason when it sees .HALT.
-    if (haltStaged) entries.push(await step('halt', async () => this.createHalt(run, ep, kind, await haltStaged)));
+    if (haltStaged) {
+      // Set before the link: a status read between the link and the audit entry still names trainwatch as the author.
+      mem.writingHalt = kind;
+      entries.push(await step('halt', async () => this.createHalt(run, ep, kind, await haltStaged)).finally(() => (mem.writingHalt = undefined)));
+    }
     for (const e of entries) if (e) batch.push(e);
     if (failure) throw failure;
   }

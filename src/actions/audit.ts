@@ -72,6 +72,8 @@ export interface AuditMemory {
   recent: AuditEntry[];
   /** the newest .HALT this trainwatch wrote, and the escalation signals sent since */
   halt?: HaltRecord;
+  /** the kind of the .HALT being written right now (not persisted): a .HALT seen mid-write is ours too */
+  writingHalt?: string;
   /** the newest removal of .HALT (an operator's, or the auto-clear): older evidence is not judged at all */
   ackTs?: number;
   /** the newest removal of .HALT or .anomaly_type: older evidence opens no new episode */

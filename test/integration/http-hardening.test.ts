@@ -11,6 +11,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { BIN, freePort, parseExposition, pyJson, requireBinary, scrape, startTrainwatch, tmpDir, waitFor } from '../helpers/proc.js';
+import { BCRYPT_MAX_IN_FLIGHT } from '../../src/http/webconfig.js';
 
 function payload(run: string) {
   return {
@@ -105,7 +106,9 @@ test(
   async (t) => {
     const d = tmpDir();
     t.after(() => d.cleanup());
-    writeFileSync(join(d.path, 'web.yml'), `basic_auth_users:\n  prometheus: ${bcrypt.hashSync('right', 10)}\n`);
+    // Cost 12 (about 250 ms a comparison): the four admitted comparisons outlast the arrival of
+    // all 64 requests even when this test process is slowed down by a loaded machine.
+    writeFileSync(join(d.path, 'web.yml'), `basic_auth_users:\n  prometheus: ${bcrypt.hashSync('right', 12)}\n`);
     const tw = await startTrainwatch(['--root', d.path, '--web.config.file', join(d.path, 'web.yml')]);
     t.after(() => tw.stop());
     const basic = (user: string, pw: string) => ({ authorization: 'Basic ' + Buffer.from(`${user}:${pw}`).toString('base64') });
@@ -126,6 +129,8 @@ test(
       return { status: res.status, retryAfter: res.headers.get('retry-after') };
     });
     // A 503 means every comparison slot is taken: ask /healthz now, on a connection of its own.
+    // If none ever comes, the test fails below on the count of 503s instead of hanging here.
+    void Promise.allSettled(attempts).then(() => firstBusy());
     await busyNow;
     const sent = Date.now();
     const health = await rawGet(tw.port, '/healthz');
@@ -135,6 +140,7 @@ test(
     const busy = results.filter((r) => r.status === 503);
     assert.equal(200, health.status);
     assert.equal(64, rejected + busy.length, JSON.stringify(results.map((r) => r.status)));
+    assert.equal(true, busy.length > 0, `no request was answered 503 while ${BCRYPT_MAX_IN_FLIGHT} comparisons were in flight`);
     assert.equal(true, rejectedBefore < rejected, `/healthz was answered only after all ${rejected} comparisons had finished`);
     assert.deepEqual(
       busy.map(() => '1'),
