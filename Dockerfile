@@ -37,6 +37,8 @@ COPY bin ./bin
 COPY scripts/sim_trainer.py ./scripts/
 COPY alerts ./alerts
 COPY grafana ./grafana
+# Served read-only at /docs/<name>: the alert rules' runbook_url links point at /docs/runbook.
+COPY docs ./docs
 # A fresh named volume takes the owner of the image's directory: make /runs writable for `node`.
 RUN mkdir -p /runs && chown node:node /runs
 USER node

@@ -4,10 +4,11 @@ import { SETTINGS, settingFor, type Setting } from './config/settings.js';
 
 /** What the command line asked for. */
 export interface CliResult {
-  command: 'run' | 'demo' | 'status';
+  command: 'run' | 'demo' | 'status' | 'rules';
   flags: Map<string, unknown>;
   demo?: { fault: string; keep: boolean };
   status?: { json: boolean; url?: string };
+  rules?: { runbookBaseUrl?: string; jobMatcher?: string };
 }
 
 /** Removes `--name` (with a value: `--name v` or `--name=v`) from args; returns its value, true, or undefined. */
@@ -80,6 +81,11 @@ Commands:
                               --web.listen-address) or else read once from --dir/--root, writing
                               nothing. Exit 0 all healthy, 1 a run needs attention, 2 usage error.
                               --json: the stable format of docs/status.md
+  trainwatch rules [--runbook-base-url URL] [--job-matcher M]
+                              print the Prometheus alert rules (alerts/trainwatch.rules.yml) to stdout.
+                              URL: where every runbook_url points, as URL#<alert> (default
+                              http://{{ $labels.instance }}/docs/runbook: the runbook this trainwatch
+                              serves); M: TrainwatchDown's matcher on up (default job=~".*trainwatch.*")
 
 Control files written into a run directory:
   .anomaly_type   "<anomaly>\\n" once per episode (heartbeat_stall, throughput_flatline, loss_flatline,
@@ -99,6 +105,17 @@ Precedence: flags > environment > --config file > defaults. Docs: README.md, doc
 /** Parses argv (without node and script). Throws commander errors for bad flags. */
 export function parseCli(argv: string[], version: string): CliResult {
   const args = [...argv];
+  if (args[0] === 'rules') {
+    args.shift();
+    const runbookBaseUrl = takeOwn(args, 'runbook-base-url', true);
+    const jobMatcher = takeOwn(args, 'job-matcher', true);
+    if (args.length > 0) throw new Error(`trainwatch rules: unexpected argument '${args[0]}'; it takes only --runbook-base-url and --job-matcher`);
+    return {
+      command: 'rules',
+      flags: new Map(),
+      rules: { runbookBaseUrl: runbookBaseUrl as string | undefined, jobMatcher: jobMatcher as string | undefined },
+    };
+  }
   let command: CliResult['command'] = 'run';
   const demo = { fault: 'nonfinite_loss', keep: false };
   let status: CliResult['status'];

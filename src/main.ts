@@ -9,6 +9,19 @@ import { makeLogger } from './log.js';
 import { start, VERSION, type Running } from './app.js';
 import { runDemo } from './demo.js';
 import { runStatus } from './status-cmd.js';
+import { renderAlertRules, runbookBaseUrlError } from './gen/alerts.js';
+
+/** `trainwatch rules`: the alert rules, with the user's runbook base URL, on stdout. */
+async function printRules(opts: { runbookBaseUrl?: string; jobMatcher?: string }): Promise<number> {
+  const bad = opts.runbookBaseUrl === undefined ? undefined : runbookBaseUrlError(opts.runbookBaseUrl);
+  if (bad) {
+    process.stderr.write(`trainwatch: error: --runbook-base-url ${bad}\n`);
+    return 2;
+  }
+  // main() ends in process.exit: wait until the text is handed over (pipes are asynchronous on macOS).
+  await new Promise<void>((resolve) => process.stdout.write(renderAlertRules(opts), () => resolve()));
+  return 0;
+}
 
 async function main(): Promise<number> {
   let cli;
@@ -19,6 +32,7 @@ async function main(): Promise<number> {
     process.stderr.write(`trainwatch: error: ${(e as Error).message}\n`);
     return 2;
   }
+  if (cli.command === 'rules') return printRules(cli.rules!);
   let config: Config;
   try {
     config = resolveConfig(cli.flags, process.env);

@@ -3,13 +3,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { ANOMALY_KINDS } from '../src/detect/kinds.js';
-import { ALERTS_FILE, buildAlertRules, renderAlertRules, type AlertRule, type RulesDocument } from '../src/gen/alerts.js';
+import { ALERTS_FILE, buildAlertRules, DEFAULT_RUNBOOK_BASE_URL, renderAlertRules, type AlertRule, type RulesDocument } from '../src/gen/alerts.js';
+import { docHtml, loadDocs } from '../src/http/docs.js';
 import { OVER_STATES, RUN_STATES } from '../src/state/lifecycle.js';
-import { REPO, requireBinary } from './helpers/proc.js';
+import { BIN, REPO, requireBinary, tmpDir } from './helpers/proc.js';
 
 const RULES = join(REPO, ALERTS_FILE);
 const TESTS_DIR = join(REPO, 'alerts/tests');
@@ -74,21 +75,47 @@ test('every alert has a unique CamelCase name, a known severity and summary, des
   }
 });
 
-test('every runbook_url points at a heading of docs/runbook.md', () => {
-  const runbook = readFileSync(join(REPO, 'docs/runbook.md'), 'utf8');
-  // GitHub's anchor for a heading: lower-cased, spaces to dashes, punctuation dropped.
-  const anchors = new Set(
-    [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) =>
-      m[1]
-        .trim()
-        .toLowerCase()
-        .replace(/[^\w\- ]/g, '')
-        .replace(/ /g, '-'),
-    ),
-  );
+test('every runbook_url is the default runbook page plus the anchor of a heading that trainwatch serves at /docs/runbook', () => {
+  // The ids of the page trainwatch serves (http/docs.ts), made from docs/runbook.md's headings.
+  const page = docHtml('runbook', loadDocs(join(REPO, 'docs')));
+  const ids = new Set([...page.matchAll(/<h\d id="([^"]+)"/g)].map((m) => m[1]));
   for (const r of allRules(checkedIn())) {
-    const anchor = r.annotations.runbook_url.split('#')[1];
-    assert.equal(true, anchors.has(anchor), `${r.alert}: no heading for #${anchor} in docs/runbook.md`);
+    const anchor = r.alert.toLowerCase();
+    assert.equal(`${DEFAULT_RUNBOOK_BASE_URL}#${anchor}`, r.annotations.runbook_url, r.alert);
+    assert.equal(true, ids.has(anchor), `${r.alert}: no heading for #${anchor} in docs/runbook.md`);
+  }
+});
+
+test('`trainwatch rules --runbook-base-url` changes every runbook_url to <base>#<anchor> and nothing else; without it, it prints the checked-in file', () => {
+  const base = 'https://wiki.example/trainwatch/runbook';
+  const rules = (...args: string[]) => spawnSync(process.execPath, [BIN, 'rules', ...args], { encoding: 'utf8' });
+  const plain = rules();
+  assert.equal(0, plain.status, plain.stderr);
+  assert.equal(readFileSync(RULES, 'utf8'), plain.stdout);
+  const custom = rules('--runbook-base-url', base);
+  assert.equal(0, custom.status, custom.stderr);
+  assert.equal(renderAlertRules({ runbookBaseUrl: base }), custom.stdout);
+  const mine = allRules(parse(custom.stdout) as RulesDocument);
+  const shipped = allRules(checkedIn());
+  assert.deepEqual(
+    shipped.map((r) => `${base}#${r.alert.toLowerCase()}`),
+    mine.map((r) => r.annotations.runbook_url),
+  );
+  const withoutRunbook = (rs: AlertRule[]) => rs.map((r) => ({ ...r, annotations: { ...r.annotations, runbook_url: '' } }));
+  assert.deepEqual(withoutRunbook(shipped), withoutRunbook(mine));
+  const t = tmpDir('tw-rules-');
+  try {
+    const f = join(t.path, 'mine.rules.yml');
+    writeFileSync(f, custom.stdout);
+    const r = promtool(['check', 'rules', f]);
+    assert.equal(0, r.status, r.output);
+  } finally {
+    t.cleanup();
+  }
+  for (const bad of ['wiki/runbook', 'https://wiki.example/runbook#x', '']) {
+    const r = rules('--runbook-base-url', bad);
+    assert.equal(2, r.status, `--runbook-base-url ${JSON.stringify(bad)}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /--runbook-base-url/);
   }
 });
 

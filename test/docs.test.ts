@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { SETTINGS, type Setting } from '../src/config/settings.js';
+import { slug } from '../src/http/docs.js';
 import { REPO } from './helpers/proc.js';
 
 const DOCS = [
@@ -19,14 +20,6 @@ const text = (f: string) => readFileSync(join(REPO, f), 'utf8');
 /** The text outside fenced code blocks. */
 const prose = (s: string) => s.replace(/^```[\s\S]*?^```/gm, '');
 
-/** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes. */
-const slug = (h: string) =>
-  h
-    .trim()
-    .toLowerCase()
-    .replace(/[`*_]/g, '')
-    .replace(/[^\p{L}\p{N} -]/gu, '')
-    .replace(/ /g, '-');
 const anchors = (f: string) =>
   new Set(
     text(f)

@@ -463,6 +463,11 @@ test(
       const healthcheck = () => spawnSync(hcArgv[0], hcArgv.slice(1), { env: containerEnv, encoding: 'utf8', timeout: 10_000, ...ids }).status;
       assert.equal(0, healthcheck(), `HEALTHCHECK failed against the running container${ctxInfo()}`);
 
+      // The runbook the alert rules link to is in the image and served.
+      const runbook = await fetch(`${url}/docs/runbook`);
+      assert.equal(200, runbook.status, `GET /docs/runbook in the image${ctxInfo()}`);
+      assert.match(await runbook.text(), /id="trainingheartbeatstalled"/);
+
       // It runs on the image's Node major, and as the image's user it can act on a run in /runs.
       const metrics = await (await fetch(`${url}/metrics`)).text();
       assert.match(metrics, new RegExp(`nodejs_version_info\\{[^}]*version="v${major}\\.`), 'the process must run on the image Node major');
@@ -519,7 +524,14 @@ test('npm package: `npx trainwatch demo` works where the packed tarball is insta
     assert.equal(0, pack.status, pack.stderr);
     const [info] = JSON.parse(pack.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>;
     const files = info.files.map((f) => f.path);
-    for (const f of ['bin/trainwatch.js', 'dist/src/demo.js', 'scripts/sim_trainer.py', 'alerts/trainwatch.rules.yml', 'deploy/prometheus.yml'])
+    for (const f of [
+      'bin/trainwatch.js',
+      'dist/src/demo.js',
+      'scripts/sim_trainer.py',
+      'alerts/trainwatch.rules.yml',
+      'deploy/prometheus.yml',
+      'docs/runbook.md',
+    ])
       assert.equal(true, files.includes(f), `${f} must be in the npm package (package.json "files")`);
     const app = join(work.path, 'app');
     mkdirSync(app);
@@ -533,6 +545,13 @@ test('npm package: `npx trainwatch demo` works where the packed tarball is insta
     const demo = spawnSync('npx', ['--no-install', 'trainwatch', 'demo'], { cwd: app, encoding: 'utf8', timeout: 120_000 });
     assert.equal(0, demo.status, `npx trainwatch demo:\n${demo.stdout}${demo.stderr}`);
     assert.match(demo.stdout, /\[demo\] \.HALT: +halt: nonfinite_loss/);
+    // The installed package finds its docs/ (served at /docs/runbook, where the rules' runbook_url points).
+    const docs = spawnSync(
+      process.execPath,
+      ['--input-type=module', '-e', "import { loadDocs } from 'trainwatch/dist/src/http/docs.js'; process.exit(loadDocs().has('runbook') ? 0 : 1)"],
+      { cwd: app, encoding: 'utf8' },
+    );
+    assert.equal(0, docs.status, `the installed package does not find docs/runbook.md:\n${docs.stderr}`);
   } finally {
     work.cleanup();
   }

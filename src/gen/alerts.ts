@@ -24,8 +24,12 @@ import { OVER_STATES } from '../state/lifecycle.js';
 /** Where the generated rules live, relative to the repository root. */
 export const ALERTS_FILE = 'alerts/trainwatch.rules.yml';
 
-/** Where runbook_url annotations point; anchors are the lower-cased alert names (docs/runbook.md headings). */
-export const RUNBOOK_URL = 'https://github.com/trainwatch/trainwatch/blob/main/docs/runbook.md';
+/**
+ * Where runbook_url annotations point by default: docs/runbook.md as the trainwatch that the alert
+ * is about serves it (http/docs.ts). Prometheus expands the template when the alert fires; the
+ * `instance` label is trainwatch's host:port as Prometheus scrapes it.
+ */
+export const DEFAULT_RUNBOOK_BASE_URL = 'http://{{ $labels.instance }}/docs/runbook';
 
 /** The default label matcher that finds trainwatch's scrape job(s) in `up`. */
 export const DEFAULT_JOB_MATCHER = 'job=~".*trainwatch.*"';
@@ -48,11 +52,20 @@ export interface RulesDocument {
 export interface AlertOptions {
   /** Label matcher selecting trainwatch's own `up` series (TrainwatchDown). */
   jobMatcher?: string;
+  /** The runbook page every runbook_url starts with (`<base>#<anchor>`); DEFAULT_RUNBOOK_BASE_URL if unset. */
+  runbookBaseUrl?: string;
 }
 
-/** The runbook link for an alert: GitHub's anchor for a `## <AlertName>` heading. */
-export function runbookUrl(alert: string): string {
-  return `${RUNBOOK_URL}#${alert.toLowerCase()}`;
+/** The runbook link for an alert: the anchor of its `## <AlertName>` heading in docs/runbook.md. */
+export function runbookUrl(alert: string, base = DEFAULT_RUNBOOK_BASE_URL): string {
+  return `${base}#${alert.toLowerCase()}`;
+}
+
+/** Why a --runbook-base-url cannot be used, or undefined when it can. */
+export function runbookBaseUrlError(base: string): string | undefined {
+  if (!/^https?:\/\/\S/.test(base)) return `${JSON.stringify(base)} must start with http:// or https://`;
+  if (/[#\n\r]/.test(base)) return `${JSON.stringify(base)} must not contain '#' or a line break: the alert's anchor is appended as #<alert>`;
+  return undefined;
 }
 
 const m = (k: MetricKey): string => METRICS[k].name;
@@ -170,7 +183,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
     // thresholds already count records or seconds, so a `for` would only add delay.
     for: '0s',
     labels: { severity: k.severity, anomaly_type: k.name, halt: String(k.halts) },
-    annotations: { summary: k.summary, description: specs[k.name].description, runbook_url: runbookUrl(k.alert) },
+    annotations: { summary: k.summary, description: specs[k.name].description, runbook_url: runbookUrl(k.alert, opts.runbookBaseUrl) },
   }));
   training.push({
     alert: 'TrainingRunHalted',
@@ -183,7 +196,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
       summary: 'A training run holds a .HALT file and its trainer has not stopped yet.',
       description:
         'Run {{ $labels.run }} holds a .HALT file, so its trainer stops at its next step; it has not stopped yet. .anomaly_type in the run directory names the reason; delete .HALT before restarting the run.',
-      runbook_url: runbookUrl('TrainingRunHalted'),
+      runbook_url: runbookUrl('TrainingRunHalted', opts.runbookBaseUrl),
     },
   });
   const self: AlertRule[] = [
@@ -195,7 +208,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
       annotations: {
         summary: 'trainwatch cannot be scraped: training runs are not watched by these rules.',
         description: `{{ if $labels.instance }}Prometheus cannot scrape trainwatch at {{ $labels.instance }} (job {{ $labels.job }}).{{ else }}Prometheus has no trainwatch target at all: no up series matches ${job}.{{ end }} Anomalies of the runs it watches raise no alerts.`,
-        runbook_url: runbookUrl('TrainwatchDown'),
+        runbook_url: runbookUrl('TrainwatchDown', opts.runbookBaseUrl),
       },
     },
     {
@@ -207,7 +220,7 @@ export function buildAlertRules(opts: AlertOptions = {}): RulesDocument {
         summary: 'trainwatch keeps failing to parse heartbeat or training.csv lines.',
         description:
           'trainwatch at {{ $labels.instance }} dropped {{ $value | humanize }} lines as {{ $labels.reason }} in the last 10 minutes, and has kept doing so for 15 minutes. Records it cannot parse are invisible to every rule.',
-        runbook_url: runbookUrl('TrainwatchParseErrors'),
+        runbook_url: runbookUrl('TrainwatchParseErrors', opts.runbookBaseUrl),
       },
     },
   ];

@@ -12,6 +12,7 @@ import { renderMetrics } from '../metrics/render.js';
 import { sendExposition } from '../metrics/send.js';
 import type { Watcher } from '../watch/watcher.js';
 import { statusJson } from './status.js';
+import { docHtml, DOCS_DIR, DOCS_PATH, docsIndexHtml, loadDocs } from './docs.js';
 import { PAGE_CSP, statusPageHtml } from './page.js';
 import { bodyError, BUSY, handleWebhook, isTls, WEBHOOK_PATH, WebhookHttp } from './webhook.js';
 import { HttpStats } from './stats.js';
@@ -117,6 +118,23 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   app.get('/', (req, res) => {
     if (!configured.has('content-security-policy')) res.setHeader('Content-Security-Policy', PAGE_CSP);
     res.type('html').send(statusPageHtml(version, c['web.telemetry-path'], statusJson(w, w.now(), version), req.query.state));
+  });
+
+  // The shipped docs, read-only: the alert rules' runbook_url links land on /docs/runbook.
+  const docs = loadDocs();
+  if (!docs.has('runbook')) log.warn({ dir: DOCS_DIR }, `docs/runbook.md not found: ${DOCS_PATH}/runbook, where the alerts' runbook links point, answers 404`);
+  app.get(DOCS_PATH, (req, res) => {
+    if (!req.path.endsWith('/')) return res.redirect('docs/');
+    res.type('html').send(docsIndexHtml(docs));
+  });
+  app.get(`${DOCS_PATH}/:file`, (req: Request<{ file: string }>, res: Response, next: NextFunction) => {
+    const file = req.params.file;
+    const name = file.replace(/\.md$/, '');
+    if (!docs.has(name)) return next();
+    // /docs/runbook/ would break the documents' relative links to each other.
+    if (req.path.endsWith('/')) return res.redirect(`../${file}`);
+    if (name !== file) res.type('text/markdown; charset=utf-8').send(docs.get(name));
+    else res.type('html').send(docHtml(name, docs));
   });
 
   app.post(
