@@ -1,39 +1,52 @@
-// deploy/: the Prometheus and Alertmanager configs (promtool, amtool, and a real Prometheus →
-// Alertmanager → trainwatch chain running them), the Compose stack's wiring, and the Kubernetes
-// manifests, including the generated PrometheusRule.
+// deploy/: the Prometheus and Alertmanager configs of both variants, Compose (deploy/compose/) and
+// plain host (deploy/host/): promtool and amtool on every file, a real Prometheus → Alertmanager →
+// trainwatch chain running the plain-host files with only their ports changed, and the Compose
+// files differing from those only in hosts and paths; the snippets and latency figures the docs
+// give; the Compose stack's wiring; and the Kubernetes manifests, including the generated
+// PrometheusRule.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { request as httpsRequest } from 'node:https';
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join, posix, resolve } from 'node:path';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, posix, resolve } from 'node:path';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { defaultConfig } from '../src/config/settings.js';
 import { WEBHOOK_PATH } from '../src/http/server.js';
-import { REPO, freePort, pyJson, requireBinary, startTrainwatch, tmpDir, waitFor } from './helpers/proc.js';
+import { REPO, freePort, requireBinary, startSimTrainer, startTrainwatch, teardown, tmpDir, waitFor } from './helpers/proc.js';
 import { promQuery, startAlertmanager, startPrometheus } from './helpers/stack.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Y = any;
 
 const DEPLOY = join(REPO, 'deploy');
+const COMPOSE = join(DEPLOY, 'compose');
+const HOST = join(DEPLOY, 'host');
 const K8S = join(DEPLOY, 'kubernetes');
+const VARIANTS = { compose: COMPOSE, host: HOST } as const;
 const DEFAULTS = defaultConfig();
 const DEFAULT_PORT = Number(/:(\d+)$/.exec(DEFAULTS['web.listen-address'])![1]);
 const yamlFile = (p: string): Y => parseYaml(readFileSync(p, 'utf8'));
-const prom: Y = yamlFile(join(DEPLOY, 'prometheus.yml'));
-const am: Y = yamlFile(join(DEPLOY, 'alertmanager.yml'));
-const compose: Y = yamlFile(join(DEPLOY, 'compose.yaml'));
-const trainwatchJob = () => (prom.scrape_configs as Y[]).find((j) => j.job_name === 'trainwatch');
-const trainwatchReceiver = () => (am.receivers as Y[]).find((r) => r.name === 'trainwatch');
+const prom: Y = yamlFile(join(COMPOSE, 'prometheus.yml'));
+const am: Y = yamlFile(join(COMPOSE, 'alertmanager.yml'));
+const compose: Y = yamlFile(join(COMPOSE, 'compose.yaml'));
+const trainwatchJob = (p: Y = prom) => (p.scrape_configs as Y[]).find((j) => j.job_name === 'trainwatch');
+const trainwatchReceiver = (a: Y = am) => (a.receivers as Y[]).find((r) => r.name === 'trainwatch');
+const trainwatchRoute = (a: Y) => (a.route.routes as Y[]).find((x) => x.receiver === 'trainwatch');
 /** host:port → [host, port]. */
 const hostPort = (s: string): [string, number] => {
   const cut = s.lastIndexOf(':');
   return [s.slice(0, cut), Number(s.slice(cut + 1))];
 };
-/** The rule files prometheus.yml's rule_files globs (`dir/*.rules.yml`) match, resolved against `base`. */
-const ruleFilesOf = (base: string): string[] =>
-  (prom.rule_files as string[]).flatMap((g) => {
+/** The repository's rule files, alerts/*.rules.yml. */
+const repoRules = () =>
+  readdirSync(join(REPO, 'alerts'))
+    .filter((n) => n.endsWith('.rules.yml'))
+    .sort()
+    .map((n) => join(REPO, 'alerts', n));
+/** The rule files a prometheus.yml's rule_files globs (`dir/*.rules.yml`) match, resolved against `base`. */
+const ruleFilesOf = (cfg: Y, base: string): string[] =>
+  (cfg.rule_files as string[]).flatMap((g) => {
     const abs = resolve(base, g);
     const re = new RegExp(
       '^' +
@@ -49,136 +62,213 @@ const ruleFilesOf = (base: string): string[] =>
           .map((n) => join(dirname(abs), n))
       : [];
   });
+/**
+ * The plain-host install that docs/deploy.md describes, in a directory standing in for
+ * /etc/prometheus: the rules copied beside prometheus.yml, where its relative rule_files point.
+ */
+const hostRuleFiles = (): Record<string, string> => Object.fromEntries(repoRules().map((f) => [basename(f), readFileSync(f, 'utf8')] as const));
+/**
+ * The one change the tests make to a shipped plain-host file: each `localhost:<default port>`
+ * becomes `localhost:<free port>`. Every default named must occur, so a changed file fails here.
+ */
+function withPorts(text: string, ports: Record<number, number>): string {
+  let out = text;
+  for (const [from, to] of Object.entries(ports)) {
+    assert.ok(out.includes(`localhost:${from}`), `the shipped file no longer names localhost:${from}`);
+    out = out.replaceAll(`localhost:${from}`, `localhost:${to}`);
+  }
+  return out;
+}
+/** $ARGS of a shipped /etc/default file, split as systemd splits `ExecStart=… $ARGS`. */
+function defaultArgs(file: string): string[] {
+  const r = spawnSync('sh', ['-c', '. "$0" && printf "%s\\n" $ARGS', file], { encoding: 'utf8' });
+  assert.equal(0, r.status, r.stderr);
+  return r.stdout.split('\n').filter((a) => a !== '');
+}
 
 // ---------------------------------------------------------------- Prometheus and Alertmanager
 
-test('deploy/prometheus.yml: promtool check config passes and loads every alerts/*.rules.yml', () => {
-  const promtool = requireBinary('promtool', 'prometheus');
-  const rules = ruleFilesOf(DEPLOY);
-  assert.deepEqual(
-    readdirSync(join(REPO, 'alerts'))
-      .filter((n) => n.endsWith('.rules.yml'))
-      .map((n) => join(REPO, 'alerts', n))
-      .sort(),
-    rules.sort(),
-    'rule_files must load the repository alerts/*.rules.yml',
-  );
-  assert.notEqual(0, rules.length, 'alerts/ has no *.rules.yml');
-  // Relative rule_files resolve against the config's directory, so it is checked where it lies.
-  const r = spawnSync(promtool, ['check', 'config', 'prometheus.yml'], { cwd: DEPLOY, encoding: 'utf8' });
-  assert.equal(0, r.status, `promtool check config deploy/prometheus.yml:\n${r.stdout}${r.stderr}`);
-  for (const f of rules)
-    assert.match(
-      r.stdout,
-      new RegExp(`Checking \\.\\./alerts/${posix.basename(f).replace(/\./g, '\\.')}\\s+SUCCESS`),
-      `promtool did not check ${f}:\n${r.stdout}`,
-    );
-  const job = trainwatchJob();
-  assert.ok(job, 'a scrape job named trainwatch');
-  assert.match(job.job_name, /trainwatch/, 'TrainwatchDown matches up{job=~".*trainwatch.*"}');
-  assert.equal(DEFAULTS['web.telemetry-path'], job.metrics_path ?? '/metrics');
-  for (const t of job.static_configs.flatMap((s: Y) => s.targets)) assert.equal(DEFAULT_PORT, hostPort(t)[1], `target ${t} must use trainwatch's default port`);
-  assert.ok(prom.alerting?.alertmanagers?.length > 0, 'alerting must send to an Alertmanager');
-});
+for (const [variant, dir] of Object.entries(VARIANTS)) {
+  test(`deploy/${variant}/prometheus.yml: promtool check config passes and loads every alerts/*.rules.yml`, () => {
+    const promtool = requireBinary('promtool', 'prometheus');
+    const cfg = yamlFile(join(dir, 'prometheus.yml'));
+    // Compose's relative rule_files reach the repository's alerts/; the plain-host file is checked
+    // where docs/deploy.md installs it, beside a copy of the rules.
+    const t = tmpDir('tw-promcheck-');
+    try {
+      let where = dir;
+      if (variant === 'host') {
+        where = t.path;
+        copyFileSync(join(dir, 'prometheus.yml'), join(where, 'prometheus.yml'));
+        for (const [name, text] of Object.entries(hostRuleFiles())) writeFileSync(join(where, name), text);
+      }
+      const rules = ruleFilesOf(cfg, where);
+      assert.deepEqual(
+        repoRules().map((f) => basename(f)),
+        rules.map((f) => basename(f)).sort(),
+        'rule_files must load every alerts/*.rules.yml',
+      );
+      // Relative rule_files resolve against the config's directory, so it is checked where it lies.
+      const r = spawnSync(promtool, ['check', 'config', 'prometheus.yml'], { cwd: where, encoding: 'utf8' });
+      assert.equal(0, r.status, `promtool check config deploy/${variant}/prometheus.yml:\n${r.stdout}${r.stderr}`);
+      for (const f of rules)
+        assert.match(r.stdout, new RegExp(`Checking \\S*${posix.basename(f).replace(/\./g, '\\.')}\\s+SUCCESS`), `promtool did not check ${f}:\n${r.stdout}`);
+    } finally {
+      t.cleanup();
+    }
+    const job = trainwatchJob(cfg);
+    assert.ok(job, 'a scrape job named trainwatch');
+    assert.match(job.job_name, /trainwatch/, 'TrainwatchDown matches up{job=~".*trainwatch.*"}');
+    assert.equal(DEFAULTS['web.telemetry-path'], job.metrics_path ?? '/metrics');
+    for (const t of job.static_configs.flatMap((s: Y) => s.targets))
+      assert.equal(DEFAULT_PORT, hostPort(t)[1], `target ${t} must use trainwatch's default port`);
+    assert.ok(cfg.alerting?.alertmanagers?.length > 0, 'alerting must send to an Alertmanager');
+  });
 
-test('deploy/alertmanager.yml: amtool check-config passes and the trainwatch receiver is a 0.25 webhook with a bearer credentials_file', () => {
-  const amtool = requireBinary('amtool', 'prometheus-alertmanager');
-  const r = spawnSync(amtool, ['check-config', join(DEPLOY, 'alertmanager.yml')], { encoding: 'utf8' });
-  assert.equal(0, r.status, `amtool check-config deploy/alertmanager.yml:\n${r.stdout}${r.stderr}`);
-  const recv = trainwatchReceiver();
-  assert.ok(recv, 'a receiver named trainwatch');
-  assert.equal(1, recv.webhook_configs?.length, 'one webhook per trainwatch; the example has one');
-  const wh = recv.webhook_configs[0];
-  // Alertmanager 0.25's webhook_config knows only these keys (no url_file, no timeout).
-  assert.deepEqual(
-    [],
-    Object.keys(wh).filter((k) => !['url', 'send_resolved', 'http_config', 'max_alerts'].includes(k)),
-  );
-  assert.equal(true, wh.send_resolved);
-  const url = new URL(wh.url);
-  assert.equal(WEBHOOK_PATH, url.pathname);
-  assert.equal(DEFAULT_PORT, Number(url.port));
-  assert.equal('Bearer', wh.http_config.authorization.type ?? 'Bearer');
-  assert.equal('string', typeof wh.http_config.authorization.credentials_file);
-  assert.equal(undefined, wh.http_config.authorization.credentials, 'the token must come from a file, not the config');
-  const route = (am.route.routes as Y[]).find((x) => x.receiver === 'trainwatch');
-  assert.ok(route, 'a route to the trainwatch receiver');
-  assert.deepEqual(['anomaly_type=~".+"'], route.matchers, 'only alerts trainwatch can act on (they carry anomaly_type)');
-  assert.equal(true, route.continue, 'people must still be notified: continue: true');
-  assert.ok(
-    (am.receivers as Y[]).some((x) => x.name === am.route.receiver && !x.webhook_configs),
-    'the default receiver is the null example',
-  );
+  test(`deploy/${variant}/alertmanager.yml: amtool check-config passes; a route sends alerts with anomaly_type to a 0.25 webhook with a bearer credentials_file`, () => {
+    const amtool = requireBinary('amtool', 'prometheus-alertmanager');
+    const r = spawnSync(amtool, ['check-config', join(dir, 'alertmanager.yml')], { encoding: 'utf8' });
+    assert.equal(0, r.status, `amtool check-config deploy/${variant}/alertmanager.yml:\n${r.stdout}${r.stderr}`);
+    const cfg = yamlFile(join(dir, 'alertmanager.yml'));
+    const recv = trainwatchReceiver(cfg);
+    assert.ok(recv, 'a receiver named trainwatch');
+    assert.equal(1, recv.webhook_configs?.length, 'one webhook per trainwatch; the example has one');
+    const wh = recv.webhook_configs[0];
+    // Alertmanager 0.25's webhook_config knows only these keys (no url_file, no timeout).
+    assert.deepEqual(
+      [],
+      Object.keys(wh).filter((k) => !['url', 'send_resolved', 'http_config', 'max_alerts'].includes(k)),
+    );
+    assert.equal(true, wh.send_resolved);
+    const url = new URL(wh.url);
+    assert.equal(WEBHOOK_PATH, url.pathname);
+    assert.equal(DEFAULT_PORT, Number(url.port));
+    assert.equal('Bearer', wh.http_config.authorization.type ?? 'Bearer');
+    assert.equal('string', typeof wh.http_config.authorization.credentials_file);
+    assert.equal(undefined, wh.http_config.authorization.credentials, 'the token must come from a file, not the config');
+    const route = trainwatchRoute(cfg);
+    assert.ok(route, 'a route to the trainwatch receiver');
+    assert.deepEqual(['anomaly_type=~".+"'], route.matchers, 'only alerts trainwatch can act on (they carry anomaly_type)');
+    assert.equal(true, route.continue, 'people must still be notified: continue: true');
+    assert.ok(
+      (cfg.receivers as Y[]).some((x) => x.name === cfg.route.receiver && !x.webhook_configs),
+      'the default receiver is the null example',
+    );
+  });
+}
+
+test('deploy/compose/ and deploy/host/ differ only in hosts and file paths: the same job, rules, intervals, route and receiver', () => {
+  const strip = {
+    prometheus: (c: Y) => {
+      const x = structuredClone(c);
+      delete x.rule_files;
+      x.alerting.alertmanagers[0].static_configs[0].targets = [];
+      trainwatchJob(x).static_configs[0].targets = [];
+      return x;
+    },
+    alertmanager: (c: Y) => {
+      const x = structuredClone(c);
+      const wh = trainwatchReceiver(x).webhook_configs[0];
+      wh.url = new URL(wh.url).pathname;
+      delete wh.http_config.authorization.credentials_file;
+      return x;
+    },
+  };
+  for (const [name, f] of Object.entries(strip))
+    assert.deepEqual(f(yamlFile(join(COMPOSE, `${name}.yml`))), f(yamlFile(join(HOST, `${name}.yml`))), `${name}.yml`);
+  // Hosts: Compose's service names, the plain host's localhost.
+  const hosts = (dir: string) => {
+    const p = yamlFile(join(dir, 'prometheus.yml'));
+    return [
+      ...trainwatchJob(p).static_configs[0].targets.map((t: string) => hostPort(t)[0]),
+      ...p.alerting.alertmanagers[0].static_configs[0].targets.map((t: string) => hostPort(t)[0]),
+      new URL(trainwatchReceiver(yamlFile(join(dir, 'alertmanager.yml'))).webhook_configs[0].url).hostname,
+    ];
+  };
+  assert.deepEqual(['trainwatch', 'alertmanager', 'trainwatch'], hosts(COMPOSE));
+  assert.deepEqual(['localhost', 'localhost', 'localhost'], hosts(HOST));
+  // Plain host: paths relative to /etc/prometheus, where Debian's packages read their configs.
+  assert.deepEqual(['trainwatch.rules.yml'], yamlFile(join(HOST, 'prometheus.yml')).rule_files);
+  const cred = trainwatchReceiver(yamlFile(join(HOST, 'alertmanager.yml'))).webhook_configs[0].http_config.authorization.credentials_file;
+  assert.equal(false, cred.startsWith('/'), 'the plain-host token path is relative to the config file');
 });
 
 test(
-  'deploy configs end to end: Prometheus scrapes trainwatch, evaluates alerts/, Alertmanager posts to the webhook with the bearer token, trainwatch halts the run',
-  { timeout: 120_000 },
-  async () => {
-    const t = tmpDir('tw-deploy-e2e-');
-    const runs = join(t.path, 'runs');
+  'deploy/host end to end: real Prometheus and Alertmanager run the shipped plain-host files (only ports changed), a simulated NaN gradient becomes .HALT through the webhook, and the alert runbook_url opens its runbook section',
+  { timeout: 240_000 },
+  async (t) => {
+    const later = teardown(t);
+    const d = tmpDir('tw-deploy-host-');
+    later(() => d.cleanup());
+    const runs = join(d.path, 'runs');
     const runDir = join(runs, 'run-nan');
-    mkdirSync(runDir, { recursive: true });
-    const token = join(t.path, 'webhook.token');
-    writeFileSync(token, 'e2e-token-' + process.pid + '\n');
-    const tw = await startTrainwatch(['--root', runs, '--mode', 'alertmanager', '--webhook.token-file', token, '--halt', '1']);
-    const stops: Array<() => Promise<unknown>> = [() => tw.stop()];
-    try {
-      // Alertmanager: deploy/alertmanager.yml with the webhook pointed at this trainwatch and this
-      // token; group_wait shortened from 10s so the test is quick. Nothing else changes.
-      const amCfg = structuredClone(am);
-      const wh = amCfg.receivers.find((r: Y) => r.name === 'trainwatch').webhook_configs[0];
-      const u = new URL(wh.url);
-      u.host = `127.0.0.1:${tw.port}`;
-      wh.url = u.href;
-      wh.http_config.authorization.credentials_file = token;
-      amCfg.route.group_wait = '1s';
-      const amSvc = await startAlertmanager(JSON.stringify(amCfg));
-      stops.push(() => amSvc.stop());
-      // Prometheus: deploy/prometheus.yml with these addresses, the repository's rules by absolute
-      // path, and 1 s intervals instead of 15 s.
-      const promCfg = structuredClone(prom);
-      promCfg.global.scrape_interval = '1s';
-      promCfg.global.evaluation_interval = '1s';
-      promCfg.rule_files = ruleFilesOf(DEPLOY);
-      promCfg.alerting.alertmanagers[0].static_configs[0].targets = [`127.0.0.1:${amSvc.port}`];
-      promCfg.scrape_configs.find((j: Y) => j.job_name === 'trainwatch').static_configs = [{ targets: [`127.0.0.1:${tw.port}`] }];
-      const promSvc = await startPrometheus(JSON.stringify(promCfg));
-      stops.push(() => promSvc.stop());
+    mkdirSync(runs);
+    // trainwatch as docs/deploy.md starts it next to a plain-host Alertmanager.
+    const token = `host-e2e-token-${process.pid}\n`;
+    const twToken = join(d.path, 'webhook.token');
+    writeFileSync(twToken, token);
+    const tw = await startTrainwatch(['--root', runs, '--mode', 'alertmanager', '--webhook.token-file', twToken, '--halt', '1']);
+    later(() => tw.stop());
 
-      await waitFor(
-        async () => (await promQuery(promSvc.url, 'up{job="trainwatch"} == 1')).length === 1,
-        'Prometheus to scrape trainwatch with job="trainwatch"',
-        30_000,
-        200,
-      );
-      const rules = await (await fetch(`${promSvc.url}/api/v1/rules`)).json();
-      const loaded = rules.data.groups.map((g: Y) => g.name).sort();
-      const expected = ruleFilesOf(DEPLOY)
+    // Alertmanager: the shipped file with trainwatch's free port, the token file beside it (as in
+    // /etc/prometheus), and the ARGS of the shipped /etc/default/prometheus-alertmanager.
+    const amShipped = yamlFile(join(HOST, 'alertmanager.yml'));
+    const tokenName = trainwatchReceiver(amShipped).webhook_configs[0].http_config.authorization.credentials_file as string;
+    const args = defaultArgs(join(HOST, 'prometheus-alertmanager.default'));
+    const amSvc = await startAlertmanager(withPorts(readFileSync(join(HOST, 'alertmanager.yml'), 'utf8'), { [DEFAULT_PORT]: tw.port }), {
+      extraFiles: { [tokenName]: token },
+      args,
+    });
+    later(() => amSvc.stop());
+    const amStatus = await (await fetch(`${amSvc.url}/api/v2/status`)).json();
+    assert.equal('disabled', amStatus.cluster.status, `the shipped ARGS (${args.join(' ')}) must turn the cluster port off`);
+
+    // Prometheus: the shipped file with Alertmanager's and trainwatch's free ports, the rules beside it.
+    const promText = withPorts(readFileSync(join(HOST, 'prometheus.yml'), 'utf8'), { 9093: amSvc.port, [DEFAULT_PORT]: tw.port });
+    const promSvc = await startPrometheus(promText, hostRuleFiles());
+    later(() => promSvc.stop());
+    const rules = await (await fetch(`${promSvc.url}/api/v1/rules`)).json();
+    assert.deepEqual(
+      repoRules()
         .flatMap((f) => (yamlFile(f).groups as Y[]).map((g) => g.name))
-        .sort();
-      assert.deepEqual(expected, loaded);
+        .sort(),
+      rules.data.groups.map((g: Y) => g.name).sort(),
+    );
 
-      const now = Date.now() / 1000;
-      const rec = (msg: string, step: number, extra: Record<string, unknown> = {}) => pyJson({ ts: now, pid: 1, rank: 0, step, msg, ...extra }) + '\n';
-      writeFileSync(join(runDir, 'heartbeat_rank0.jsonl'), rec('boot', 0) + rec('progress', 1, { loss: NaN, toks_per_s: 1000, grad_norm: 1 }));
-      await waitFor(
-        () => existsSync(join(runDir, '.HALT')),
-        'Alertmanager to deliver TrainingLossNotFinite to the webhook and trainwatch to write .HALT',
-        60_000,
-        100,
-      ).catch((e: Error) =>
-        assert.fail(
-          `${e.message}\n--- trainwatch ---\n${tw.logs().slice(-4000)}\n--- alertmanager ---\n${amSvc.logs().slice(-2000)}\n--- prometheus ---\n${promSvc.logs().slice(-2000)}`,
-        ),
-      );
-      assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
-      assert.equal('halt: nonfinite_loss\n', readFileSync(join(runDir, '.HALT'), 'utf8'));
-      assert.match(tw.logs(), /webhook|alertmanager/i);
-    } finally {
-      for (const s of stops.reverse()) await s();
-      t.cleanup();
-    }
+    // The trainer's grad_norm turns NaN and training goes on: only trainwatch's .HALT stops it.
+    const sim = startSimTrainer(['--dir', runDir, '--ranks', '2', '--step-s', '0.1', '--fault', 'nonfinite_grad', '--fault-at', '20', '--quiet']);
+    later(() => sim.kill());
+    const diag = () =>
+      `\n--- trainwatch ---\n${tw.logs().slice(-3000)}\n--- alertmanager ---\n${amSvc.logs().slice(-2000)}\n--- prometheus ---\n${promSvc.logs().slice(-2000)}\n--- trainer ---\n${sim.output().slice(-1000)}`;
+    // The alert as Prometheus holds it while it fires (it resolves once the halted run is scraped).
+    const firing = await waitFor(
+      async () => {
+        const body = await (await fetch(`${promSvc.url}/api/v1/alerts`)).json();
+        return (body.data.alerts as Y[]).find((a) => a.labels.alertname === 'TrainingLossNotFinite' && a.state === 'firing');
+      },
+      'Prometheus to fire TrainingLossNotFinite (15 s scrape and evaluation intervals, as shipped)',
+      120_000,
+      200,
+    ).catch((e: Error) => assert.fail(e.message + diag()));
+    await waitFor(() => existsSync(join(runDir, '.HALT')), 'Alertmanager to deliver the alert and trainwatch to write .HALT', 60_000, 100).catch((e: Error) =>
+      assert.fail(e.message + diag()),
+    );
+    assert.equal('nonfinite_loss\n', readFileSync(join(runDir, '.anomaly_type'), 'utf8'));
+    assert.equal('halt: nonfinite_loss\n', readFileSync(join(runDir, '.HALT'), 'utf8'));
+    const episodes = readFileSync(join(runDir, '.trainwatch-audit.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((e) => e.event === 'anomaly');
+    assert.deepEqual(['alertmanager'], [...new Set(episodes.map((e) => e.source))], 'the webhook acted, not the embedded detector');
+    assert.equal(0, await sim.exited, 'the trainer stops at .HALT');
+
+    // The runbook link of the alert Prometheus raised opens its section on that trainwatch.
+    const runbook = firing.annotations.runbook_url as string;
+    assert.equal(`http://localhost:${tw.port}/docs/runbook#traininglossnotfinite`, runbook);
+    const page = await fetch(runbook);
+    assert.equal(200, page.status);
+    assert.match(await page.text(), /<h2 id="traininglossnotfinite">/);
   },
 );
 
@@ -193,11 +283,11 @@ const volumeOf = (v: string) => {
 };
 const flag = (args: string[], name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
 
-test('deploy/compose.yaml: parses, every local file it mounts exists, and services, ports and paths agree with the configs', () => {
+test('deploy/compose/compose.yaml: parses, every local file it mounts exists, and services, ports and paths agree with the configs', () => {
   const s = compose.services;
   assert.deepEqual(['alertmanager', 'grafana', 'prometheus', 'trainwatch'], Object.keys(s).sort());
   // trainwatch is built from this repository.
-  assert.ok(existsSync(join(DEPLOY, s.trainwatch.build.context, s.trainwatch.build.dockerfile ?? 'Dockerfile')), 'build context must hold the Dockerfile');
+  assert.ok(existsSync(join(COMPOSE, s.trainwatch.build.context, s.trainwatch.build.dockerfile ?? 'Dockerfile')), 'build context must hold the Dockerfile');
   // Every bind-mounted file or directory exists (the runs directory is the user's).
   for (const [name, svc] of Object.entries<Y>(s))
     for (const v of (svc.volumes ?? []).map(volumeOf)) {
@@ -206,11 +296,11 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
         continue;
       }
       if (v.dst === '/runs') continue;
-      if (v.src.startsWith('../grafana') && !existsSync(join(REPO, 'grafana'))) continue;
-      assert.ok(existsSync(resolve(DEPLOY, v.src)), `${name}: ${v.raw} mounts ${resolve(DEPLOY, v.src)}, which does not exist`);
+      if (v.src.startsWith('../../grafana') && !existsSync(join(REPO, 'grafana'))) continue;
+      assert.ok(existsSync(resolve(COMPOSE, v.src)), `${name}: ${v.raw} mounts ${resolve(COMPOSE, v.src)}, which does not exist`);
     }
   for (const [name, sec] of Object.entries<Y>(compose.secrets ?? {}))
-    assert.ok(existsSync(resolve(DEPLOY, interpolate(sec.file))), `secret ${name}: ${sec.file} does not exist`);
+    assert.ok(existsSync(resolve(COMPOSE, interpolate(sec.file))), `secret ${name}: ${sec.file} does not exist`);
   const mountOf = (svc: Y, dst: string) => (svc.volumes as string[]).map(volumeOf).find((v) => v.dst === dst);
   const published = (svc: Y) => (svc.ports as string[]).map((p) => Number(p.split(':').at(-1)));
 
@@ -222,21 +312,23 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
   const tokenPath = flag(twArgs, 'webhook.token-file');
   assert.equal(`/run/secrets/${s.trainwatch.secrets[0]}`, tokenPath);
 
-  // Prometheus: the deploy/prometheus.yml the tests check, and its rule_files land on ../alerts.
+  // Prometheus: the deploy/compose/prometheus.yml the tests check, and its rule_files land on ../../alerts.
   const promArgs: string[] = s.prometheus.command;
   const promConfig = flag(promArgs, 'config.file')!;
   assert.equal('./prometheus.yml', mountOf(s.prometheus, promConfig)?.src);
   for (const g of prom.rule_files as string[]) {
     const inContainer = posix.resolve(posix.dirname(promConfig), posix.dirname(g));
-    assert.equal('../alerts', mountOf(s.prometheus, inContainer)?.src, `rule_files ${g} resolves to ${inContainer}, which must be the alerts/ mount`);
+    assert.equal('../../alerts', mountOf(s.prometheus, inContainer)?.src, `rule_files ${g} resolves to ${inContainer}, which must be the alerts/ mount`);
   }
   const promPort = hostPort(flag(promArgs, 'web.listen-address')!)[1];
   assert.deepEqual([promPort], published(s.prometheus));
   for (const t of trainwatchJob().static_configs.flatMap((c: Y) => c.targets)) assert.deepEqual(['trainwatch', DEFAULT_PORT], hostPort(t));
 
-  // Alertmanager: deploy/alertmanager.yml; Prometheus sends to it; it posts to trainwatch with the shared token.
+  // Alertmanager: deploy/compose/alertmanager.yml, one replica without a cluster port; Prometheus
+  // sends to it; it posts to trainwatch with the shared token.
   const amArgs: string[] = s.alertmanager.command;
   assert.equal('./alertmanager.yml', mountOf(s.alertmanager, flag(amArgs, 'config.file')!)?.src);
+  assert.equal('', flag(amArgs, 'cluster.listen-address'), 'a single Alertmanager needs no cluster port (0.0.0.0:9094 otherwise)');
   const amPort = hostPort(flag(amArgs, 'web.listen-address')!)[1];
   assert.deepEqual([amPort], published(s.alertmanager));
   assert.deepEqual([['alertmanager', amPort]], prom.alerting.alertmanagers[0].static_configs[0].targets.map(hostPort));
@@ -248,7 +340,7 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
   // Grafana: provisioning from grafana/, its datasource reaches this Prometheus, its dashboard
   // provider reads the directory the dashboard JSON is mounted into.
   if (existsSync(join(REPO, 'grafana'))) {
-    assert.equal('../grafana/provisioning', mountOf(s.grafana, '/etc/grafana/provisioning')?.src);
+    assert.equal('../../grafana/provisioning', mountOf(s.grafana, '/etc/grafana/provisioning')?.src);
     const ds = (yamlFile(join(REPO, 'grafana/provisioning/datasources/prometheus.yml')).datasources as Y[]).find((d) => d.type === 'prometheus');
     const dsUrl = new URL(ds.url);
     assert.deepEqual(['prometheus', promPort], [dsUrl.hostname, Number(dsUrl.port)]);
@@ -258,7 +350,7 @@ test('deploy/compose.yaml: parses, every local file it mounts exists, and servic
       "the datasource's timeInterval must equal Prometheus' scrape_interval ($__rate_interval)",
     );
     const provider = (yamlFile(join(REPO, 'grafana/provisioning/dashboards/trainwatch.yml')).providers as Y[])[0];
-    const dash = (s.grafana.volumes as string[]).map(volumeOf).find((v) => v.src === '../grafana/trainwatch-dashboard.json');
+    const dash = (s.grafana.volumes as string[]).map(volumeOf).find((v) => v.src === '../../grafana/trainwatch-dashboard.json');
     assert.ok(dash, 'the dashboard JSON must be mounted');
     assert.equal(provider.options.path, posix.dirname(dash.dst));
   }
@@ -444,22 +536,95 @@ test('scripts/gen-prometheusrule.mjs: --labels sets the extra labels, --check re
   }
 });
 
-test('docs/deploy.md: names the files it tells users to use, and they exist', () => {
+test('docs/deploy.md: names every configuration file in deploy/, deploy/host/ and deploy/compose/, and every file it names exists', () => {
   const doc = readFileSync(join(REPO, 'docs/deploy.md'), 'utf8');
   const paths = [...doc.matchAll(/`((?:deploy|alerts|grafana)\/[\w./-]+)`/g)].map((m) => m[1]);
-  for (const p of [
-    'deploy/prometheus.yml',
-    'deploy/alertmanager.yml',
-    'deploy/compose.yaml',
-    'deploy/kubernetes/kustomization.yaml',
-    'alerts/trainwatch.rules.yml',
-    'deploy/web-config.example.yml',
-    'deploy/prometheus-tls.example.yml',
-  ])
+  const shipped = ['deploy', 'deploy/host', 'deploy/compose'].flatMap((dir) =>
+    readdirSync(join(REPO, dir), { withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => `${dir}/${e.name}`),
+  );
+  for (const p of [...shipped, 'deploy/kubernetes/kustomization.yaml', 'alerts/trainwatch.rules.yml'])
     assert.ok(paths.includes(p), `docs/deploy.md must point at ${p}`);
   for (const p of paths)
     assert.ok(existsSync(join(REPO, p)) || (p.startsWith('grafana/') && !existsSync(join(REPO, 'grafana'))), `docs/deploy.md names ${p}, which does not exist`);
   assert.ok(statSync(join(REPO, 'Dockerfile')).isFile());
+});
+
+/** The ```yaml blocks of a markdown file, parsed. */
+const yamlBlocks = (file: string): Y[] => [...readFileSync(join(REPO, file), 'utf8').matchAll(/^```ya?ml\n([\s\S]*?)^```/gm)].map((m) => parseYaml(m[1]));
+const PROM_KEYS = ['global', 'rule_files', 'alerting', 'scrape_configs'];
+const AM_KEYS = ['global', 'route', 'receivers', 'inhibit_rules', 'templates'];
+const pick = (o: Y, keys: string[]) => Object.fromEntries(Object.entries(o).filter(([k]) => keys.includes(k)));
+
+test('the Prometheus and Alertmanager snippets of README.md and docs/deploy.md pass promtool and amtool, and route to trainwatch as the shipped files do', () => {
+  const promtool = requireBinary('promtool', 'prometheus');
+  const amtool = requireBinary('amtool', 'prometheus-alertmanager');
+  const shippedRoute = trainwatchRoute(yamlFile(join(HOST, 'alertmanager.yml')));
+  const t = tmpDir('tw-snippets-');
+  try {
+    for (const file of ['README.md', 'docs/deploy.md']) {
+      let routes = 0;
+      for (const [i, block] of yamlBlocks(file).entries()) {
+        const where = `${file}, yaml block ${i + 1}`;
+        if (block?.scrape_configs) {
+          const cfg = pick(block, PROM_KEYS);
+          // rule_files name a copy of the repository's rules: point them at the repository's.
+          if (cfg.rule_files) {
+            for (const r of cfg.rule_files as string[]) assert.ok(existsSync(join(REPO, 'alerts', basename(r))), `${where}: ${r} is no alerts/ file`);
+            cfg.rule_files = (cfg.rule_files as string[]).map((r) => join(REPO, 'alerts', basename(r)));
+          }
+          const f = join(t.path, `prom-${i}.yml`);
+          writeFileSync(f, JSON.stringify(cfg));
+          const r = spawnSync(promtool, ['check', 'config', f], { encoding: 'utf8' });
+          assert.equal(0, r.status, `${where}: promtool check config:\n${r.stdout}${r.stderr}`);
+        }
+        if (block?.route || block?.receivers) {
+          // A receivers-only snippet (more nodes) is checked under a route to its first receiver.
+          const cfg = { route: { receiver: block.receivers[0].name }, ...pick(block, AM_KEYS) };
+          const f = join(t.path, `am-${i}.yml`);
+          writeFileSync(f, JSON.stringify(cfg));
+          const r = spawnSync(amtool, ['check-config', f], { encoding: 'utf8' });
+          assert.equal(0, r.status, `${where}: amtool check-config:\n${r.stdout}${r.stderr}`);
+          if (!block.route) continue;
+          routes++;
+          const route = trainwatchRoute(block);
+          assert.ok(route, `${where}: no route to the trainwatch receiver`);
+          for (const k of ['matchers', 'group_wait', 'continue']) assert.deepEqual(shippedRoute[k], route[k], `${where}: the trainwatch route's ${k}`);
+        }
+      }
+      assert.notEqual(0, routes, `${file} must show an Alertmanager route to trainwatch`);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+/** A Prometheus duration (15s, 1m) in seconds. */
+const seconds = (d: string) => {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(d);
+  assert.ok(m, `duration ${d}`);
+  return Number(m[1]) * { ms: 0.001, s: 1, m: 60, h: 3600 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+};
+
+test('the halt latency the docs give for the shipped files is their scrape interval + evaluation interval + the trainwatch route group_wait', () => {
+  for (const dir of Object.values(VARIANTS)) {
+    const p = yamlFile(join(dir, 'prometheus.yml'));
+    const a = yamlFile(join(dir, 'alertmanager.yml'));
+    const parts = [p.global.scrape_interval, p.global.evaluation_interval, trainwatchRoute(a).group_wait ?? a.route.group_wait].map(seconds);
+    const want = `${parts.map((x) => `${x} s`).join(' + ')} = ${parts.reduce((x, y) => x + y)} s`;
+    for (const file of ['README.md', 'docs/deploy.md', 'docs/alerts.md']) {
+      const text = readFileSync(join(REPO, file), 'utf8').replace(/\s+/g, ' ');
+      const claims = [...text.matchAll(/\d+ s \+ \d+ s \+ \d+ s = \d+ s/g)].map((m) => m[0]);
+      assert.notEqual(0, claims.length, `${file} must say what a halt through Alertmanager takes with the shipped files`);
+      for (const c of claims) assert.equal(want, c, `${file} (deploy/${basename(dir)})`);
+    }
+  }
+  // "About 2 s" is the end-to-end test's measurement, with its 1 s intervals: said only with them.
+  for (const file of ['README.md', 'docs/deploy.md', 'docs/alerts.md']) {
+    const text = readFileSync(join(REPO, file), 'utf8').replace(/\s+/g, ' ');
+    for (const m of text.matchAll(/about 2 s[^.]*/g)) assert.match(m[0], /1 s scrape and evaluation intervals/, `${file}: "${m[0]}"`);
+  }
 });
 
 // ---------------------------------------------------------------- TLS and basic auth

@@ -93,7 +93,7 @@ test('the README settings table gives each flag the env variable and default of 
 
 test('every NSA_WATCH_* and TRAINWATCH_* variable the docs name is a setting, or one of the few documented elsewhere', () => {
   const envs = new Set((SETTINGS as readonly Setting[]).flatMap((s) => (s.env ? [s.env] : [])));
-  // Not settings of trainwatch itself: Compose's (deploy/compose.yaml) and the PrometheusRule generator's,
+  // Not settings of trainwatch itself: Compose's (deploy/compose/compose.yaml) and the PrometheusRule generator's,
   // and the environment a --notify.exec command gets (taken from the code that sets it).
   const sample = noticeEnv({
     event: 'opened',

@@ -247,7 +247,7 @@ test('Dockerfile: EXPOSE, VOLUME and a curl-free HEALTHCHECK match the documente
 
 test('.dockerignore: keeps node_modules, dist and .git out of the context and every COPY source in it', () => {
   const ignored = dockerignore(readFileSync(join(REPO, '.dockerignore'), 'utf8'));
-  for (const p of ['node_modules/express/index.js', 'dist/src/main.js', '.git/HEAD', 'test-artifacts/x.log', 'deploy/webhook.token'])
+  for (const p of ['node_modules/express/index.js', 'dist/src/main.js', '.git/HEAD', 'test-artifacts/x.log', 'deploy/compose/webhook.token'])
     assert.equal(true, ignored(p), `${p} must be excluded from the build context`);
   const ctx = buildContext();
   for (const s of stages)
@@ -529,7 +529,9 @@ test('npm package: `npx trainwatch demo` works where the packed tarball is insta
       'dist/src/demo.js',
       'scripts/sim_trainer.py',
       'alerts/trainwatch.rules.yml',
-      'deploy/prometheus.yml',
+      'deploy/host/prometheus.yml',
+      'deploy/host/alertmanager.yml',
+      'deploy/host/prometheus-alertmanager.default',
       'docs/runbook.md',
     ])
       assert.equal(true, files.includes(f), `${f} must be in the npm package (package.json "files")`);

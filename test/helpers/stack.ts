@@ -49,7 +49,7 @@ function launch(bin: string, args: string[], readyUrl: string, cleanup: () => vo
   return Object.assign(p, { proc });
 }
 
-/** Starts Prometheus with the given prometheus.yml text (rule file paths must be absolute). */
+/** Starts Prometheus with the given prometheus.yml text; `extraFiles` are written beside it, where relative rule_files resolve. */
 export async function startPrometheus(configYaml: string, extraFiles: Record<string, string> = {}): Promise<Service & { dir: string }> {
   const bin = requireBinary('prometheus', 'prometheus');
   const t = tmpDir('tw-prom-');
@@ -83,29 +83,36 @@ export async function promQuery(promUrl: string, expr: string): Promise<Array<{ 
   return body.data!.resultType === 'vector' ? body.data!.result : [];
 }
 
-/** Starts one Alertmanager replica; `peers` are other replicas' cluster addresses. */
+/**
+ * Starts one Alertmanager replica; `peers` are other replicas' cluster addresses. `args` replaces
+ * the cluster flags (a replica on a loopback cluster port) with the caller's, e.g. the ARGS of a
+ * shipped /etc/default file; clusterAddress is then ''. The config file and `extraFiles` share one
+ * directory, so relative paths in the config (credentials_file) resolve to them.
+ */
 export async function startAlertmanager(
   configYaml: string,
-  opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string>; peerTimeout?: string } = {},
+  opts: { clusterPort?: number; peers?: string[]; extraFiles?: Record<string, string>; peerTimeout?: string; args?: string[] } = {},
 ): Promise<Service & { clusterAddress: string; dir: string }> {
   const bin = requireBinary('prometheus-alertmanager', 'prometheus-alertmanager');
   const t = tmpDir('tw-am-');
   for (const [name, text] of Object.entries(opts.extraFiles ?? {})) writeFileSync(join(t.path, name), text);
   writeFileSync(join(t.path, 'alertmanager.yml'), configYaml.replaceAll('$DIR', t.path));
   const port = await freePort();
-  const clusterPort = opts.clusterPort ?? (await freePort());
-  const clusterAddress = `127.0.0.1:${clusterPort}`;
-  const args = [
-    `--config.file=${join(t.path, 'alertmanager.yml')}`,
-    `--storage.path=${join(t.path, 'data')}`,
-    `--web.listen-address=127.0.0.1:${port}`,
+  const clusterAddress = opts.args ? '' : `127.0.0.1:${opts.clusterPort ?? (await freePort())}`;
+  const cluster = opts.args ?? [
     `--cluster.listen-address=${clusterAddress}`,
     `--cluster.advertise-address=${clusterAddress}`,
     `--cluster.peer-timeout=${opts.peerTimeout ?? '1s'}`,
     '--cluster.gossip-interval=50ms',
     '--cluster.pushpull-interval=1s',
-    '--log.level=warn',
     ...(opts.peers ?? []).map((p) => `--cluster.peer=${p}`),
+  ];
+  const args = [
+    `--config.file=${join(t.path, 'alertmanager.yml')}`,
+    `--storage.path=${join(t.path, 'data')}`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    '--log.level=warn',
+    ...cluster,
   ];
   const svc = await launch(bin, args, `http://127.0.0.1:${port}/-/ready`, t.cleanup);
   return { ...svc, clusterAddress, dir: t.path };
