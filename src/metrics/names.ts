@@ -173,7 +173,12 @@ export const METRICS = {
   },
   // Self-metrics.
   buildInfo: { name: 'trainwatch_build_info', type: 'gauge', labels: ['version', 'nodejs_version', 'mode'], help: 'Build information; the value is always 1.' },
-  runsWatched: { name: 'trainwatch_runs_watched', type: 'gauge', labels: [], help: 'Run directories being watched.' },
+  runsWatched: {
+    name: 'trainwatch_runs_watched',
+    type: 'gauge',
+    labels: [],
+    help: 'Run directories being watched that have not expired (expired runs are still polled for a new record).',
+  },
   filesWatched: { name: 'trainwatch_files_watched', type: 'gauge', labels: [], help: 'Heartbeat and training.csv files being tailed.' },
   filesOpen: { name: 'trainwatch_files_open', type: 'gauge', labels: [], help: 'File handles held open by tails.' },
   runsPolled: {

@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readlinkSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readlinkSync, readdirSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scrape, waitFor } from '../helpers/proc.js';
 import {
@@ -114,6 +114,42 @@ describe('lifecycle', { concurrency: 4 }, () => {
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
+
+  test(
+    'expired_run: a run idle past run.ttl-s has no series and holds no descriptor, is still polled, and only its deletion counts in runs_expired_total',
+    { timeout: 60_000 },
+    async (t) => {
+      const base = scratch(t);
+      const run = join(base, 'old');
+      mkdirSync(run);
+      // Written 7 hours ago (run.ttl-s is 6 h), file times included.
+      const then = Date.now() / 1000 - 7 * 3600;
+      for (let i = 1; i <= 3; i++) beat(run, 0, i, 'progress', { ts: then });
+      utimesSync(join(run, 'heartbeat_rank0.jsonl'), then, then);
+      const tw = await startTw(t, ['--root', base, '--tail.sweep-interval-s', '0.2']);
+      const state = async () => ((await (await fetch(`${tw.url}/api/status`)).json()) as { runs: { run: string; state: string }[] }).runs;
+      await waitFor(async () => (await state()).some((r) => r.run === 'old' && r.state === 'expired'), 'the run to be listed as expired');
+      let m = await scrape(tw.url);
+      assert.equal(undefined, step(m, 'old', 0), 'an expired run has no series');
+      assert.equal(0, m.get('trainwatch_runs_watched'));
+      assert.equal(0, m.get('trainwatch_files_open'));
+      assert.deepEqual(
+        [],
+        fdTargets(tw.pid).filter((p) => p.startsWith(run)),
+        'an expired run holds no descriptor',
+      );
+      assert.equal(0, m.get('trainwatch_runs_expired_total'), 'expiry alone is not counted');
+      // Still polled: a new record brings it back.
+      beat(run, 0, 4);
+      m = await scrapeUntil(tw.url, (m) => step(m, 'old', 0) === 4, 'the run to come back with its new record');
+      assert.equal(1, m.get('trainwatch_runs_watched'));
+      // Its directory goes away: dropped, and counted.
+      rmSync(run, { recursive: true });
+      m = await scrapeUntil(tw.url, (m) => m.get('trainwatch_runs_expired_total') === 1, 'the deleted run to be counted');
+      assert.equal(0, m.get('trainwatch_runs_watched'));
+      await assertServing(tw);
+    },
+  );
 
   test(
     'file_churn: heartbeat files created and deleted at ~1,000 a minute, descriptors and tails back to the baseline, every record counted once',
