@@ -46,7 +46,6 @@ export class Evaluator {
 
   constructor(
     private readonly config: Config,
-    private readonly thresholds: Thresholds,
     private readonly actions: Actions,
     private readonly log: Logger,
     private readonly clock: Clock,
@@ -119,7 +118,7 @@ export class Evaluator {
       ackTs: run.ackTs,
       csvTs: run.ranks.get(0)?.lastProgressTs ?? newest,
     };
-    run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    run.anomalies = run.expired ? [] : detectRun(facts, run.profile.thresholds, now);
     if (this.host.catchUp && run.anomalies.some((a) => a.kind === 'heartbeat_stall' && a.evidenceTs === undefined) && !run.stalled) {
       // Silence is judged only on what the files hold: a busy file read behind (a restart's
       // backlog, a slow poll) is read first, and the verdict taken again.
@@ -127,13 +126,13 @@ export class Evaluator {
       return this.evaluate(run, true);
     }
     run.stalled = run.anomalies.some((a) => a.kind === 'heartbeat_stall');
-    run.deadlines = run.expired ? new Map<number, StallDeadline>() : stallDeadlines(facts, this.thresholds);
+    run.deadlines = run.expired ? new Map<number, StallDeadline>() : stallDeadlines(facts, run.profile.thresholds);
     run.primary = primaryOf(run.anomalies);
     this.judge(run, now);
     this.clock.clearTimeout(run.timer);
     run.timer = undefined;
     if (!run.expired) {
-      const deadline = nextStallDeadline(facts, this.thresholds, now);
+      const deadline = nextStallDeadline(facts, run.profile.thresholds, now);
       if (deadline !== undefined) {
         // Fire just after the deadline: the rule is "older than", not "as old as".
         run.timer = this.clock.setTimeout(() => void this.evaluate(run), Math.min(MAX_TIMER_MS, Math.max(0, (deadline - now) * 1000) + 20));
@@ -184,8 +183,8 @@ export class Evaluator {
         halt: run.halt,
         primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' },
         expired: run.expired,
-        crashDetect: this.thresholds.crashDetect,
-        stallS: this.thresholds.stallS,
+        crashDetect: run.profile.thresholds.crashDetect,
+        stallS: run.profile.thresholds.stallS,
         ackTs: run.ackTs,
       },
       now,
