@@ -88,7 +88,8 @@ export function parseRules(entries: readonly string[], known: ReadonlySet<string
     const glob = at > 0 ? e.slice(0, at).trim() : '';
     const profile = at > 0 ? e.slice(at + 1).trim() : '';
     if (!glob || !profile) throw new ProfileError(`run.profile: ${JSON.stringify(e)} is not GLOB=PROFILE; for example 'dev-*=rtx4090-dev'`);
-    if (!known.has(profile)) throw new ProfileError(`run.profile: ${JSON.stringify(e)} names profile '${profile}', which is not defined. Known: ${[...known].join(', ')}`);
+    if (!known.has(profile))
+      throw new ProfileError(`run.profile: ${JSON.stringify(e)} names profile '${profile}', which is not defined. Known: ${[...known].join(', ')}`);
     return { glob, profile, re: globToRegExp(glob) };
   });
 }
@@ -113,7 +114,8 @@ export function parseProfiles(doc: unknown, where: string, coerce: (s: Setting, 
   for (const [name, body] of Object.entries(doc as Record<string, unknown>)) {
     if (!PROFILE_NAME.test(name) || name === DEFAULT_PROFILE)
       throw new ProfileError(`${where}: profile name '${name}' is not allowed; use letters, digits, '.', '_' and '-' (and not '${DEFAULT_PROFILE}')`);
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ProfileError(`${where}: profile '${name}' must be a mapping of settings to values`);
+    if (body === null || typeof body !== 'object' || Array.isArray(body))
+      throw new ProfileError(`${where}: profile '${name}' must be a mapping of settings to values`);
     const values: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(flattenOne(body as Record<string, unknown>))) {
       const s = SETTING_OF.get(k);
@@ -121,7 +123,7 @@ export function parseProfiles(doc: unknown, where: string, coerce: (s: Setting, 
       if (s.key in values) throw new ProfileError(`${where}: profile '${name}' sets ${s.key} twice`);
       values[s.key] = coerce(s, v, `${where}: profile '${name}': key '${k}'`);
     }
-    out[name] = values as ProfileValues;
+    out[name] = values;
   }
   return out;
 }

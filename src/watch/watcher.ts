@@ -17,7 +17,6 @@ import { Notifier } from '../notify/notify.js';
 import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
-import type { ReduceParams } from '../state/rank.js';
 import { BusyRuns } from './busy.js';
 import { systemClock, type Clock } from './clock.js';
 import { Evaluator, QUIET_S } from './evaluator.js';
@@ -134,6 +133,7 @@ export class Watcher {
       catchUp: async (run: Run) => {
         await Promise.all([...run.tails.values()].map((t) => t.poll()));
       },
+      profiles: this.profiles,
       sweep: (all?: boolean) => this.sweep(all),
       sweepRun: (run: Run) => this.sweepRun(run),
       evaluate: (run: Run) => this.evaluator.evaluate(run),
@@ -429,9 +429,7 @@ export class Watcher {
         `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`,
       );
     const sink =
-      role === 'csv'
-        ? new CsvSink(run, this.stats, onReadError)
-        : new HeartbeatSink(run, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
+      role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],
