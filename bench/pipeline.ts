@@ -1,7 +1,7 @@
 // The real ingest pipeline in-process, shared by the ingest and mtail benchmarks:
 // FileTail (1 MiB reads, line splitting) → HeartbeatSink (utf8 check, parseLine, reduce)
 // into a real watcher Run, exactly as the watcher wires them for a newly appeared file.
-import { defaultConfig, thresholdsOf } from '../src/config/settings.js';
+import { defaultConfig } from '../src/config/settings.js';
 import { FileTail } from '../src/source/tail.js';
 import { ParsePool } from '../src/watch/parse-pool.js';
 import { HeartbeatSink } from '../src/watch/sinks.js';
@@ -14,17 +14,9 @@ export async function pipelinePass(
   pool?: ParsePool,
 ): Promise<{ lines: number; s: number; parseErrors: number; progress: number; lastStep: number | undefined }> {
   const config = defaultConfig();
-  const t = thresholdsOf(config);
-  const params = {
-    gateEntropyMin: t.gateEntropyMin,
-    gateMaxThreshold: t.gateMaxThreshold,
-    gateCollapseFrac: t.gateCollapseFrac,
-    fetchStallRatio: t.fetchStallRatio,
-    fetchWarmupN: t.fetchWarmupN,
-  };
   const run = new Run('bench', '/nonexistent', '/nonexistent', () => undefined);
   const stats = new Stats();
-  const sink = new HeartbeatSink(run, params, stats, undefined, pool && { pool, minBytes: config['tail.parse-thread-bytes'] });
+  const sink = new HeartbeatSink(run, stats, undefined, pool && { pool, minBytes: config['tail.parse-thread-bytes'] });
   // A file that appears while trainwatch runs is read from offset 0: the whole file.
   const tail = new FileTail(path, sink, { maxLineBytes: config['tail.max-line-bytes'], startupBytes: config['tail.startup-bytes'], startAtEnd: false });
   const t0 = performance.now();

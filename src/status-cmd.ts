@@ -40,6 +40,8 @@ export interface StatusRun {
   halt: { kind: string | null; by: string } | null;
   liveness: string;
   attempt: number;
+  /** the threshold profile it is judged by, how it was chosen, and whether it auto-halts */
+  profile: { name: string; via: string; halt: boolean };
   ranks: StatusRank[];
 }
 
@@ -67,6 +69,8 @@ export function statusOutput(doc: StatusDoc, source: string): StatusOutput {
     halt: r.halt ? { kind: orNull(r.halt.kind), by: r.halt.by } : null,
     liveness: r.liveness,
     attempt: r.attempt,
+    // An older instance (before profiles) sends none: it judged every run by one set, the default.
+    profile: r.profile ?? { name: 'default', via: 'default', halt: doc.halt },
     ranks: (r.ranks ?? []).map((k) => ({
       rank: k.rank,
       role: k.role,
@@ -113,6 +117,8 @@ export function statusTable(o: StatusOutput): string {
   const lines: string[] = [];
   // 20 + 14 + 22 + 21 columns and three spaces: the longest state and kind names fit.
   lines.push(`${fit('RUN', 20)} ${fit('STATE', 14)} ${fit('PRIMARY', 22)} .HALT`);
+  // Profiles are named only where some run is on one: otherwise every run is on the default.
+  const profiled = o.runs.some((r) => r.profile.name !== 'default');
   for (const r of o.runs) {
     const primary = r.primary ? `${r.primary.kind} r${r.primary.rank}` : '-';
     // Who wrote .HALT is in the why line (the lifecycle's reason).
@@ -125,6 +131,7 @@ export function statusTable(o: StatusOutput): string {
       );
     }
     lines.push(...wrap(`  why: ${r.reason}`, '       '));
+    if (profiled) lines.push(`  profile: ${fit(r.profile.name, 40).trimEnd()} (${r.profile.via}${r.profile.halt ? '' : ', no auto-halt'})`);
   }
   if (o.runs.length === 0) lines.push('(no runs: no heartbeat files found)');
   lines.push(`${o.runs.filter((r) => !r.healthy).length} of ${o.runs.length} run${o.runs.length === 1 ? '' : 's'} need attention; source: ${o.source}`);

@@ -53,6 +53,8 @@ export interface RunRef {
   exited?: boolean;
   /** the trainer attempt the records belong to (state/lifecycle.ts) */
   attemptKey?: string;
+  /** whether .HALT may be written in this run (its profile's halt); the global --halt otherwise */
+  haltAllowed?: boolean;
 }
 
 /** Options of the actions module. */
@@ -398,7 +400,7 @@ export class Actions {
   ): Promise<void> {
     const kind = ep.kind;
     // Never into a run whose trainer is known to have exited: it would stop the next resume.
-    const halting = this.o.halt && kindHalts && !ep.done.has('halt') && !run.exited;
+    const halting = (run.haltAllowed ?? this.o.halt) && kindHalts && !ep.done.has('halt') && !run.exited;
     if (!halting && ep.done.has('anomaly_type') && ep.done.has('details')) return;
     // The intent (the `anomaly` entry) is durable before any file is written, if it can be: a
     // failed append (logged, counted, and failing the step's outcome) must not stop the halt.

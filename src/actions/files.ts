@@ -42,6 +42,8 @@ export const CONTROL_FILES = {
   halt: '.HALT',
   details: '.anomaly.json',
   audit: '.trainwatch-audit.jsonl',
+  /** read, never written: the profile a run directory names (run.profile-file) */
+  profile: '.trainwatch-profile',
 } as const;
 
 /** Flags for opening a file under a run directory: never follow a symlink, never wait for a FIFO's peer. */

@@ -3,6 +3,7 @@
 import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { Profiles, ProfileError, parseProfiles, type ProfileValues } from './profiles.js';
 import { SETTINGS, defaultConfig, settingFor, type Config, type Setting } from './settings.js';
 
 /** A bad setting; the message names the key, where it came from, and what is accepted. */
@@ -61,6 +62,8 @@ export function resolveConfig(flags: Map<string, unknown>, env: NodeJS.ProcessEn
   }
   const configPath = (flags.get('config') ?? envValues.get('config')) as string | undefined;
   const fileValues = configPath ? readConfigFile(configPath) : new Map<string, unknown>();
+  const profiles = (fileValues.get(PROFILES_KEY) ?? {}) as Record<string, ProfileValues>;
+  fileValues.delete(PROFILES_KEY);
   const sources: Source[] = [
     { name: 'flag', values: flags },
     { name: 'env', values: envValues },
@@ -76,9 +79,19 @@ export function resolveConfig(flags: Map<string, unknown>, env: NodeJS.ProcessEn
       break;
     }
   }
+  config.profiles = profiles;
   validateCombination(config);
+  try {
+    new Profiles(config); // every glob names a defined profile
+  } catch (e) {
+    if (e instanceof ProfileError) throw new ConfigError(e.message);
+    throw e;
+  }
   return config;
 }
+
+/** The config file's section of threshold profiles (config/profiles.ts). */
+const PROFILES_KEY = 'profiles';
 
 function readConfigFile(path: string): Map<string, unknown> {
   const text = readSettingFile(path, '--config').toString('utf8');
@@ -91,7 +104,15 @@ function readConfigFile(path: string): Map<string, unknown> {
   const out = new Map<string, unknown>();
   if (doc === null || doc === undefined) return out;
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path} must be a YAML mapping of setting names to values`);
-  flatten(doc as Record<string, unknown>, '', out);
+  const { [PROFILES_KEY]: profiles, ...rest } = doc as Record<string, unknown>;
+  let parsed: Record<string, ProfileValues>;
+  try {
+    parsed = parseProfiles(profiles, `config file ${path}`, coerce);
+  } catch (e) {
+    if (e instanceof ProfileError) throw new ConfigError(e.message);
+    throw e;
+  }
+  flatten(rest, '', out);
   const known = new Set((SETTINGS as readonly Setting[]).map((s) => s.key));
   for (const [key, v] of [...out]) {
     const s = settingFor(key);
@@ -101,6 +122,7 @@ function readConfigFile(path: string): Map<string, unknown> {
     out.delete(key);
     out.set(s.key, v);
   }
+  out.set(PROFILES_KEY, parsed);
   return out;
 }
 

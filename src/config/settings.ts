@@ -24,6 +24,8 @@ export interface Setting {
   group: 'Watch' | 'Detection (NSA_WATCH_*)' | 'Actions' | 'Notifications' | 'Web' | 'Tailing' | 'Logging';
 }
 
+import type { ProfileValues } from './profiles.js';
+
 export const SETTINGS = [
   // Watch
   { key: 'dir', type: 'list', default: [], arg: 'path', group: 'Watch', help: "A run directory to watch (repeatable). The original watchdog's --dir." },
@@ -64,6 +66,23 @@ export const SETTINGS = [
     max: 1048576,
     group: 'Watch',
     help: 'At most this many distinct ranks per run: records of further ranks are dropped and counted as too_many_ranks (a file whose records carry many rank values cannot make one run cost unbounded memory and CPU). Raise it for larger jobs.',
+  },
+  {
+    key: 'run.profile',
+    env: 'TRAINWATCH_RUN_PROFILE',
+    type: 'list',
+    default: [],
+    arg: 'glob=profile',
+    group: 'Watch',
+    help: "Runs whose name matches the glob are judged by the profile's thresholds (repeatable; the first match wins; env: comma-separated). Shipped profiles: a100-production, rtx4090-dev, multi-node; define more under 'profiles:' in the config file. See docs/configuration.md.",
+  },
+  {
+    key: 'run.profile-file',
+    env: 'TRAINWATCH_RUN_PROFILE_FILE',
+    type: 'bool',
+    default: false,
+    group: 'Watch',
+    help: 'A run directory may name its profile in a .trainwatch-profile file (one defined profile name, nothing else). Off by default: whoever writes the run directory then chooses its thresholds, among the defined profiles only.',
   },
   // Detection
   {
@@ -553,7 +572,10 @@ type ValueOf<S> = S extends { type: 'list' }
           : string | undefined;
 
 /** Resolved values, keyed by setting key; derived from SETTINGS, so a new row is a new field. */
-export type Config = { [S in (typeof SETTINGS)[number] as S['key']]: ValueOf<S> };
+export type Config = { [S in (typeof SETTINGS)[number] as S['key']]: ValueOf<S> } & {
+  /** the config file's `profiles:` section (config/profiles.ts); not a flag */
+  profiles: Record<string, ProfileValues>;
+};
 
 /** The detection thresholds, as the pure detector takes them. */
 export interface Thresholds {
@@ -602,6 +624,7 @@ export function settingFor(name: string): Setting | undefined {
 export function defaultConfig(): Config {
   const out: Record<string, unknown> = {};
   for (const s of SETTINGS as readonly Setting[]) out[s.key] = Array.isArray(s.default) ? [...s.default] : s.default;
+  out.profiles = {};
   // The one cast: each default is of its row's type (the table's `satisfies` and config.test.ts).
   return out as Config;
 }

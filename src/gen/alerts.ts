@@ -3,8 +3,8 @@
 // the one list of metric names (src/metrics/names.ts).
 //
 // Thresholds have one source of truth: the exporter exposes the thresholds in force as
-// trainwatch_threshold_* gauges, and every streak and ratio rule joins on them with
-// `on(job, instance) group_left()`. Each join carries an `or` default (the Robust Perception
+// trainwatch_threshold_*{run} gauges (each run's own, from its profile: config/profiles.ts), and
+// every streak and ratio rule joins on them with `on(job, instance, run) group_left()`. Each join carries an `or` default (the Robust Perception
 // pattern), and that default literal is the SETTINGS default, so a missing gauge neither
 // silences an alert nor introduces a second number. A threshold of 0 disables its rule, exactly
 // like the embedded detector (src/detect/detect.ts), whose comparisons the rules copy: streaks
@@ -84,17 +84,17 @@ const indent = (text: string, n: number): string =>
     .join('\n');
 
 /**
- * The threshold in force for a target: the label-less gauge, or the SETTINGS default for any
- * target that exposes `base` but not the gauge. `> 0` drops disabled thresholds, so the join
- * finds nothing and the rule is silent, as the detector is.
+ * The threshold in force for each run: its gauge (runs on different profiles have different
+ * ones), or the SETTINGS default for any run that exposes `base` but not the gauge. `> 0` drops
+ * disabled thresholds, so the join finds nothing and the rule is silent, as the detector is.
  */
 function threshold(gauge: MetricKey, setting: SettingKey, base: string): string {
-  return ['(', `  ${m(gauge)}`, '  or on(job, instance)', `  count by (job, instance) (${base}) * 0 + ${def(setting)}`, ') > 0'].join('\n');
+  return ['(', `  ${m(gauge)}`, '  or on(job, instance, run)', `  count by (job, instance, run) (${base}) * 0 + ${def(setting)}`, ') > 0'].join('\n');
 }
 
-/** `value op threshold`, joined on the target (the gauge only carries job and instance). */
+/** `value op threshold`, joined on the run (the gauge carries job, instance and run; the value also rank). */
 function vsThreshold(value: string, op: '>=' | '>', gauge: MetricKey, setting: SettingKey): string {
-  return [value, `  ${op} on(job, instance) group_left()`, '(', indent(threshold(gauge, setting, value), 2), ')'].join('\n');
+  return [value, `  ${op} on(job, instance, run) group_left()`, '(', indent(threshold(gauge, setting, value), 2), ')'].join('\n');
 }
 
 /** Silences an expression for runs that hold a .HALT: the trainer was asked to stop. */

@@ -1,6 +1,7 @@
 // Generates docs/metrics.md and docs/configuration.md from the one lists in the code.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { BUILTIN_PROFILES, PROFILE_KEYS } from '../config/profiles.js';
 import { SETTINGS, type Setting } from '../config/settings.js';
 import { ANOMALY_KINDS } from '../detect/kinds.js';
 import { METRICS, type MetricDef } from '../metrics/names.js';
@@ -45,7 +46,7 @@ export function configurationDoc(): string {
             : s.min !== undefined
               ? `${s.min} … ${s.max}`
               : s.type === 'list'
-                ? 'paths (repeatable)'
+                ? `${s.arg ?? 'value'} (repeatable)`
                 : s.type;
       out += `| \`--${s.key}\`${(s.aliases ?? []).map((a) => ` (alias \`--${a}\`)`).join('')} | ${s.env ? `\`${s.env}\`` : '–'} | ${d} | ${acc} | ${s.help.replace(/\|/g, '\\|')} |\n`;
     }
@@ -53,6 +54,32 @@ export function configurationDoc(): string {
   }
   out +=
     'Example `trainwatch.yml`:\n\n```yaml\nroot: [/data/runs]\nhalt: true\nwatch:\n  heartbeat-stall-s: 120\n  flatline-n: 3\nweb:\n  listen-address: ":9465"\nwebhook:\n  token-file: /etc/trainwatch/token\n```\n';
+  return out + profilesDoc();
+}
+
+/** The section on per-run threshold profiles, from config/profiles.ts. */
+function profilesDoc(): string {
+  const setting = (k: string) => (SETTINGS as readonly Setting[]).find((s) => s.key === k)!;
+  const value = (v: unknown) => (typeof v === 'boolean' ? (v ? '1' : '0') : String(v));
+  let out = '\n## Per-run thresholds\n\n';
+  out +=
+    'One trainwatch watches every run on a host, and runs can still be tuned apart, as when the original watchdog ran once per run with its own `NSA_WATCH_*` environment. A **profile** is a named set of the settings below; `--run.profile GLOB=PROFILE` (repeatable, first match wins) puts the runs whose name (their `run` label) matches the glob on it. In a glob, `*` matches within one path segment, `**` across segments, `?` one character. Runs that no glob matches are on the profile `default`: the global settings. A profile sets only what it names; everything else is the global value.\n\n';
+  out += 'Settings a profile may set (by key, key without `watch.`, or environment name):\n\n';
+  out += PROFILE_KEYS.map((k) => `- \`${k}\` (\`${setting(k).env}\`)`).join('\n') + '\n\n';
+  out +=
+    "Shipped profiles, from the Watchdog Tuning Guide's hardware profiles (its `NSA_WATCH_INTERVAL_S` is not part of them: detection runs on file events, and the interval is only the safety sweep of the whole process):\n\n";
+  out += '| profile | sets |\n|---|---|\n';
+  for (const [name, vals] of Object.entries(BUILTIN_PROFILES)) {
+    out += `| \`${name}\` | ${Object.entries(vals)
+      .map(([k, v]) => `\`${setting(k).env}=${value(v)}\``)
+      .join(', ')} |\n`;
+  }
+  out +=
+    '\nMore profiles, or changed shipped ones, go under `profiles:` in the config file:\n\n```yaml\nroot: [/data/runs]\nhalt: true\nrun:\n  profile:\n    - "prod-*=a100-production"\n    - "dev/**=rtx4090-dev"\n    - "sweep-*=quick"\nprofiles:\n  quick:\n    NSA_WATCH_HEARTBEAT_STALL_S: 60   # the guide\'s environment names work\n    flatline-n: 2                     # and so do the keys\n```\n\n';
+  out +=
+    "Each run's thresholds are exported as `trainwatch_threshold_*{run}`, its profile as `trainwatch_run_profile{run,profile}`, and the alert rules join on `run`, so Prometheus fires at the same thresholds as the embedded detector, run by run. The status page, `/api/status` and `trainwatch status` show each run's profile.\n\n";
+  out +=
+    "**A run directory naming its own profile** (`--run.profile-file`, off by default): the first line of `.trainwatch-profile` in a run directory names the profile that run is on, ahead of the globs. Only the name of a defined profile is read; the file cannot carry values, and nothing in it is run. A name that is not defined is logged with the fix, and the run stays on its glob's profile. Whoever can write the run directory (every trainer, every user of a shared `--root`) can then choose its thresholds among the defined profiles, including one with `halt` off or a long stall threshold; define only profiles you are content for them to choose, or leave this off.\n";
   return out;
 }
 

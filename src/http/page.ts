@@ -294,6 +294,12 @@ function renderRun(r: RunDoc, ui: Ui, now: number): string {
     esc(r.dir) +
     '</code> · attempt ' +
     esc(r.attempt) +
+    ' · profile <b class="profile" title="' +
+    esc(r.profile.via === 'glob' ? 'chosen by a run.profile glob' : r.profile.via === 'file' ? 'named in .trainwatch-profile' : 'no run.profile glob matched') +
+    '">' +
+    esc(r.profile.name) +
+    '</b>' +
+    (r.profile.halt ? '' : ' (no auto-halt)') +
     ' · ' +
     info +
     ' · <span class="live ' +

@@ -44,10 +44,10 @@ function num(v: number | undefined): number | string | undefined {
 
 /** The status page's data. */
 export function statusJson(w: Watcher, now: number, version: string) {
-  const t = w.thresholds;
   const runs = [];
   const states = Object.fromEntries(RUN_STATES.map((st) => [st, 0])) as Record<RunState, number>;
   for (const run of w.runs.values()) {
+    const t = run.profile.thresholds;
     const ranks: RankStatus[] = [];
     // A rank whose file was deleted is not shown (its counters stay in /metrics until the run expires).
     for (const s of [...run.ranks.values()].filter((x) => !run.goneRanks.has(x.rank)).sort((a, b) => a.rank - b.rank)) {
@@ -86,6 +86,8 @@ export function statusJson(w: Watcher, now: number, version: string) {
       primary: p && { kind: p.kind, severity: kindOf(p.kind)?.severity ?? 'warning', rank: p.rank, message: p.message },
       liveness: run.liveness,
       attempt: run.attempt,
+      // Which thresholds judge it (config/profiles.ts), and whether a halting anomaly writes .HALT.
+      profile: { name: run.profile.name, via: run.profile.via, halt: run.profile.halt },
       halt: run.halt.present ? { kind: run.halt.kind, by: run.halt.by ?? 'unknown' } : undefined,
       expired: run.expired,
       halted: run.halted,
@@ -96,7 +98,8 @@ export function statusJson(w: Watcher, now: number, version: string) {
     });
   }
   runs.sort((a, b) => severityRank(a) - severityRank(b) || (a.run < b.run ? -1 : a.run > b.run ? 1 : 0));
-  return { version, now, mode: w.config.mode, halt: w.config.halt, watch: watchedPaths(w.config), thresholds: t, states, runs };
+  const profiles = Object.fromEntries([...new Set(w.runs.values())].map((r) => [r.profile.name, { ...r.profile.thresholds, halt: r.profile.halt }]));
+  return { version, now, mode: w.config.mode, halt: w.config.halt, watch: watchedPaths(w.config), thresholds: w.thresholds, profiles, states, runs };
 }
 
 /** The status document served at api/status and embedded in the page. */

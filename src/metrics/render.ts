@@ -463,14 +463,13 @@ export class MetricsRenderer {
   render(now: number, sink?: Sink, http?: HttpCounters): Buffer[] {
     const w = this.w;
     const out = new Out(sink);
-    const t = w.thresholds;
     const live = [...w.runs.values()].filter((r) => !r.expired);
     // Runs not rendered now (expired, dropped) lose their cache: it would pin old chunks.
     const rows = new Map<Run, RunRows>();
     for (const run of live) {
       const kept = this.rows.get(run);
       const rr = kept && kept.name === run.name ? kept : new RunRows(run);
-      rr.sync(t, now);
+      rr.sync(run.profile.thresholds, now);
       rows.set(run, rr);
     }
     this.rows = rows;
@@ -494,7 +493,9 @@ export class MetricsRenderer {
     ] as const) {
       for (const rr of rows.values()) if (rr.run.csv) out.add(key, rr.runOnly, rr.run.csv[field]);
     }
-    for (const [key, field] of THRESHOLD_GAUGES) out.add(key, '', t[field]);
+    // Per run: runs on different profiles have different thresholds, and the rules join on run.
+    for (const [key, field] of THRESHOLD_GAUGES) for (const rr of rows.values()) out.add(key, rr.runOnly, rr.run.profile.thresholds[field]);
+    for (const rr of rows.values()) out.add('runProfile', `{${rr.runLabel},profile="${esc(rr.run.profile.name)}"}`, 1);
     out.add('haltEnabled', '', w.config.halt ? 1 : 0);
     out.add('embeddedActions', '', w.acting ? 1 : 0);
     out.add('buildInfo', `{version="${esc(this.version)}",nodejs_version="${esc(process.version)}",mode="${w.config.mode}"}`, 1);

@@ -8,10 +8,11 @@ import { join } from 'node:path';
 import type { Actions, TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
 import { procFact, provenWriter } from '../actions/signals.js';
-import type { Config, Thresholds } from '../config/settings.js';
+import type { Config } from '../config/settings.js';
 import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts, type StallDeadline } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
 import type { Logger } from '../log.js';
+import type { Profiles } from '../config/profiles.js';
 import { attemptKeyOf, haltAuthor, isNewAttempt, livenessOf, newestRecordTs, parseHaltLine, runStateOf, type HaltFact } from '../state/lifecycle.js';
 import type { Clock } from './clock.js';
 import type { Run } from './run.js';
@@ -35,6 +36,8 @@ export interface EvaluatorHost {
   rediscover(run: Run): void;
   /** reads whatever its files hold that was not read yet */
   catchUp?(run: Run): Promise<void>;
+  /** the threshold profiles (config/profiles.ts): a run directory's .trainwatch-profile chooses among them */
+  readonly profiles?: Profiles;
 }
 
 /** Judges runs and acts on the verdicts; see the header. */
@@ -46,7 +49,6 @@ export class Evaluator {
 
   constructor(
     private readonly config: Config,
-    private readonly thresholds: Thresholds,
     private readonly actions: Actions,
     private readonly log: Logger,
     private readonly clock: Clock,
@@ -119,7 +121,7 @@ export class Evaluator {
       ackTs: run.ackTs,
       csvTs: run.ranks.get(0)?.lastProgressTs ?? newest,
     };
-    run.anomalies = run.expired ? [] : detectRun(facts, this.thresholds, now);
+    run.anomalies = run.expired ? [] : detectRun(facts, run.profile.thresholds, now);
     if (this.host.catchUp && run.anomalies.some((a) => a.kind === 'heartbeat_stall' && a.evidenceTs === undefined) && !run.stalled) {
       // Silence is judged only on what the files hold: a busy file read behind (a restart's
       // backlog, a slow poll) is read first, and the verdict taken again.
@@ -127,13 +129,13 @@ export class Evaluator {
       return this.evaluate(run, true);
     }
     run.stalled = run.anomalies.some((a) => a.kind === 'heartbeat_stall');
-    run.deadlines = run.expired ? new Map<number, StallDeadline>() : stallDeadlines(facts, this.thresholds);
+    run.deadlines = run.expired ? new Map<number, StallDeadline>() : stallDeadlines(facts, run.profile.thresholds);
     run.primary = primaryOf(run.anomalies);
     this.judge(run, now);
     this.clock.clearTimeout(run.timer);
     run.timer = undefined;
     if (!run.expired) {
-      const deadline = nextStallDeadline(facts, this.thresholds, now);
+      const deadline = nextStallDeadline(facts, run.profile.thresholds, now);
       if (deadline !== undefined) {
         // Fire just after the deadline: the rule is "older than", not "as old as".
         run.timer = this.clock.setTimeout(() => void this.evaluate(run), Math.min(MAX_TIMER_MS, Math.max(0, (deadline - now) * 1000) + 20));
@@ -184,8 +186,8 @@ export class Evaluator {
         halt: run.halt,
         primary: p && { kind: p.kind, rank: p.rank, severity: kindOf(p.kind)?.severity ?? 'warning' },
         expired: run.expired,
-        crashDetect: this.thresholds.crashDetect,
-        stallS: this.thresholds.stallS,
+        crashDetect: run.profile.thresholds.crashDetect,
+        stallS: run.profile.thresholds.stallS,
         ackTs: run.ackTs,
       },
       now,
@@ -244,6 +246,30 @@ export class Evaluator {
     run.halt = halt;
     run.halted = halt.present;
     run.anomalyType = await io.lexists(join(run.dir, CONTROL_FILES.anomalyType));
+    if (this.host.profiles?.fileChoice) await this.observeProfile(run, io);
+  }
+
+  /**
+   * run.profile-file: the profile the run directory names in .trainwatch-profile, read like the
+   * control files (O_NONBLOCK, O_NOFOLLOW, 4 KiB). Only a defined profile's name is taken; the
+   * file cannot carry values, let alone anything that runs. Without the file, the globs decide.
+   */
+  private async observeProfile(run: Run, io: ControlIo): Promise<void> {
+    const profiles = this.host.profiles!;
+    const text = await io.readSmall(join(run.dir, CONTROL_FILES.profile)).catch(() => undefined);
+    const named = text === undefined ? undefined : text.split('\n')[0].trim() || undefined;
+    if (named === run.profileNamed) return;
+    run.profileNamed = named;
+    // Logged once per change of the file: this runs only when the name differs from the last.
+    if (named !== undefined && !(named in profiles.defined))
+      this.log.warn(
+        { run: run.name, named, known: Object.keys(profiles.defined) },
+        `${CONTROL_FILES.profile} names a profile that is not defined: the run keeps its profile from run.profile. Fix: name one of the known profiles, or define it under 'profiles:' in the config file`,
+      );
+    const next = profiles.forRun(run.name, named);
+    if (next === run.profile) return;
+    this.log.info({ run: run.name, profile: next.name, was: run.profile.name, via: next.via }, 'run profile changed: judged by its thresholds from now on');
+    run.profile = next;
   }
 
   /**

@@ -67,7 +67,7 @@ export class FileEvents {
       return;
     }
     const name = path.slice(run.dir.length + 1);
-    if (name === CONTROL_FILES.halt || name === CONTROL_FILES.anomalyType) {
+    if (name === CONTROL_FILES.halt || name === CONTROL_FILES.anomalyType || name === CONTROL_FILES.profile) {
       void this.host.observeControl(run).then(() => this.host.markDirty(run));
       return;
     }

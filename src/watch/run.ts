@@ -2,10 +2,11 @@
 // them. The watcher's parts fill it in; metrics/ and http/ only read it.
 import type { FSWatcher as DirWatcher } from 'node:fs';
 import type { RunRef } from '../actions/actions.js';
+import { defaultRunProfile, type RunProfile } from '../config/profiles.js';
 import type { Anomaly, StallDeadline } from '../detect/detect.js';
 import type { FileTail } from '../source/tail.js';
 import { newestRecordTs, type HaltFact, type Liveness, type ProcFact, type StateOf } from '../state/lifecycle.js';
-import type { RankState } from '../state/rank.js';
+import type { RankState, ReduceParams } from '../state/rank.js';
 import type { CsvState } from '../state/run.js';
 import type { Timer } from './clock.js';
 import type { RankTable } from './sinks.js';
@@ -63,12 +64,27 @@ export class Run implements RankTable, RunRef {
   /** the sweep number that last visited this run (-1: never) */
   sweptAt = -1;
 
+  /** the profile named in the run directory's .trainwatch-profile (run.profile-file), as last read */
+  profileNamed: string | undefined;
+
   constructor(
     public name: string,
     readonly dir: string,
     readonly real: string,
     private readonly onTouched: (run: Run) => void,
+    /** the thresholds it is judged by (config/profiles.ts); the watcher re-resolves it when its name or profile file changes */
+    public profile: RunProfile = defaultRunProfile(),
   ) {}
+
+  /** How single records are classified (RankTable): this run's gate and fetch thresholds. */
+  get params(): ReduceParams {
+    return paramsOf(this.profile);
+  }
+
+  /** Whether a halting anomaly writes .HALT in this run (RunRef): its profile's halt. */
+  get haltAllowed(): boolean {
+    return this.profile.halt;
+  }
 
   touched(): void {
     this.records++;
@@ -86,4 +102,23 @@ export class Run implements RankTable, RunRef {
   get exited(): boolean {
     return this.liveness === 'exited';
   }
+}
+
+const PARAMS = new WeakMap<RunProfile, ReduceParams>();
+
+/** The reducer's parameters of a profile, made once per profile. */
+function paramsOf(p: RunProfile): ReduceParams {
+  let out = PARAMS.get(p);
+  if (!out) {
+    const t = p.thresholds;
+    out = {
+      gateEntropyMin: t.gateEntropyMin,
+      gateMaxThreshold: t.gateMaxThreshold,
+      gateCollapseFrac: t.gateCollapseFrac,
+      fetchStallRatio: t.fetchStallRatio,
+      fetchWarmupN: t.fetchWarmupN,
+    };
+    PARAMS.set(p, out);
+  }
+  return out;
 }

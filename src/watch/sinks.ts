@@ -15,6 +15,8 @@ export interface RankTable {
   csv?: CsvState;
   /** called after a batch of new lines changed the run */
   touched(): void;
+  /** how single records are classified (the run's profile) */
+  readonly params: ReduceParams;
 }
 
 /** What every sink does with the tail's errors and byte counts. */
@@ -91,7 +93,6 @@ export class HeartbeatSink extends CountingSink {
 
   constructor(
     private readonly table: RankTable,
-    private readonly params: ReduceParams,
     stats: Stats,
     onReadError?: (detail: string, reason: string) => void,
     private readonly parallel?: ParallelParse,
@@ -242,7 +243,7 @@ export class HeartbeatSink extends CountingSink {
     this.mine.add(r.rank);
     if (r.msg === 'progress') this.progressSeen.set(r.rank, (this.progressSeen.get(r.rank) ?? 0) + 1);
     if (r.msg !== 'watchdog_dump') this.livenessSeen = true;
-    reduce(s, r, this.params);
+    reduce(s, r, this.table.params);
   }
 
   wantsMoreHistory(): boolean {

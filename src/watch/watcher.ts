@@ -10,14 +10,13 @@ import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Config, Thresholds } from '../config/settings.js';
-import { thresholdsOf } from '../config/settings.js';
+import { Profiles } from '../config/profiles.js';
 import type { Logger } from '../log.js';
 import { Actions } from '../actions/actions.js';
 import { Notifier } from '../notify/notify.js';
 import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
 import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
-import type { ReduceParams } from '../state/rank.js';
 import { BusyRuns } from './busy.js';
 import { systemClock, type Clock } from './clock.js';
 import { Evaluator, QUIET_S } from './evaluator.js';
@@ -66,7 +65,8 @@ export class Watcher {
   readonly evaluator: Evaluator;
   private readonly busy: BusyRuns;
   private readonly events: FileEvents;
-  private readonly params: ReduceParams;
+  /** the threshold profiles and which runs they apply to (config/profiles.ts) */
+  readonly profiles: Profiles;
   /** big reads are also parsed on this thread (tail.parse-thread-bytes > 0) */
   private readonly parallel: ParallelParse | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -94,16 +94,9 @@ export class Watcher {
     opts: WatcherOptions = {},
   ) {
     this.clock = opts.clock ?? systemClock;
-    this.thresholds = thresholdsOf(config);
+    this.profiles = new Profiles(config);
+    this.thresholds = this.profiles.forRun('').thresholds;
     const coalesceMs = config['tail.event-coalesce-ms'];
-    const t = this.thresholds;
-    this.params = {
-      gateEntropyMin: t.gateEntropyMin,
-      gateMaxThreshold: t.gateMaxThreshold,
-      gateCollapseFrac: t.gateCollapseFrac,
-      fetchStallRatio: t.fetchStallRatio,
-      fetchWarmupN: t.fetchWarmupN,
-    };
     const minBytes = config['tail.parse-thread-bytes'];
     // The thread failing costs speed only: its batches are parsed here from the same bytes.
     const pool =
@@ -140,6 +133,7 @@ export class Watcher {
       catchUp: async (run: Run) => {
         await Promise.all([...run.tails.values()].map((t) => t.poll()));
       },
+      profiles: this.profiles,
       sweep: (all?: boolean) => this.sweep(all),
       sweepRun: (run: Run) => this.sweepRun(run),
       evaluate: (run: Run) => this.evaluator.evaluate(run),
@@ -149,7 +143,7 @@ export class Watcher {
       watchDir: (run: Run) => this.events.watchDir(run),
       unwatchDir: (run: Run) => this.events.unwatchDir(run),
     };
-    this.evaluator = new Evaluator(config, this.thresholds, this.actions, log, this.clock, host);
+    this.evaluator = new Evaluator(config, this.actions, log, this.clock, host);
     // Polling every 0 ms is no saving: without coalescing every run stays on file events.
     this.busy = new BusyRuns(coalesceMs, coalesceMs > 0 ? config['tail.busy-events'] : 0, log, host);
     this.events = new FileEvents(config, log, this.stats, this.busy, host);
@@ -294,10 +288,11 @@ export class Watcher {
         if (run.name !== name) {
           this.log.info({ run: name, was: run.name, dir: run.dir }, 'another watched run has the same name: labelled by its parent directories');
           run.name = name;
+          run.profile = this.profiles.forRun(name, run.profileNamed);
         }
       }
       if (!run) {
-        run = new Run(name, loc.dir, loc.real, (r) => this.evaluator.markDirty(r));
+        run = new Run(name, loc.dir, loc.real, (r) => this.evaluator.markDirty(r), this.profiles.forRun(name));
         run.seenIno = loc.ino;
         run.instanceIno = loc.ino;
         this.runs.set(loc.real, run);
@@ -434,9 +429,7 @@ export class Watcher {
         `run has more than run.max-ranks (${maxRanks}) ranks: records of further ranks are dropped and counted (too_many_ranks). Fix: check the heartbeat files' rank fields, or raise run.max-ranks`,
       );
     const sink =
-      role === 'csv'
-        ? new CsvSink(run, this.stats, onReadError)
-        : new HeartbeatSink(run, this.params, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
+      role === 'csv' ? new CsvSink(run, this.stats, onReadError) : new HeartbeatSink(run, this.stats, onReadError, this.parallel, maxRanks, onRankCap);
     const tail = new FileTail(file, sink, {
       maxLineBytes: this.config['tail.max-line-bytes'],
       startupBytes: this.config['tail.startup-bytes'],

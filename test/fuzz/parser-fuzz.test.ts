@@ -116,8 +116,9 @@ test(
     t.diagnostic(`seed ${SEED}; replay with TRAINWATCH_FUZZ_SEED=${SEED} npm test -- parser-fuzz`);
     const stats = new Stats();
     const ranks = new Map<number, RankState>();
-    const table: RankTable = { ranks, touched: () => undefined };
-    const sink = new HeartbeatSink(table, { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 }, stats);
+    const params = { gateEntropyMin: 0.2, gateMaxThreshold: 0.9, gateCollapseFrac: 0.5, fetchStallRatio: 3, fetchWarmupN: 10 };
+    const table: RankTable = { ranks, touched: () => undefined, params };
+    const sink = new HeartbeatSink(table, stats);
     let lines = 0;
     let valid = 0;
     let salvaged = 0;

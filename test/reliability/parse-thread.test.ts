@@ -67,8 +67,8 @@ function mixedFile(bytes: number, seed = 7): { text: Buffer; lines: number } {
 async function readWhole(path: string, pool?: ParsePool): Promise<{ ranks: Map<number, RankState>; stats: Stats; touched: number }> {
   const stats = new Stats();
   let touched = 0;
-  const table: RankTable = { ranks: new Map(), touched: () => touched++ };
-  const sink = new HeartbeatSink(table, PARAMS, stats, undefined, pool && { pool, minBytes: 1 });
+  const table: RankTable = { ranks: new Map(), touched: () => touched++, params: PARAMS };
+  const sink = new HeartbeatSink(table, stats, undefined, pool && { pool, minBytes: 1 });
   const tail = new FileTail(path, sink, { maxLineBytes: MAX_LINE, startupBytes: 1 << 20, startAtEnd: false });
   await tail.poll();
   await tail.close();

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Actions } from '../../src/actions/actions.js';
+import { Profiles } from '../../src/config/profiles.js';
 import { defaultConfig, thresholdsOf, type Config } from '../../src/config/settings.js';
 import { makeLogger } from '../../src/log.js';
 import type { HeartbeatRecord } from '../../src/parse/line.js';
@@ -42,14 +43,13 @@ function setup(over: Partial<Config> = {}) {
   const procs = new Map<number, ProcFact>();
   const ev = new Evaluator(
     config,
-    t,
     actions,
     quiet,
     clock,
     { runs, isReady: () => true, isStopped: () => false, rediscover: () => undefined },
     (w) => procs.get(w.pid) ?? 'unknown',
   );
-  const run = new Run('run', dir, realpathSync(dir), () => undefined);
+  const run = new Run('run', dir, realpathSync(dir), () => undefined, new Profiles(config).forRun('run'));
   run.instanceIno = statSync(dir).ino;
   runs.set(run.real, run);
   const P = {

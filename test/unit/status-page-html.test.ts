@@ -19,6 +19,7 @@ function run(name: string, state: RunDoc['state'], extra: Partial<RunDoc> = {}):
     primary: undefined,
     liveness: 'verified',
     attempt: 1,
+    profile: { name: 'default', via: 'default', halt: true },
     halt: undefined,
     expired: false,
     halted: false,
@@ -40,6 +41,7 @@ function doc(runs: RunDoc[]): StatusDoc {
     halt: true,
     watch: { dirs: [], roots: [] },
     thresholds: {} as StatusDoc['thresholds'],
+    profiles: {},
     states,
     runs,
   };
