@@ -30,6 +30,7 @@ import { Agent, request } from 'node:http';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ANOMALY_KINDS } from '../src/detect/kinds.js';
+import { runbookUrl } from '../src/gen/alerts.js';
 import { benchTmp, bootLine, cpuSecondsOf, median, memOf, pct, prng, runMain, say, stepLines, type Row, type Tw, startTw } from './lib.js';
 
 const NAME = 'webhook load, 20k alerts';
@@ -98,7 +99,8 @@ function payload(alerts: AlertSpec[], run: string, kind: Kind, reason: string): 
         annotations: {
           summary: kind.summary,
           description: `Rank ${a.labels.rank} of run ${run}: ${kind.summary}`,
-          runbook_url: `https://github.com/trainwatch/trainwatch/blob/main/docs/runbook.md#${kind.alert.toLowerCase()}`,
+          // As Prometheus expands the default: the runbook this trainwatch serves.
+          runbook_url: runbookUrl(kind.alert).replace('{{ $labels.instance }}', a.labels.instance ?? 'gpu-node-01:9465'),
         },
         startsAt: a.startsAt,
         endsAt: a.endsAt,
