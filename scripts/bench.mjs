@@ -14,7 +14,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 
 // In a fixed order: quick in-process ones first, the 30 s CPU run near the end.
-const BENCHES = ['ingest', 'step-lags', 'mtail', 'first-scrape', 'scrape-10k', 'cpu-64', 'detection', 'webhook-load', 'eventloop'];
+const BENCHES = ['ingest', 'step-lags', 'mtail', 'first-scrape', 'scrape-10k', 'cpu-64', 'detection', 'webhook-load', 'eventloop', 'healthz-attack'];
 const TIMEOUT_S = 180;
 // A private snapshot build: a concurrent `tsc` into dist/ (tests, an editor) cannot change the
 // code under measurement halfway through. Laid out like the package (bin/, dist/,
@@ -122,6 +122,11 @@ const KEYS = {
     ['p99', (d) => d.closedLoop.p99Ms, 'ms', 'lower'],
   ],
   eventloop: [['max block', (d) => Math.max(...d.phases.slice(1).map((p) => p.maxMs)), 'ms', 'lower']],
+  'step-lags': [
+    ['4,096 healthy', (d) => d.healthy4096_ms, 'ms', 'lower'],
+    ['4,096 spread', (d) => d.spread4096_ms, 'ms', 'lower'],
+  ],
+  'healthz-attack': [['worst p99', (d) => d.worstP99Ms, 'ms', 'lower']],
 };
 
 function readRecord() {
