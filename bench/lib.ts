@@ -247,16 +247,19 @@ export interface Tw {
 
 /**
  * Starts the real CLI (bin/trainwatch.js) on a free loopback port, logging at info (the
- * default) so the log volume is what production sees, and waits for /readyz.
+ * default) so the log volume is what production sees, and waits for /readyz; `wrap` runs it
+ * through a command that execs it (its pid stays node's).
  * TW_BENCH_TW_NODE_ARGS adds node flags for the child (e.g. --cpu-prof); TW_BENCH_BIN
  * replaces bin/trainwatch.js (to A/B a patched copy of the build).
  */
-export async function startTw(args: string[], env: Record<string, string> = {}, readyTimeoutMs = 60_000): Promise<Tw> {
+export async function startTw(args: string[], env: Record<string, string> = {}, readyTimeoutMs = 60_000, wrap: string[] = []): Promise<Tw> {
   const port = await freePort();
   // TW_BENCH_TW_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the trainwatch child.
   const nodeArgs = process.env.TW_BENCH_TW_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
   // TW_BENCH_BIN runs another build (e.g. a patched copy) for A/B experiments.
-  const proc = spawn(process.execPath, [...nodeArgs, process.env.TW_BENCH_BIN ?? BIN, '--web.listen-address', `127.0.0.1:${port}`, ...args], {
+  const argv = [process.execPath, ...nodeArgs, process.env.TW_BENCH_BIN ?? BIN, '--web.listen-address', `127.0.0.1:${port}`, ...args];
+  // `wrap`: a command that ends by exec'ing its arguments (e.g. sh -c 'ulimit -n 1024 && exec "$@"' sh), so the pid is node's
+  const proc = spawn([...wrap, ...argv][0], [...wrap, ...argv].slice(1), {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

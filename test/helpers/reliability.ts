@@ -286,13 +286,19 @@ for i in range(n):
  * Starts a rotation loop in another process that renames a FIFO, then a regular file holding one
  * progress record (rank 0, `ts`: a fixed number, or the time of writing when 'now'), over `path`,
  * `n` times each and as fast as it can, so that FIFOs land between a stat and an open (issue 11
- * row 1). Killed at the end of the test; `done` resolves with its exit code.
+ * row 1). `done` resolves with its exit code. The caller kills it (startFifoSwapper: at the end of the test).
  */
+export function spawnFifoSwapper(path: string, n: number, ts: number | 'now'): { proc: ChildProcess; done: Promise<number> } {
+  const proc = spawn('python3', ['-c', FIFO_SWAP_PY, path, String(n), String(ts)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return { proc, done: new Promise<number>((r) => proc.on('exit', (code) => r(code ?? -1))) };
+}
+
+/** spawnFifoSwapper, killed at the end of the test. */
 export function startFifoSwapper(t: T, path: string, n: number, ts: number | 'now'): { proc: ChildProcess; done: Promise<number> } {
   requireBinary('python3', 'python3');
-  const proc = spawn('python3', ['-c', FIFO_SWAP_PY, path, String(n), String(ts)], { stdio: ['ignore', 'ignore', 'inherit'] });
-  killAtEnd(t, proc);
-  return { proc, done: new Promise<number>((r) => proc.on('exit', (code) => r(code ?? -1))) };
+  const swapper = spawnFifoSwapper(path, n, ts);
+  killAtEnd(t, swapper.proc);
+  return swapper;
 }
 
 /** Registers a child process of the test to be killed at its end (before its temp dir goes). */
