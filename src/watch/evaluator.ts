@@ -263,9 +263,13 @@ export class Evaluator {
 
   /**
    * Looks at the trainer processes of a run (watch.pid-check): every pid when `all` (a quiet
-   * run), otherwise only pids not looked at yet. Returns whether any fact changed.
+   * run), otherwise only pids not looked at yet. Returns whether any fact changed. An expired
+   * run's processes are not looked at: its state is `expired` whatever they do, and a shared
+   * root holds mostly such runs (at 200,000 files, reading /proc/<pid>/stat for each of their
+   * pids at every sweep took most of a core: docs/benchmarks.md).
    */
   refreshProcs(run: Run, all: boolean): boolean {
+    if (run.expired) return false;
     const mode = this.config['watch.pid-check'];
     let changed = false;
     const pids = new Set<number>();
