@@ -1,8 +1,8 @@
 // Benchmark 8: how long trainwatch's event loop is blocked by a scrape or by a big append.
 //
 // The real process watches 2,000 ranks (250 runs × 8 heartbeat files of 20 steps each under
-// one --root) plus four single-rank "backlog" runs, one per burst. A prober in a separate process (this file
-// run with --probe) sends GET /healthz over one keep-alive connection every 10 ms and records
+// one --root) plus four single-rank "backlog" runs, one per burst. A prober in a separate process
+// (bench/probe.ts) sends GET /healthz over one keep-alive connection every 10 ms and records
 // each round trip: a probe that arrives while the loop is blocked waits for the block to end,
 // so the worst round trip ≈ the longest block (within the 10 ms sampling). Cross-check from
 // inside: prom-client's nodejs_eventloop_lag_max_seconds (perf_hooks.monitorEventLoopDelay,
@@ -20,9 +20,7 @@
 // (trainwatch_lines_read_total). Target: max blocking < 100 ms in every phase.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, closeSync, writeFileSync, writeSync } from 'node:fs';
-import { Agent, get } from 'node:http';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { REPO } from '../test/helpers/proc.js';
 import {
   benchTmp,
@@ -36,9 +34,11 @@ import {
   say,
   seriesValue,
   sleep,
+  startProber,
   startTw,
   stepLines,
   wallS,
+  type Prober,
   type Row,
   type Tw,
 } from './lib.js';
@@ -55,64 +55,6 @@ const SCRAPE_S = 8;
 const APPEND_S = 10;
 const STEADY_FILES = 64;
 const STEADY_RATE = 10;
-
-interface Sample {
-  /** wall time the probe was sent, s */
-  at: number;
-  ms: number;
-}
-
-// ---------------------------------------------------------------- prober (child process)
-if (process.argv[2] === '--probe') {
-  const url = process.argv[3];
-  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-  const one = () =>
-    new Promise<void>((resolve) => {
-      const at = wallS();
-      const t0 = performance.now();
-      const req = get(`${url}/healthz`, { agent }, (r) => {
-        r.resume();
-        r.on('end', () => {
-          process.stdout.write(`${at.toFixed(4)} ${(performance.now() - t0).toFixed(2)} ${r.statusCode}\n`);
-          resolve();
-        });
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
-      req.on('error', () => {
-        process.stdout.write(`${at.toFixed(4)} ${(performance.now() - t0).toFixed(2)} 0\n`);
-        resolve();
-      });
-    });
-  process.on('SIGTERM', () => process.exit(0));
-  const loop = async () => {
-    for (;;) {
-      const t0 = performance.now();
-      await one();
-      const rest = PROBE_MS - (performance.now() - t0);
-      if (rest > 0) await sleep(rest);
-    }
-  };
-  void loop();
-} else {
-  runMain(NAME, TARGET, bench);
-}
-
-function startProber(url: string): { proc: ChildProcess; samples: Sample[]; errors: () => number } {
-  const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), '--probe', url], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const samples: Sample[] = [];
-  let errors = 0;
-  let partial = '';
-  proc.stdout.on('data', (d: Buffer) => {
-    const lines = (partial + d.toString()).split('\n');
-    partial = lines.pop()!;
-    for (const l of lines) {
-      const [at, ms, status] = l.split(' ');
-      if (status !== '200') errors++;
-      else samples.push({ at: Number(at), ms: Number(ms) });
-    }
-  });
-  return { proc, samples, errors: () => errors };
-}
 
 /** About `bytes` of step records of one rank (beat, progress, step_end per step), the last at `endTs`. */
 function burst(rank: number, bytes: number, rnd: () => number, endTs: number, dt: number): { buf: Buffer; lines: number } {
@@ -145,10 +87,10 @@ interface PhaseOut {
   cpuFraction: number;
 }
 
-async function bench(): Promise<Row> {
+runMain(NAME, TARGET, async (): Promise<Row> => {
   const tmp = benchTmp('eventloop');
   let tw: Tw | undefined;
-  let prober: ReturnType<typeof startProber> | undefined;
+  let prober: Prober | undefined;
   let writer: ChildProcess | undefined;
   try {
     const rnd = prng(17);
@@ -194,7 +136,7 @@ async function bench(): Promise<Row> {
     say(
       `trainwatch ready: ${text.match(/^trainwatch_step\{/gm)?.length ?? 0} ranks exported of ${total} files (backlog runs have no step yet), /metrics ${(text.length / 2 ** 20).toFixed(1)} MiB`,
     );
-    prober = startProber(url);
+    prober = startProber(url, PROBE_MS, 'keepalive');
     await sleep(1000);
 
     let lagMax = 0;
@@ -242,7 +184,10 @@ async function bench(): Promise<Row> {
       if (scrape) await stopScraping();
       const to = wallS();
       const cpu = (cpuSecondsOf(tw!.pid) - c0) / (to - from);
-      const xs = prober!.samples.filter((s) => s.at >= from && s.at < to).map((s) => s.ms);
+      const xs = prober!
+        .between(from, to)
+        .filter((s) => s.status === 200)
+        .map((s) => s.ms);
       let lag = scrape ? lagMax : undefined;
       if (!scrape) {
         await sleep(50);
@@ -305,7 +250,7 @@ async function bench(): Promise<Row> {
     say(`lines read during the append phases: ${linesAfter - linesBefore} (bursts ${burstLines} + steady ${w.written} = ${expected})`);
     if (linesAfter - linesBefore !== expected) throw new Error(`trainwatch read ${linesAfter - linesBefore} lines, ${expected} were written`);
     const mem = memOf(tw.pid);
-    const probeErrors = prober.errors();
+    const probeErrors = prober.samples.filter((s) => s.status !== 200).length;
     if (probeErrors) throw new Error(`${probeErrors} /healthz probes failed`);
     const [idle, a, b, c] = phases as [PhaseOut, PhaseOut, PhaseOut, PhaseOut];
     const worst = Math.max(a.maxMs, b.maxMs, c.maxMs);
@@ -317,9 +262,9 @@ async function bench(): Promise<Row> {
       data: { ranks: RUNS * RANKS, burstBytes: BURST_BYTES, burstLines, steadyWritten: w.written, rssBytes: mem.rss, peakRssBytes: mem.hwm, phases },
     };
   } finally {
-    prober?.proc.kill('SIGTERM');
+    prober?.stop();
     if (writer && writer.exitCode === null) writer.kill('SIGKILL');
     await tw?.stop();
     tmp.cleanup();
   }
-}
+});

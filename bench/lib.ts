@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BIN, freePort } from '../test/helpers/proc.js';
 
 /** One line of the benchmark table. */
@@ -246,16 +247,19 @@ export interface Tw {
 
 /**
  * Starts the real CLI (bin/trainwatch.js) on a free loopback port, logging at info (the
- * default) so the log volume is what production sees, and waits for /readyz.
+ * default) so the log volume is what production sees, and waits for /readyz; `wrap` runs it
+ * through a command that execs it (its pid stays node's).
  * TW_BENCH_TW_NODE_ARGS adds node flags for the child (e.g. --cpu-prof); TW_BENCH_BIN
  * replaces bin/trainwatch.js (to A/B a patched copy of the build).
  */
-export async function startTw(args: string[], env: Record<string, string> = {}, readyTimeoutMs = 60_000): Promise<Tw> {
+export async function startTw(args: string[], env: Record<string, string> = {}, readyTimeoutMs = 60_000, wrap: string[] = []): Promise<Tw> {
   const port = await freePort();
   // TW_BENCH_TW_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the trainwatch child.
   const nodeArgs = process.env.TW_BENCH_TW_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
   // TW_BENCH_BIN runs another build (e.g. a patched copy) for A/B experiments.
-  const proc = spawn(process.execPath, [...nodeArgs, process.env.TW_BENCH_BIN ?? BIN, '--web.listen-address', `127.0.0.1:${port}`, ...args], {
+  const argv = [process.execPath, ...nodeArgs, process.env.TW_BENCH_BIN ?? BIN, '--web.listen-address', `127.0.0.1:${port}`, ...args];
+  // `wrap`: a command that ends by exec'ing its arguments (e.g. sh -c 'ulimit -n 1024 && exec "$@"' sh), so the pid is node's
+  const proc = spawn([...wrap, ...argv][0], [...wrap, ...argv].slice(1), {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -305,4 +309,42 @@ export function seriesValue(text: string, series: string): number | undefined {
   const start = at + series.length + 2;
   const nl = text.indexOf('\n', start);
   return Number(text.slice(start, nl < 0 ? undefined : nl));
+}
+
+/** One /healthz probe: when it was sent (wall s), its round trip, and the status (0: no answer). */
+export interface Sample {
+  at: number;
+  ms: number;
+  status: number;
+}
+
+/** A prober process (bench/probe.ts) asking `url`/healthz every `intervalMs`; its samples arrive as it runs. */
+export interface Prober {
+  proc: ChildProcess;
+  samples: Sample[];
+  /** the samples sent in [from, to) (wall s) */
+  between(from: number, to: number): Sample[];
+  stop(): void;
+}
+
+/** Starts bench/probe.ts in its own process: `keepalive` probes on one connection, `fresh` on a new one each. */
+export function startProber(url: string, intervalMs: number, mode: 'keepalive' | 'fresh'): Prober {
+  const script = fileURLToPath(new URL('./probe.js', import.meta.url));
+  const proc = spawn(process.execPath, [script, url, String(intervalMs), mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const samples: Sample[] = [];
+  let partial = '';
+  proc.stdout.on('data', (d: Buffer) => {
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) {
+      const [at, ms, status] = l.split(' ').map(Number);
+      samples.push({ at, ms, status });
+    }
+  });
+  return {
+    proc,
+    samples,
+    between: (from, to) => samples.filter((s) => s.at >= from && s.at < to),
+    stop: () => proc.kill('SIGTERM'),
+  };
 }

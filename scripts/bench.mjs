@@ -10,12 +10,27 @@
 // beyond the run-to-run noise are marked. `npm run bench -- --record` replaces the record.
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 
 // In a fixed order: quick in-process ones first, the 30 s CPU run near the end.
-const BENCHES = ['ingest', 'step-lags', 'mtail', 'first-scrape', 'scrape-10k', 'cpu-64', 'detection', 'webhook-load', 'eventloop'];
+const BENCHES = [
+  'ingest',
+  'step-lags',
+  'mtail',
+  'first-scrape',
+  'scrape-10k',
+  'cpu-64',
+  'detection',
+  'webhook-load',
+  'eventloop',
+  'healthz-attack',
+  'hostile-halt',
+  'root-200k',
+];
 const TIMEOUT_S = 180;
+/** Longer bounds: 200,000 files are written, read and removed. */
+const TIMEOUTS_S = { 'root-200k': 360 };
 // A private snapshot build: a concurrent `tsc` into dist/ (tests, an editor) cannot change the
 // code under measurement halfway through. Laid out like the package (bin/, dist/,
 // package.json) so bin/trainwatch.js and the test helpers' REPO resolve inside it;
@@ -53,7 +68,7 @@ const git = (args) => spawnSync('git', args, { encoding: 'utf8' }).stdout.trim()
 const dirty = git(['status', '--porcelain', '--', 'src']).split('\n').filter(Boolean).length;
 const revision = `commit ${git(['rev-parse', '--short', 'HEAD'])}${dirty ? ` + ${dirty} uncommitted file(s) in src/` : ''}`;
 
-const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, ${new Date().toISOString()}, ${revision}`;
+const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, ${new Date().toISOString()}, load ${loadavg()[0].toFixed(1)}, ${revision}`;
 say(machine);
 
 /** Runs one benchmark with a time bound; its whole process group is killed on timeout. */
@@ -76,14 +91,15 @@ function runOne(name) {
     };
     child.stdout.on('data', (d) => relay(d, 'out'));
     child.stderr.on('data', (d) => relay(d, 'err'));
+    const limitS = TIMEOUTS_S[name] ?? TIMEOUT_S;
     const timer = setTimeout(() => {
-      say(`${name}: still running after ${TIMEOUT_S} s; killing it`);
+      say(`${name}: still running after ${limitS} s; killing it`);
       try {
         process.kill(-child.pid, 'SIGKILL');
       } catch {
         // already gone
       }
-    }, TIMEOUT_S * 1000);
+    }, limitS * 1000);
     child.on('close', (code) => {
       clearTimeout(timer);
       if (partial) out += partial;
@@ -122,6 +138,17 @@ const KEYS = {
     ['p99', (d) => d.closedLoop.p99Ms, 'ms', 'lower'],
   ],
   eventloop: [['max block', (d) => Math.max(...d.phases.slice(1).map((p) => p.maxMs)), 'ms', 'lower']],
+  'step-lags': [
+    ['4,096 healthy', (d) => d.healthy4096_ms, 'ms', 'lower'],
+    ['4,096 spread', (d) => d.spread4096_ms, 'ms', 'lower'],
+  ],
+  'healthz-attack': [['worst p99', (d) => d.worstP99Ms, 'ms', 'lower']],
+  'hostile-halt': [['worst', (d) => d.worstMs, 'ms', 'lower']],
+  'root-200k': [
+    ['CPU', (d) => d.cpuFraction * 100, '%', 'lower'],
+    ['RSS', (d) => d.rssBytes / 1e6, 'MB', 'lower'],
+    ['first pass', (d) => d.firstPassS, 's', 'lower'],
+  ],
 };
 
 function readRecord() {
@@ -178,8 +205,9 @@ if (recorded)
     `\nvs recorded: ${RECORD} (${recorded.machine}); a change is marked REGRESSED when it is worse by more than the run-to-run noise (${NOISE * 100} %): re-run that benchmark before believing it.\n`,
   );
 if (record) {
-  const next = { machine, rows: { ...(recorded?.rows ?? {}) } };
-  for (const [i, r] of rows.entries()) if (r.verdict !== 'ERROR') next.rows[chosen[i]] = r;
+  // A partial run (a name filter) keeps the record's machine line; each row recorded carries its own.
+  const next = { machine: filter && recorded ? recorded.machine : machine, rows: { ...(recorded?.rows ?? {}) } };
+  for (const [i, r] of rows.entries()) if (r.verdict !== 'ERROR') next.rows[chosen[i]] = { ...r, machine };
   writeFileSync(RECORD, JSON.stringify(next, null, 1) + '\n');
   say(`recorded ${rows.length} result(s) in ${RECORD}`);
 }

@@ -58,7 +58,9 @@ export async function runDemo(base: Config, log: Logger, opts: { fault: string; 
       '40',
       '--quiet',
     ],
-    { stdio: ['ignore', 'inherit', 'inherit'] },
+    // In its run directory, as a launch script that cds there: escalation signals only a process
+    // whose cwd or an open file is in the run (docs/detection.md).
+    { cwd: dir, stdio: ['ignore', 'inherit', 'inherit'] },
   );
   const exited = new Promise<number | null>((resolve) => trainer.on('exit', (code) => resolve(code)));
   trainer.on('error', (e) => say(`cannot start python3 (${e.message}); install Python 3 to run the demo`));

@@ -106,8 +106,11 @@ export interface TrainerProc {
   pid: number;
   /** trainer ts of the rank's newest liveness record */
   lastLivenessTs?: number;
-  /** whether the process is the trainer that wrote the records, as the shell verified it (see signals.ts verifyTrainer) */
-  verified: boolean;
+  /**
+   * Whether the process is the trainer that wrote the records (the shell's proof, signals.ts
+   * provenWriter); asked only just before a signal, since the proof reads /proc.
+   */
+  verify(): boolean;
   /** what the shell sees of it now */
   fact: ProcFact;
 }
@@ -526,9 +529,9 @@ export class Actions {
 
   private async signal(run: RunRef, h: HaltRecord, p: TrainerProc, sig: (typeof ESCALATION)[number], now: number): Promise<void> {
     // Only a verified process gets a signal: on this host, started shortly before its own boot
-    // record, running as the owner of its rank's heartbeat file (signals.ts provenWriter). A pid
-    // in a record is otherwise anybody's.
-    const result = p.verified ? (sendSignal(p.pid, sig) === 'ok' ? 'sent' : 'not_running') : 'unverified';
+    // record, running as the owner of its rank's heartbeat file, with its cwd or an open file in
+    // the run directory (signals.ts provenWriter). A pid in a record is otherwise anybody's.
+    const result = p.verify() ? (sendSignal(p.pid, sig) === 'ok' ? 'sent' : 'not_running') : 'unverified';
     h.done.set(`${sig.toLowerCase()}:${p.pid}`, now);
     this.o.stats.action(sig.toLowerCase(), result);
     await this.audit(run, { ts: now, event: 'action', episode: h.episode, action: `${sig.toLowerCase()}:${p.pid}`, result, pid: p.pid, signal: sig });

@@ -1,5 +1,5 @@
 // Process facts and signals for crash detection and escalation (Linux /proc).
-import { readFileSync } from 'node:fs';
+import { opendirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { ProcFact } from '../state/lifecycle.js';
 
@@ -97,16 +97,85 @@ export function startedAsWriter(start: number, w: WriterFacts, strict: boolean):
   return w.bootTs !== undefined && start <= w.bootTs + START_SLACK_S && start >= w.bootTs - BOOT_WINDOW_S;
 }
 
+/** Lists a /proc directory (at most `max` names) and reads a /proc symlink; injectable like ProcReader. */
+export interface ProcLinks {
+  list(dir: string, max: number): string[];
+  link(path: string): string;
+}
+const procLinks: ProcLinks = {
+  list(dir, max) {
+    // opendir, not readdir: a process with a million descriptors costs at most `max` entries.
+    const d = opendirSync(dir);
+    const out: string[] = [];
+    try {
+      for (let e = d.readSync(); e !== null && out.length < max; e = d.readSync()) out.push(e.name);
+    } finally {
+      d.closeSync();
+    }
+    return out;
+  },
+  link: (path) => readlinkSync(path),
+};
+
+/** Open descriptors of one process looked at for the proof; a writer's file beyond them is not seen. */
+export const MAX_FDS_EXAMINED = 4096;
+
 /**
- * Escalation's proof that `w.pid` is the process writing this rank's heartbeat file: it started
- * as the writer did (strict: within BOOT_WINDOW_S before its boot record, not after its first
- * record), and its real uid owns the file (`fileUid`; undefined, no proof). A pid a record names
- * that belongs to another user's process, or to one started at another time, is never signalled.
+ * Whether `pid` has its working directory, or one of its first MAX_FDS_EXAMINED open
+ * descriptors, inside `dir` (a real path: the kernel resolves these links to real paths):
+ * `yes`, `no`, or `unreadable` when the kernel refused to show them (another user's process
+ * and no CAP_SYS_PTRACE) and nothing readable was inside.
  */
-export function provenWriter(w: WriterFacts, fileUid: number | undefined, read: ProcReader = readProc): boolean {
+export function holdsInto(pid: number, dir: string, links: ProcLinks = procLinks): 'yes' | 'no' | 'unreadable' {
+  const inside = (target: string) => target === dir || target.startsWith(dir.endsWith('/') ? dir : `${dir}/`);
+  let refused = false;
+  const look = (path: string): boolean => {
+    try {
+      return inside(links.link(path));
+    } catch (e) {
+      if (deniedCode(e)) refused = true;
+      return false; // ENOENT: closed (or the process gone) while we looked
+    }
+  };
+  if (look(`/proc/${pid}/cwd`)) return 'yes';
+  let fds: string[] = [];
+  try {
+    fds = links.list(`/proc/${pid}/fd`, MAX_FDS_EXAMINED);
+  } catch (e) {
+    if (deniedCode(e)) refused = true;
+  }
+  for (const fd of fds) if (look(`/proc/${pid}/fd/${fd}`)) return 'yes';
+  return refused ? 'unreadable' : 'no';
+}
+
+const deniedCode = (e: unknown) => ['EACCES', 'EPERM'].includes((e as NodeJS.ErrnoException).code ?? '');
+
+/** The outcome of escalation's proof: `proven`, or the first check that failed. */
+export type WriterProof = 'proven' | 'start_time' | 'uid' | 'not_in_run' | 'proc_unreadable';
+
+/**
+ * Escalation's proof that `w.pid` is the process writing this rank's heartbeat file:
+ * - it started as the writer did (strict: within BOOT_WINDOW_S before its boot record, not after
+ *   its first record);
+ * - its real uid owns the file (`fileUid`; undefined, no proof);
+ * - its working directory or one of its open files is inside the run directory `runDir` (a real
+ *   path), the heartbeat file itself included (holdsInto).
+ * A pid a record names that belongs to another user's process, to one started at another time,
+ * or to one with nothing in the run directory, is never signalled. When /proc refuses to show
+ * the cwd and descriptors, the proof fails (`proc_unreadable`): closed, not open.
+ */
+export function provenWriter(
+  w: WriterFacts,
+  fileUid: number | undefined,
+  runDir: string,
+  read: ProcReader = readProc,
+  links: ProcLinks = procLinks,
+): WriterProof {
   const start = processStartTimeSync(w.pid, read);
-  if (start === undefined || !startedAsWriter(start, w, true)) return false;
-  return fileUid !== undefined && processUid(w.pid, read) === fileUid;
+  if (start === undefined || !startedAsWriter(start, w, true)) return 'start_time';
+  if (fileUid === undefined || processUid(w.pid, read) !== fileUid) return 'uid';
+  const held = holdsInto(w.pid, runDir, links);
+  return held === 'yes' ? 'proven' : held === 'no' ? 'not_in_run' : 'proc_unreadable';
 }
 
 /**

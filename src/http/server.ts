@@ -239,11 +239,13 @@ export async function startServer(w: Watcher, log: Logger, version: string): Pro
   return {
     server,
     port: bound,
-    close: () =>
-      new Promise<void>((resolve) => {
+    close: async () => {
+      await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections?.();
-      }),
+      });
+      await basic.close();
+    },
   };
 
   function reply(res: Response, status: number, body: unknown): void {

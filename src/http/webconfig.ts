@@ -5,9 +5,11 @@ import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { dirname, resolve } from 'node:path';
 import type { SecureVersion, TLSSocket } from 'node:tls';
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import bcrypt from 'bcryptjs';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, readSettingFile } from '../config/load.js';
+import type { BcryptRequest } from './bcrypt-worker.js';
 import { HttpStats } from './stats.js';
 
 /** exporter-toolkit's client_auth_type values (Go's tls.ClientAuthType), and RequireClientCert, its old alias. */
@@ -212,15 +214,89 @@ export const AUTH_CACHE_BAD_MAX = 1024;
 export type AuthVerdict = 'ok' | 'wrong' | 'busy';
 
 /**
- * Checks basic-auth credentials. bcrypt is slow on purpose (about 60 ms at cost 10), so:
- * comparisons use bcryptjs's async compare, which yields to the event loop at least every
- * 100 ms of work; they run one at a time (several at once would run their slices back to back
- * between two polls of the event loop), at most BCRYPT_MAX_IN_FLIGHT admitted; an unknown user is compared against a decoy hash
- * of the highest configured cost, so the answer's timing does not tell which users exist (as
- * exporter-toolkit does); and a verified pair is remembered for AUTH_CACHE_TTL_MS, keyed by an
- * HMAC under a key made at start, so no password or plain digest of one is kept in memory and
- * Prometheus's scrapes every 15 s cost one comparison a minute. The users never change while
- * the process runs, so a cached answer cannot go stale.
+ * One thread that runs bcrypt (bcrypt-worker.ts), started on first use; it never keeps the
+ * process alive and is terminated by close(). If it cannot start or dies, this and every later
+ * call runs bcryptjs's async version on the main thread instead, which yields to the event loop
+ * every 100 ms of work: slower answers to other requests, never a wrong verdict.
+ */
+export class BcryptThread {
+  private worker: Worker | undefined;
+  private readonly waiting = new Map<number, (result: boolean | string | Error) => void>();
+  private nextId = 0;
+  private failed = false;
+  private closed = false;
+
+  /** Whether `password` matches `hash`. */
+  compare(password: string, hash: string): Promise<boolean> {
+    return this.call({ password, hash }, () => bcrypt.compare(password, hash)) as Promise<boolean>;
+  }
+
+  /** A bcrypt hash of `password` at `cost`. */
+  hash(password: string, cost: number): Promise<string> {
+    return this.call({ password, cost }, () => bcrypt.hash(password, cost)) as Promise<string>;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const w = this.worker;
+    this.worker = undefined;
+    this.failAll(new Error('bcrypt thread stopped'));
+    await w?.terminate();
+  }
+
+  private async call(req: Omit<BcryptRequest, 'id'>, inThread: () => Promise<boolean | string>): Promise<boolean | string> {
+    const w = this.failed || this.closed ? undefined : this.start();
+    if (!w) return inThread();
+    const id = this.nextId++;
+    const result = await new Promise<boolean | string | Error>((resolve) => {
+      this.waiting.set(id, resolve);
+      w.postMessage({ ...req, id });
+    });
+    return result instanceof Error ? inThread() : result;
+  }
+
+  private start(): Worker | undefined {
+    if (this.worker) return this.worker;
+    try {
+      const w = new Worker(new URL('./bcrypt-worker.js', import.meta.url));
+      w.unref();
+      w.on('message', (m: { id: number; result: boolean | string }) => {
+        this.waiting.get(m.id)?.(m.result);
+        this.waiting.delete(m.id);
+      });
+      w.on('error', (e) => this.fail(e));
+      w.on('exit', (code) => {
+        if (this.worker === w) this.fail(new Error(`bcrypt thread exited with code ${code}`));
+      });
+      return (this.worker = w);
+    } catch (e) {
+      this.fail(e as Error); // e.g. a missing bcrypt-worker.js in a broken install
+      return undefined;
+    }
+  }
+
+  private fail(e: Error): void {
+    this.failed = true;
+    this.worker = undefined;
+    this.failAll(e);
+  }
+
+  private failAll(e: Error): void {
+    for (const resolve of this.waiting.values()) resolve(e);
+    this.waiting.clear();
+  }
+}
+
+/**
+ * Checks basic-auth credentials. bcrypt is slow on purpose (about 60 ms at cost 10, 250 ms at
+ * cost 12), so: comparisons run on a thread of their own (BcryptThread), one at a time, at most
+ * BCRYPT_MAX_IN_FLIGHT admitted, so that a flood of guesses costs one core at most and queues
+ * no unbounded work; an unknown user is compared against a decoy hash of the highest configured
+ * cost, so the answer's timing does not tell which users exist (as exporter-toolkit does); and a
+ * verified pair is remembered for AUTH_CACHE_TTL_MS, keyed by an HMAC under a key made at start,
+ * so no password or plain digest of one is kept in memory and Prometheus's scrapes every 15 s
+ * cost one comparison a minute. The users never change while the process runs, so a cached
+ * answer cannot go stale.
  */
 export class BasicAuth {
   private readonly key = randomBytes(32);
@@ -230,11 +306,17 @@ export class BasicAuth {
   /** the comparison running or last run: the next one starts after it */
   private tail: Promise<unknown> = Promise.resolve();
   private decoy: Promise<string> | undefined;
+  private readonly bcrypt = new BcryptThread();
 
   constructor(
     private readonly users: Map<string, string>,
     private readonly stats = new HttpStats(),
   ) {}
+
+  /** Stops the bcrypt thread; a later check runs on the main thread. */
+  close(): Promise<void> {
+    return this.bcrypt.close();
+  }
 
   get enabled(): boolean {
     return this.users.size > 0;
@@ -271,9 +353,9 @@ export class BasicAuth {
 
   private async compare(user: string, password: string): Promise<boolean> {
     const hash = this.users.get(user);
-    const against = hash ?? (await (this.decoy ??= bcrypt.hash('decoy', Math.max(...[...this.users.values()].map((h) => bcrypt.getRounds(h))))));
+    const against = hash ?? (await (this.decoy ??= this.bcrypt.hash('decoy', Math.max(...[...this.users.values()].map((h) => bcrypt.getRounds(h))))));
     this.stats.bcrypt++;
-    return (await bcrypt.compare(password, against)) && hash !== undefined;
+    return (await this.bcrypt.compare(password, against)) && hash !== undefined;
   }
 }
 

@@ -7,7 +7,7 @@ import { lstat, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Actions, TrainerProc } from '../actions/actions.js';
 import { CONTROL_FILES } from '../actions/files.js';
-import { procFact, provenWriter } from '../actions/signals.js';
+import { procFact, provenWriter, type WriterFacts } from '../actions/signals.js';
 import type { Config } from '../config/settings.js';
 import { detectRun, nextStallDeadline, primaryOf, stallDeadlines, type RunFacts, type StallDeadline } from '../detect/detect.js';
 import { kindOf } from '../detect/kinds.js';
@@ -46,6 +46,7 @@ export class Evaluator {
   private evalScheduled = false;
   /** trainer pids seen alive on this host (watch.pid-check auto: only those can be seen gone) */
   readonly seenAlive = new Set<number>();
+  private procUnreadableLogged = false;
 
   constructor(
     private readonly config: Config,
@@ -147,8 +148,9 @@ export class Evaluator {
       if (s.pid === undefined) continue;
       // The rank's own file, or the older single heartbeat.jsonl; its owner must be the process's uid.
       const file = run.tails.get(`heartbeat_rank${s.rank}.jsonl`) ?? run.tails.get('heartbeat.jsonl');
-      const verified = provenWriter({ pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs }, file?.ownerUid);
-      procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, verified, fact: run.procs.get(s.pid) ?? 'unknown' });
+      const writer = { pid: s.pid, sinceTs: s.pidSinceTs, bootTs: s.pidBootTs };
+      const verify = () => this.proven(run, writer, file?.ownerUid);
+      procs.push({ pid: s.pid, lastLivenessTs: s.lastLivenessTs, verify, fact: run.procs.get(s.pid) ?? 'unknown' });
     }
     if (run.anomalies.length > 0 && !this.sameInstance(run)) return; // re-created under us: the next discovery starts it afresh
     const escalating = this.config['watch.escalate-s'] > 0 || this.config['watch.auto-clear-halt'];
@@ -174,6 +176,19 @@ export class Evaluator {
         this.judge(run, now);
       }
     }
+  }
+
+  /** Escalation's proof of a rank's writer (signals.ts provenWriter); a /proc that hides the process's files is logged once. */
+  private proven(run: Run, w: WriterFacts, fileUid: number | undefined): boolean {
+    const proof = provenWriter(w, fileUid, run.real);
+    if (proof === 'proc_unreadable' && !this.procUnreadableLogged) {
+      this.procUnreadableLogged = true;
+      this.log.warn(
+        { run: run.name, pid: w.pid },
+        `escalation cannot see the working directory or open files of pid ${w.pid} (/proc/${w.pid}/cwd and /proc/${w.pid}/fd refused), so it cannot prove that process is the run's writer and does not signal it (audited unverified; logged once). Fix: run trainwatch as the trainers' user, or give it CAP_SYS_PTRACE and CAP_KILL`,
+      );
+    }
+    return proof === 'proven';
   }
 
   /** The run's lifecycle state from what the evaluation found. */
@@ -274,9 +289,13 @@ export class Evaluator {
 
   /**
    * Looks at the trainer processes of a run (watch.pid-check): every pid when `all` (a quiet
-   * run), otherwise only pids not looked at yet. Returns whether any fact changed.
+   * run), otherwise only pids not looked at yet. Returns whether any fact changed. An expired
+   * run's processes are not looked at: its state is `expired` whatever they do, and a shared
+   * root holds mostly such runs (at 200,000 files, reading /proc/<pid>/stat for each of their
+   * pids at every sweep took most of a core: docs/benchmarks.md).
    */
   refreshProcs(run: Run, all: boolean): boolean {
+    if (run.expired) return false;
     const mode = this.config['watch.pid-check'];
     let changed = false;
     const pids = new Set<number>();

@@ -66,8 +66,8 @@ async function setup(t: Parameters<typeof teardown>[0], twArgs: string[] = [], r
   const base = root ?? d.path;
   const tw = await startTrainwatch(['--root', base, ...TW, ...twArgs]);
   later(() => tw.stop());
-  const sim = (dir: string, args: string[]): SimTrainer => {
-    const s = startSimTrainer(['--dir', dir, ...SIM, ...args]);
+  const sim = (dir: string, args: string[], opts: { cwd?: string } = {}): SimTrainer => {
+    const s = startSimTrainer(['--dir', dir, ...SIM, ...args], opts);
     later(() => s.kill());
     return s;
   };
@@ -346,7 +346,8 @@ test(
   async (t) => {
     const { root, sim } = await setup(t, ['--watch.escalate-s', '1', '--watch.escalate-term-s', '1', '--watch.escalate-kill-s', '1']);
     const dir = join(root, 'run');
-    const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30']);
+    // Started in its run directory: escalation signals only a process whose cwd or an open file is in the run.
+    const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30'], { cwd: dir });
     await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
     assert.notEqual(0, await s.exited); // killed
     const pids = [...new Set([0, 1].map((r) => records(dir, r)[0].pid))];

@@ -1,6 +1,6 @@
 // Test helpers: temp dirs, free ports, the real trainwatch process, the simulated trainer.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -148,11 +148,12 @@ export interface SimTrainer {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Starts scripts/sim_trainer.py (see its --help). */
-export function startSimTrainer(args: string[]): SimTrainer {
+/** Starts scripts/sim_trainer.py (see its --help); `cwd` (created if missing) is its working directory. */
+export function startSimTrainer(args: string[], opts: { cwd?: string } = {}): SimTrainer {
   requireBinary('python3', 'python3');
+  if (opts.cwd) mkdirSync(opts.cwd, { recursive: true });
   // Its own process group, so that kill() reaches every forked rank, hung ones included.
-  const proc = spawn('python3', [SIM, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const proc = spawn('python3', [SIM, ...args], { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));

@@ -268,6 +268,39 @@ export function startWriter(t: T, path: string, rank: number, first: number, n: 
   return { proc, done, stop, kill, late: () => Number(out.trim().split(' ')[1]) };
 }
 
+const FIFO_SWAP_PY = String.raw`
+import os, sys, time
+path, n, ts = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+d = os.path.dirname(path)
+for i in range(n):
+    fifo = os.path.join(d, 'tmp.fifo')
+    os.mkfifo(fifo)
+    os.rename(fifo, path)
+    reg = os.path.join(d, 'tmp.reg')
+    with open(reg, 'w') as f:
+        f.write('{"ts": %s, "rank": 0, "step": %d, "msg": "progress"}\n' % (repr(time.time()) if ts == 'now' else ts, i))
+    os.rename(reg, path)
+`;
+
+/**
+ * Starts a rotation loop in another process that renames a FIFO, then a regular file holding one
+ * progress record (rank 0, `ts`: a fixed number, or the time of writing when 'now'), over `path`,
+ * `n` times each and as fast as it can, so that FIFOs land between a stat and an open (issue 11
+ * row 1). `done` resolves with its exit code. The caller kills it (startFifoSwapper: at the end of the test).
+ */
+export function spawnFifoSwapper(path: string, n: number, ts: number | 'now'): { proc: ChildProcess; done: Promise<number> } {
+  const proc = spawn('python3', ['-c', FIFO_SWAP_PY, path, String(n), String(ts)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return { proc, done: new Promise<number>((r) => proc.on('exit', (code) => r(code ?? -1))) };
+}
+
+/** spawnFifoSwapper, killed at the end of the test. */
+export function startFifoSwapper(t: T, path: string, n: number, ts: number | 'now'): { proc: ChildProcess; done: Promise<number> } {
+  requireBinary('python3', 'python3');
+  const swapper = spawnFifoSwapper(path, n, ts);
+  killAtEnd(t, swapper.proc);
+  return swapper;
+}
+
 /** Registers a child process of the test to be killed at its end (before its temp dir goes). */
 export function killAtEnd(t: T, proc: ChildProcess): void {
   onKill(t, () => {

@@ -6,30 +6,15 @@
 // reached /api/status. Speeds are not asserted here: they belong in bench/.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pyJson, requireBinary, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, killAtEnd, record, scratch, sleep, startTw, type Tw } from '../helpers/reliability.js';
+import { assertServing, beat, killAtEnd, record, scratch, sleep, startFifoSwapper, startTw, type Tw } from '../helpers/reliability.js';
 
 const AUDIT = '.trainwatch-audit.jsonl';
 /** A string that only the outside file holds: it must never be served. */
 const MARKER = 'OUTSIDE-MARKER-7f3a9c';
-
-/** Renames a FIFO, then a regular file, over argv[1], argv[2] times each. */
-const SWAP_PY = String.raw`
-import os, sys
-path, n = sys.argv[1], int(sys.argv[2])
-d = os.path.dirname(path)
-for i in range(n):
-    fifo = os.path.join(d, 'tmp.fifo')
-    os.mkfifo(fifo)
-    os.rename(fifo, path)
-    reg = os.path.join(d, 'tmp.reg')
-    with open(reg, 'w') as f:
-        f.write('{"ts": %f, "rank": 0, "step": %d, "msg": "progress"}\n' % (__import__('time').time(), i))
-    os.rename(reg, path)
-`;
 
 /** A NaN loss record without a pid, in the trainer's spelling (bare NaN token). */
 const nanRecord = () => pyJson({ ts: Date.now() / 1000, rank: 0, step: 2, msg: 'progress', loss: NaN }) + '\n';
@@ -54,14 +39,12 @@ const CASES: Case[] = [
       beat(dir, 0, 1);
       // Another process alternates a FIFO and a regular file at the path as fast as it can, so
       // that FIFOs land between a stat and an open; /healthz is asked all along.
-      const swapper = spawn('python3', ['-c', SWAP_PY, join(dir, 'heartbeat_rank0.jsonl'), '1500'], { stdio: ['ignore', 'ignore', 'inherit'] });
-      killAtEnd(t, swapper);
-      const done = new Promise<number>((r) => swapper.on('exit', (code) => r(code ?? -1)));
-      while (swapper.exitCode === null) {
+      const swapper = startFifoSwapper(t, join(dir, 'heartbeat_rank0.jsonl'), 1500, 'now');
+      while (swapper.proc.exitCode === null) {
         await healthy(tw);
         await sleep(100);
       }
-      assert.equal(0, await done);
+      assert.equal(0, await swapper.done);
       // And one FIFO that stays there for the rest of the suite.
       assert.equal(
         0,

@@ -3,28 +3,13 @@
 // /healthz keeps answering (issue 11: the bulkhead).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, renameSync, truncateSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireBinary, waitFor } from '../helpers/proc.js';
-import { assertServing, beat, killAtEnd, parseErrors, record, scrapeUntil, sleep, startTw, step, scratch, type Tw } from '../helpers/reliability.js';
+import { assertServing, beat, parseErrors, record, scrapeUntil, sleep, startFifoSwapper, startTw, step, scratch, type Tw } from '../helpers/reliability.js';
 
 const FAST = ['--tail.sweep-interval-s', '0.2', '--halt', '1'];
-
-/** Renames a FIFO, then a regular file, over argv[1], argv[2] times each. */
-const SWAP_PY = String.raw`
-import os, sys
-path, n = sys.argv[1], int(sys.argv[2])
-d = os.path.dirname(path)
-for i in range(n):
-    fifo = os.path.join(d, 'tmp.fifo')
-    os.mkfifo(fifo)
-    os.rename(fifo, path)
-    reg = os.path.join(d, 'tmp.reg')
-    with open(reg, 'w') as f:
-        f.write('{"ts": 1, "rank": 0, "step": %d, "msg": "progress"}\n' % i)
-    os.rename(reg, path)
-`;
 
 /** Two runs under one root: `victim` (the hostile case) and `control` (gets a NaN record). */
 function twoRuns(base: string): { victim: string; control: string } {
@@ -60,14 +45,12 @@ describe('hostile files', { concurrency: 2 }, () => {
     // A rotation loop in another process that alternates a regular file and a FIFO at the path
     // as fast as it can, so that FIFOs land between a stat (regular file) and the open (issue 11
     // row 1: 3 of 3 tries blocked the event loop within a second).
-    const swapper = spawn('python3', ['-c', SWAP_PY, f, '3000'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    killAtEnd(t, swapper);
-    const swapped = new Promise<number>((r) => swapper.on('exit', (code) => r(code ?? -1)));
-    while (swapper.exitCode === null) {
+    const swapper = startFifoSwapper(t, f, 3000, 1);
+    while (swapper.proc.exitCode === null) {
       await healthy(tw);
       await sleep(100);
     }
-    assert.equal(0, await swapped);
+    assert.equal(0, await swapper.done);
     // And one FIFO that stays: it is seen, refused and counted for certain.
     assert.equal(0, spawnSync('mkfifo', [join(victim, 'tmp.fifo')]).status);
     renameSync(join(victim, 'tmp.fifo'), f);

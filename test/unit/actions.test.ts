@@ -247,7 +247,7 @@ test('killed between the control-file writes and their audit entries: the restar
   writeFileSync(log, readFileSync(log, 'utf8').split('\n')[0] + '\n');
   const again = mk();
   t.after(() => again.close());
-  const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
+  const procs = [{ pid: 2 ** 22 + 17, verify: () => false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
   await again.reconcile({ ...run, halted: true }, [stall], 1010, procs);
   const actions = audit().filter((e) => e.event === 'action');
   assert.deepEqual(
@@ -468,7 +468,7 @@ test(
     rmSync(join(dir, '.anomaly_type'));
     const again = mk();
     t.after(() => again.close());
-    const procs = [{ pid: 2 ** 22 + 17, verified: false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
+    const procs = [{ pid: 2 ** 22 + 17, verify: () => false, fact: 'alive' as const }]; // above pid_max: not the trainer, whatever it claims
     await again.reconcile({ ...run, halted: true }, [stall], 1100, procs);
     assert.equal(false, existsSync(join(dir, '.anomaly_type')), 'the open episode continued: nothing rewritten');
     assert.deepEqual(

@@ -54,6 +54,22 @@ test('stepLags gives the same lags as the all-pairs definition on random runs (o
   );
 });
 
+test('stepLags matches the definition for times of any spread and skew (clusters, outliers, huge and negative values)', () => {
+  const tsArb = fc.oneof(
+    fc.integer({ min: 0, max: 5 }),
+    fc.double({ min: -1e300, max: 1e300, noNaN: true }),
+    fc.double({ min: 1e9, max: 1e9 + 1, noNaN: true }),
+  );
+  const rec = fc.record({ ts: tsArb, step: fc.integer({ min: 0, max: 60 }), msg: fc.constant('progress') });
+  fc.assert(
+    fc.property(fc.array(fc.array(rec, { maxLength: STEP_HISTORY + 4 }), { maxLength: 16 }), (histories) => {
+      const ranks = build(histories);
+      assert.deepEqual(referenceLags(ranks), stepLags(ranks));
+    }),
+    { numRuns: 2000 },
+  );
+});
+
 test('stepLags on a run whose ranks report monotonically (the healthy case) matches the definition too', () => {
   fc.assert(
     fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 1, max: 40 })), { minLength: 1, maxLength: 40 }), (specs) => {
