@@ -121,23 +121,27 @@ const procLinks: ProcLinks = {
 export const MAX_FDS_EXAMINED = 4096;
 
 /**
- * Whether `pid` has its working directory, or one of its first MAX_FDS_EXAMINED open
- * descriptors, inside `dir` (a real path: the kernel resolves these links to real paths):
+ * Whether `pid` has its working directory inside `dir` or containing it (not `/`), or one of its
+ * first MAX_FDS_EXAMINED open descriptors inside `dir` (a real path: the kernel resolves these
+ * links to real paths):
  * `yes`, `no`, or `unreadable` when the kernel refused to show them (another user's process
  * and no CAP_SYS_PTRACE) and nothing readable was inside.
  */
 export function holdsInto(pid: number, dir: string, links: ProcLinks = procLinks): 'yes' | 'no' | 'unreadable' {
   const inside = (target: string) => target === dir || target.startsWith(dir.endsWith('/') ? dir : `${dir}/`);
+  // The real trainer runs from its checkout with the run below it (out_dir artifacts/<run>), and
+  // closes its files after each write: a cwd that contains the run counts too, but never '/'.
+  const contains = (cwd: string) => cwd !== '/' && dir.startsWith(cwd.endsWith('/') ? cwd : `${cwd}/`);
   let refused = false;
-  const look = (path: string): boolean => {
+  const look = (path: string, ok = inside): boolean => {
     try {
-      return inside(links.link(path));
+      return ok(links.link(path));
     } catch (e) {
       if (deniedCode(e)) refused = true;
       return false; // ENOENT: closed (or the process gone) while we looked
     }
   };
-  if (look(`/proc/${pid}/cwd`)) return 'yes';
+  if (look(`/proc/${pid}/cwd`, (cwd) => inside(cwd) || contains(cwd))) return 'yes';
   let fds: string[] = [];
   try {
     fds = links.list(`/proc/${pid}/fd`, MAX_FDS_EXAMINED);

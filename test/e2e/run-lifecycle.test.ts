@@ -346,8 +346,9 @@ test(
   async (t) => {
     const { root, sim } = await setup(t, ['--watch.escalate-s', '1', '--watch.escalate-term-s', '1', '--watch.escalate-kill-s', '1']);
     const dir = join(root, 'run');
-    // Started in its run directory: escalation signals only a process whose cwd or an open file is in the run.
-    const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30'], { cwd: dir });
+    // Started from the directory that holds the run, as the real trainer runs from its checkout
+    // with out_dir below it: escalation's proof accepts a cwd that contains the run.
+    const s = sim(dir, ['--ranks', '2', '--fault', 'heartbeat_stall', '--fault-at', '30'], { cwd: root });
     await waitFor(() => read(dir, '.HALT'), '.HALT', 30_000);
     assert.notEqual(0, await s.exited); // killed
     const pids = [...new Set([0, 1].map((r) => records(dir, r)[0].pid))];

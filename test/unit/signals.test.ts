@@ -88,6 +88,14 @@ test("a process of the writer's user and start whose cwd is elsewhere is proven 
   assert.equal('proven', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, `${RUN}/tb`, devices)));
 });
 
+test("a process whose cwd contains the run directory (the trainer's checkout, with out_dir below it) is proven; '/' proves nothing", () => {
+  const proc = fakeProc(4242, 990, 1000);
+  assert.equal('proven', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, '/data', ['/dev/null'])));
+  assert.equal('proven', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, '/data/runs', ['/dev/null'])));
+  assert.equal('not_in_run', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, '/', ['/dev/null'])));
+  assert.equal('not_in_run', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, '/data/run', ['/dev/null'])), 'a prefix that is not a parent');
+});
+
 test('a process with neither its cwd nor an open file in the run directory is not proven, a sibling directory with the same prefix included', () => {
   const proc = fakeProc(4242, 990, 1000);
   assert.equal('not_in_run', provenWriter(writer, 1000, RUN, proc, fakeLinks(4242, '/home/u/nsa', ['/dev/null', `${RUN}2/heartbeat_rank0.jsonl`])));
@@ -117,7 +125,7 @@ async function holder(cwd: string, open?: string): Promise<ChildProcess> {
   return p;
 }
 
-test('real processes: cwd in the run directory is proven, cwd elsewhere with the heartbeat file open is proven, cwd elsewhere with nothing open there is not', async (t) => {
+test("real processes: cwd in the run directory is proven, cwd elsewhere with the heartbeat file open is proven, cwd elsewhere with nothing open there is not, cwd in the run's parent is", async (t) => {
   requireBinary('python3', 'python3');
   const d = tmpDir('tw-proof-');
   const run = join(realpathSync(d.path), 'run');
@@ -126,7 +134,7 @@ test('real processes: cwd in the run directory is proven, cwd elsewhere with the
   mkdirSync(elsewhere);
   const hb = join(run, 'heartbeat_rank0.jsonl');
   writeFileSync(hb, '');
-  const procs = [await holder(run), await holder(elsewhere, hb), await holder(elsewhere)];
+  const procs = [await holder(run), await holder(elsewhere, hb), await holder(elsewhere), await holder(realpathSync(d.path))];
   t.after(() => {
     for (const p of procs) p.kill('SIGKILL');
     d.cleanup();
@@ -135,7 +143,7 @@ test('real processes: cwd in the run directory is proven, cwd elsewhere with the
   const facts = (p: ChildProcess) => ({ pid: p.pid!, sinceTs: Date.now() / 1000, bootTs: Date.now() / 1000 });
   const uid = process.getuid!();
   assert.deepEqual(
-    ['proven', 'proven', 'not_in_run'],
+    ['proven', 'proven', 'not_in_run', 'proven'],
     procs.map((p) => provenWriter(facts(p), uid, run)),
   );
   assert.equal('uid', provenWriter(facts(procs[0]), uid + 1, run), 'the file of another owner');
