@@ -7,7 +7,7 @@
 // the witness and visits everything.
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Config, Thresholds } from '../config/settings.js';
 import { Profiles } from '../config/profiles.js';
@@ -371,9 +371,11 @@ export class Watcher {
       listed = false;
       names = [];
     }
+    if (names !== undefined && run.instanceIno >= 0 && (await dirIno(run.dir, local)) !== run.instanceIno) names = undefined;
     if (names === undefined) {
-      // Gone: the next discovery drops it (listed afresh: a symlinked run's target can go
-      // without its root changing).
+      // Gone, or re-created under the same name (another inode: its files belong to a new
+      // instance, not to this one): the next discovery drops it (listed afresh: a symlinked
+      // run's target can go without its root changing).
       this.discovery.clear();
       this.sweepSoon.add(run);
       return;
@@ -492,5 +494,14 @@ async function exists(p: string): Promise<boolean> {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** The inode of a directory now (-2 when it cannot be stat()ed): direct on a local disk, through the pool with --poll. */
+async function dirIno(dir: string, local: boolean): Promise<number> {
+  try {
+    return local ? statSync(dir).ino : (await stat(dir)).ino;
+  } catch {
+    return -2;
   }
 }

@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The repository root (tests run from dist/test/...). */
@@ -148,12 +148,18 @@ export interface SimTrainer {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Starts scripts/sim_trainer.py (see its --help); `cwd` (created if missing) is its working directory. */
+/**
+ * Starts scripts/sim_trainer.py (see its --help). `cwd` (created if missing) is its working
+ * directory; by default the directory that holds its --dir, as the real trainer runs from its
+ * checkout with out_dir below it (escalation's proof of the writer relies on that).
+ */
 export function startSimTrainer(args: string[], opts: { cwd?: string } = {}): SimTrainer {
   requireBinary('python3', 'python3');
-  if (opts.cwd) mkdirSync(opts.cwd, { recursive: true });
+  const at = args.indexOf('--dir');
+  const cwd = opts.cwd ?? (at >= 0 ? dirname(args[at + 1]) : undefined);
+  if (cwd) mkdirSync(cwd, { recursive: true });
   // Its own process group, so that kill() reaches every forked rank, hung ones included.
-  const proc = spawn('python3', [SIM, ...args], { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const proc = spawn('python3', [SIM, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));

@@ -90,24 +90,20 @@ describe('lifecycle', { concurrency: 4 }, () => {
     beat(run, 0, 103);
     beat(run, 1, 103);
     m = await scrapeUntil(tw.url, (m) => records(m, 'r1', 0) === 4 && records(m, 'r1', 1) === 1, 'appends in the re-created run');
-    // Deleted and re-created at once, faster than a sweep: either the run was dropped in between
-    // (counts restart from the new files) or it never was (the tails see new files and add
-    // them); never anything else, and never a record twice.
+    // Deleted and re-created at once, faster than a sweep: either the run is a new instance
+    // (counts restart from the new files) or, when the new directory got the old one's inode
+    // number back, the same one (its tails see new files and add them). The old instance may
+    // read the new files for a moment before discovery sees the new inode and replaces it: the
+    // counters then reset, as a new instance's do. Never anything else, and never a record twice.
     rmSync(run, { recursive: true });
     fill(2, 200);
-    m = await scrapeUntil(
-      tw.url,
-      (m) => [2, 6].includes(records(m, 'r1', 0)) && [2, 3].includes(records(m, 'r1', 1)) && step(m, 'r1', 0) === 201,
-      'the quickly re-created run',
-    );
-    const dropped = records(m, 'r1', 0) === 2;
-    t.diagnostic(dropped ? 'the quick re-creation was seen as a new run' : 'the quick re-creation was seen as new files of the same run');
-    assert.equal(dropped ? 2 : 3, records(m, 'r1', 1));
     // Sentinels after everything else: once they are counted, no earlier record can be counted again.
     beat(run, 0, 202);
     beat(run, 1, 202);
     m = await scrapeUntil(tw.url, (m) => step(m, 'r1', 0) === 202 && step(m, 'r1', 1) === 202, 'the sentinels after the quick re-creation');
-    assert.deepEqual(dropped ? [3, 3] : [7, 4], [records(m, 'r1', 0), records(m, 'r1', 1)]);
+    const counts = JSON.stringify([records(m, 'r1', 0), records(m, 'r1', 1)]);
+    t.diagnostic(counts === '[3,3]' ? 'the quick re-creation was seen as a new run' : 'the quick re-creation was seen as new files of the same run');
+    assert.equal(true, ['[3,3]', '[7,4]'].includes(counts), `records of ranks 0 and 1: ${counts}, expected [3,3] (a new instance) or [7,4] (the same one)`);
     assert.deepEqual({}, nonZeroParseErrors(m));
     await assertServing(tw);
   });
