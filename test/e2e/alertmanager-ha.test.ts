@@ -32,11 +32,20 @@ test('stall, flatline and NaN divergence go through Prometheus and an Alertmanag
   const runs = { stall: 'heartbeat_stall', flat: 'throughput_flatline', nan: 'nonfinite_loss' } as const;
   const sims = Object.entries(runs).map(([name, fault]) => {
     const dir = join(d.path, 'runs', name);
-    // Started in its run directory: escalation signals only a process whose cwd or an open file is in the run.
-    const sim = startSimTrainer(
-      ['--dir', dir, '--ranks', '2', '--step-s', '0.05', '--fault', fault === 'nonfinite_loss' ? 'nonfinite_grad' : fault, '--fault-at', '60', '--quiet'],
-      { cwd: dir },
-    );
+    // Started from the directory that holds the run (startSimTrainer's default), as the real trainer runs from its checkout.
+    const sim = startSimTrainer([
+      '--dir',
+      dir,
+      '--ranks',
+      '2',
+      '--step-s',
+      '0.05',
+      '--fault',
+      fault === 'nonfinite_loss' ? 'nonfinite_grad' : fault,
+      '--fault-at',
+      '60',
+      '--quiet',
+    ]);
     t.after(() => sim.kill());
     return [name, sim] as const;
   });

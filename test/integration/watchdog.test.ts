@@ -36,9 +36,8 @@ async function scenario(t: { after(fn: () => unknown): void }, simArgs: string[]
   const d = tmpDir();
   t.after(() => d.cleanup());
   const dir = join(d.path, 'run');
-  // Started in its run directory, as a launch script that cds there: escalation signals only a
-  // process whose cwd or an open file is in the run.
-  const sim = startSimTrainer(['--dir', dir, '--ranks', '2', '--step-s', '0.03', '--quiet', ...simArgs], { cwd: dir });
+  // Started from the directory that holds the run (startSimTrainer's default), as the real trainer runs from its checkout.
+  const sim = startSimTrainer(['--dir', dir, '--ranks', '2', '--step-s', '0.03', '--quiet', ...simArgs]);
   t.after(() => sim.kill());
   const tw = await startTrainwatch(['--root', d.path, ...twArgs], { ...FAST, ...env });
   t.after(() => tw.stop());
