@@ -145,7 +145,9 @@ async function haltLatency(dir: string): Promise<number> {
 
 runMain(NAME, TARGET, async (): Promise<Row> => {
   const results: Array<{ key: string; name: string; ms: number[]; healthz: number }> = [];
-  for (const c of CASES) {
+  // TW_BENCH_CASES=key,key runs only those cases (e.g. to re-measure one fix).
+  const only = process.env.TW_BENCH_CASES?.split(',');
+  for (const c of CASES.filter((x) => !only || only.includes(x.key))) {
     const tmp = benchTmp('hostile');
     const root = join(tmp.path, 'runs');
     const outside = join(tmp.path, 'outside');

@@ -232,6 +232,18 @@ export const METRICS = {
   },
   filesWatched: { name: 'trainwatch_files_watched', type: 'gauge', labels: [], help: 'Heartbeat and training.csv files being tailed.' },
   filesOpen: { name: 'trainwatch_files_open', type: 'gauge', labels: [], help: 'File handles held open by tails.' },
+  fdBudget: {
+    name: 'trainwatch_tail_descriptor_budget',
+    type: 'gauge',
+    labels: [],
+    help: 'Descriptors the tails may hold at once: the open-files limit less web.max-connections and a reserve of 256 for control files and the rest. Beyond it tails read and close.',
+  },
+  fdDeferred: {
+    name: 'trainwatch_tail_opens_deferred_total',
+    type: 'counter',
+    labels: [],
+    help: 'Opens of a heartbeat file put off to the next poll because the tails had spent their descriptor budget (nothing is lost: the file is read at that poll).',
+  },
   runsPolled: {
     name: 'trainwatch_runs_polled',
     type: 'gauge',

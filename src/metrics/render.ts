@@ -504,6 +504,8 @@ export class MetricsRenderer {
     out.add('runsWatched', '', live.length);
     out.add('filesWatched', '', files);
     out.add('filesOpen', '', w.openFiles());
+    out.add('fdBudget', '', w.fdBudget.limit);
+    out.add('fdDeferred', '', w.fdBudget.refused);
     out.add('runsPolled', '', w.runsPolled());
     out.add('pollingFallback', '', w.stats.pollingFallback ? 1 : 0);
     for (const [reason, n] of Object.entries(w.stats.parseErrors)) out.add('parseErrors', `{reason="${reason}"}`, n);

@@ -92,6 +92,60 @@ export const SYNC_IO: TailIO = {
   },
 };
 
+/**
+ * The descriptors every tail of a process may hold at once, shared by all of them. Beyond it a
+ * tail reads and closes (open-read-close) instead of keeping its file open, and an open that
+ * would exceed it waits for the next poll (counted in `refused`): a run directory filled with
+ * more files than the process may open must not take the descriptors that other runs' control
+ * files, audit logs and HTTP clients need.
+ */
+export class FdBudget {
+  /** descriptors held by tails now */
+  held = 0;
+  /** opens put off because the budget was spent */
+  refused = 0;
+  /** the most held at once */
+  peak = 0;
+  constructor(readonly limit: number) {}
+
+  /** All of it is in use: tails release after each poll, and new opens wait. */
+  get spent(): boolean {
+    return this.held >= this.limit;
+  }
+
+  /** `io` with every open counted against the budget, and every close given back. */
+  wrap(io: TailIO): TailIO {
+    return {
+      stat: (p) => io.stat(p),
+      ...(io.list ? { list: (d: string) => io.list!(d) } : {}),
+      open: async (p) => {
+        // Counted before the open, in the same tick as the caller's check of `spent`: concurrent
+        // polls cannot all pass the check and then all open.
+        this.held++;
+        let f: TailFile;
+        try {
+          f = await io.open(p);
+        } catch (e) {
+          this.held--;
+          throw e;
+        }
+        this.peak = Math.max(this.peak, this.held);
+        let closed = false;
+        return {
+          stat: () => f.stat(),
+          read: (b, o, l, pos) => f.read(b, o, l, pos),
+          close: async () => {
+            if (closed) return;
+            closed = true;
+            this.held--;
+            await f.close();
+          },
+        };
+      },
+    };
+  }
+}
+
 async function closeQuietly(f: TailFile | undefined): Promise<void> {
   try {
     await f?.close();
@@ -151,6 +205,8 @@ export interface TailOptions {
    * held descriptor can still read what it got.
    */
   idleMs?: number;
+  /** the process's descriptor budget for tails (FdBudget); none: unbounded */
+  budget?: FdBudget;
 }
 
 /** A rotated-away file still read for a moment (see rotateGraceMs). */
@@ -245,7 +301,7 @@ export class FileTail {
     private readonly opts: TailOptions,
   ) {
     this.startAtEnd = opts.startAtEnd;
-    this.io = opts.io ?? ASYNC_IO;
+    this.io = opts.budget ? opts.budget.wrap(opts.io ?? ASYNC_IO) : (opts.io ?? ASYNC_IO);
   }
 
   /** True while the file at the path is open (a rotated-away file in its grace period is not counted). */
@@ -328,7 +384,7 @@ export class FileTail {
         this.ctimeMs = st.ctimeMs;
         // At startup every existing file is read once: holding each one's descriptor after that
         // would need as many as there are files. The busy ones are reopened at their next change.
-        if (this.fh && this.mayRelease(st)) await this.release(true);
+        if (this.fh && (this.mayRelease(st) || this.opts.budget?.spent)) await this.release(true);
         return;
       }
     }
@@ -351,6 +407,9 @@ export class FileTail {
     this.ctimeMs = st.ctimeMs;
     if (truncated || this.offset !== before) this.idleCount = 0;
     else if (this.fh && ++this.idleCount >= (this.opts.idlePolls ?? IDLE_POLLS) && this.mayRelease(st)) await this.release(true);
+    // The budget is spent: read and close. A record written and rotated away (compressed)
+    // before the next poll is then out of reach, which a held descriptor would still have read.
+    if (this.fh && this.opts.budget?.spent) await this.release(true);
   }
 
   /** Whether an idle file may give up its descriptor: idle release is on and the file has been quiet long enough. */
@@ -413,6 +472,10 @@ export class FileTail {
   }
 
   private async openFile(): Promise<boolean> {
+    if (this.opts.budget?.spent) {
+      this.opts.budget.refused++;
+      return false; // the next poll tries again; nothing was read, so nothing is lost
+    }
     try {
       this.fh = await this.io.open(this.path);
       // The path may have been swapped between stat and open; trust the handle's identity.

@@ -7,7 +7,7 @@
 // the witness and visits everything.
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Config, Thresholds } from '../config/settings.js';
 import { Profiles } from '../config/profiles.js';
@@ -16,7 +16,7 @@ import { Actions } from '../actions/actions.js';
 import { Notifier } from '../notify/notify.js';
 import { DiscoveryCache, DiscoveryRetry, discoverRuns, listRunFiles, listRunFilesSync, roleOf, RunNameNotUtf8 } from '../source/discover.js';
 import { nameApart } from '../source/names.js';
-import { ASYNC_IO, FileTail, SYNC_IO } from '../source/tail.js';
+import { ASYNC_IO, FdBudget, FileTail, SYNC_IO } from '../source/tail.js';
 import { BusyRuns } from './busy.js';
 import { systemClock, type Clock } from './clock.js';
 import { Evaluator, QUIET_S } from './evaluator.js';
@@ -67,6 +67,8 @@ export class Watcher {
   private readonly events: FileEvents;
   /** the threshold profiles and which runs they apply to (config/profiles.ts) */
   readonly profiles: Profiles;
+  /** descriptors the tails may hold at once (source/tail.ts FdBudget) */
+  readonly fdBudget: FdBudget;
   /** big reads are also parsed on this thread (tail.parse-thread-bytes > 0) */
   private readonly parallel: ParallelParse | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -95,6 +97,7 @@ export class Watcher {
   ) {
     this.clock = opts.clock ?? systemClock;
     this.profiles = new Profiles(config);
+    this.fdBudget = new FdBudget(tailFdLimit(openFileLimit(), config['web.max-connections']));
     this.thresholds = this.profiles.forRun('').thresholds;
     const coalesceMs = config['tail.event-coalesce-ms'];
     const minBytes = config['tail.parse-thread-bytes'];
@@ -440,6 +443,7 @@ export class Watcher {
       rotateGraceMs: ROTATE_GRACE_MS,
       // --poll means NFS or Lustre, where a stat can hang: keep it off the event loop there.
       io: this.config.poll ? ASYNC_IO : SYNC_IO,
+      budget: this.fdBudget,
     });
     run.tails.set(name, tail);
     run.sinks.set(name, sink);
@@ -504,4 +508,23 @@ async function dirIno(dir: string, local: boolean): Promise<number> {
   } catch {
     return -2;
   }
+}
+
+/** Descriptors kept back from the tails for control files, audit logs, directory watches, the parse thread and the rest. */
+export const FD_RESERVE = 256;
+
+/** The tails' share of the descriptor limit: what is left after the HTTP connections and FD_RESERVE, at least 64. */
+export function tailFdLimit(nofile: number, maxConnections: number): number {
+  return Math.max(64, nofile - maxConnections - FD_RESERVE);
+}
+
+/** The process's soft limit on open files (Node raises it to the hard limit at start), from /proc/self/limits; 1024 when unknown. */
+export function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) return m[1] === 'unlimited' ? 1 << 20 : Number(m[1]);
+  } catch {
+    // not Linux: the usual default
+  }
+  return 1024;
 }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { FileTail, type TailSink } from '../../src/source/tail.js';
+import { FdBudget, FileTail, type TailSink } from '../../src/source/tail.js';
 import { tmpDir } from '../helpers/proc.js';
 
 class Collect implements TailSink {
@@ -188,4 +188,36 @@ test('a path that is not there yet is fine, and its first lines are read when it
   await tail.poll();
   assert.deepEqual(['a'], sink.lines);
   await done();
+});
+
+test('a descriptor budget: more files than it allows are all read, by read-and-close; no more than the budget is ever held, and put-off opens are counted', async () => {
+  const d = tmpDir('tw-tail-');
+  const budget = new FdBudget(3);
+  const files = Array.from({ length: 12 }, (_, i) => join(d.path, `heartbeat_rank${i}.jsonl`));
+  const sinks = files.map(() => new Collect());
+  const tails = files.map((p, i) => new FileTail(p, sinks[i], { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, budget }));
+  try {
+    for (const [round, p] of files.flatMap((p) => [0, 1].map((r) => [r, p] as const))) appendFileSync(p, `r${round}\n`);
+    // Every poll of every tail at once, as a sweep does; until each has read its two lines.
+    for (let pass = 0; pass < 20 && sinks.some((s) => s.lines.length < 2); pass++) await Promise.all(tails.map((t) => t.poll()));
+    assert.deepEqual(
+      sinks.map(() => ['r0', 'r1']),
+      sinks.map((s) => s.lines),
+    );
+    assert.equal(true, budget.peak <= 3, `peak ${budget.peak}`);
+    assert.equal(true, budget.refused > 0, 'some opens had to wait');
+    // Below the budget a tail keeps its file open, as without one; the count is exact.
+    assert.equal(tails.filter((t) => t.isOpen).length, budget.held);
+    assert.equal(true, budget.held < 3, `held ${budget.held}: a spent budget makes each tail close its file after reading`);
+    // Appends after a read-and-close are read from where it left off, not twice.
+    for (const p of files) appendFileSync(p, 'r2\n');
+    for (let pass = 0; pass < 20 && sinks.some((s) => s.lines.length < 3); pass++) await Promise.all(tails.map((t) => t.poll()));
+    assert.deepEqual(
+      sinks.map(() => ['r0', 'r1', 'r2']),
+      sinks.map((s) => s.lines),
+    );
+  } finally {
+    for (const t of tails) await t.close();
+    d.cleanup();
+  }
 });
