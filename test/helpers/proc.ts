@@ -1,6 +1,6 @@
 // Test helpers: temp dirs, free ports, the real trainwatch process, the simulated trainer.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -10,6 +10,30 @@ import { fileURLToPath } from 'node:url';
 export const REPO = resolve(fileURLToPath(new URL('.', import.meta.url)), '../../..');
 export const BIN = join(REPO, 'bin/trainwatch.js');
 export const SIM = join(REPO, 'scripts/sim_trainer.py');
+
+let shared: string | undefined;
+
+/**
+ * A trainwatch that any user can run (bin/, dist/, package.json, node_modules/), for tests that
+ * run it as another user (nobody): REPO itself when every directory down to it lets others
+ * through, otherwise a copy in the temp directory, made once per test process and removed at
+ * its exit. A checkout in a 0700 directory (mktemp -d, root's home) is then no obstacle.
+ */
+export function repoForAnyUser(): string {
+  if (shared) return shared;
+  let open = true;
+  for (let d = REPO; ; d = dirname(d)) {
+    if ((statSync(d).mode & 0o001) === 0) open = false;
+    if (dirname(d) === d) break;
+  }
+  if (open) return (shared = REPO);
+  const copy = mkdtempSync(join(tmpdir(), 'tw-any-user-'));
+  chmodSync(copy, 0o755);
+  const r = spawnSync('cp', ['-a', ...['bin', 'dist', 'package.json', 'node_modules'].map((n) => join(REPO, n)), copy], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cannot stage trainwatch for another user in ${copy}: ${r.stderr}`);
+  process.on('exit', () => rmSync(copy, { recursive: true, force: true }));
+  return (shared = copy);
+}
 
 /** A fresh temp directory, removed by the returned cleanup. */
 export function tmpDir(prefix = 'tw-test-'): { path: string; cleanup(): void } {

@@ -53,9 +53,21 @@ export interface Tw {
  * its arguments, so the pid we get is node's: setpriv, unshare, `sh -c '…; exec "$@"'`), and
  * registers its stop with `t.after` so it is killed on failure too.
  */
-export async function startTw(t: T, args: string[], opts: { wrap?: string[]; env?: Record<string, string> } = {}): Promise<Tw> {
+export async function startTw(
+  t: T,
+  args: string[],
+  opts: { wrap?: string[]; env?: Record<string, string>; /** where to run it from (repoForAnyUser() for another user) */ repo?: string } = {},
+): Promise<Tw> {
   const port = await freePort();
-  const argv = [process.execPath, BIN, '--web.listen-address', `127.0.0.1:${port}`, '--log.level', 'debug', ...args];
+  const argv = [
+    process.execPath,
+    opts.repo ? join(opts.repo, 'bin/trainwatch.js') : BIN,
+    '--web.listen-address',
+    `127.0.0.1:${port}`,
+    '--log.level',
+    'debug',
+    ...args,
+  ];
   const full = [...(opts.wrap ?? []), ...argv];
   const proc = spawn(full[0], full.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { requireBinary, scrape, waitFor } from '../helpers/proc.js';
+import { repoForAnyUser, requireBinary, scrape, waitFor } from '../helpers/proc.js';
 import { assertServing, record, scratch, startTw } from '../helpers/reliability.js';
 
 const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
@@ -56,7 +56,7 @@ describe('control files and the audit log', { concurrency: 1 }, () => {
       const dir = nanRun(base, 'locked-audit');
       chownSync(dir, 65534, 65534);
       writeFileSync(join(dir, AUDIT), '{"ts":1,"event":"resolved","episode":"x"}\n', { mode: 0o600 });
-      const tw = await startTw(t, ['--root', base, '--halt', '1'], { wrap: [setpriv, ...NOBODY] });
+      const tw = await startTw(t, ['--root', base, '--halt', '1'], { wrap: [setpriv, ...NOBODY], repo: repoForAnyUser() });
       await waitFor(() => existsSync(join(dir, '.HALT')), '.HALT despite the unreadable audit log');
       assert.equal('nonfinite_loss\n', readFileSync(join(dir, '.anomaly_type'), 'utf8'));
       const m = await scrape(tw.url);

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pyJson, requireBinary, waitFor } from '../helpers/proc.js';
+import { pyJson, repoForAnyUser, requireBinary, waitFor } from '../helpers/proc.js';
 import { killAtEnd, scratch, startTw } from '../helpers/reliability.js';
 
 type T = Parameters<typeof killAtEnd>[0];
@@ -88,6 +88,7 @@ test(
     const tw = await startTw(t, ['--root', base, '--halt', '1', '--watch.escalate-s', '1'], {
       env: { NSA_WATCH_HEARTBEAT_STALL_S: '2' },
       wrap: [setpriv, '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all'],
+      repo: repoForAnyUser(),
     });
     assert.deepEqual(Object.fromEntries(ranks.map((p) => [p.pid, 'unverified'])), await usr1Results(run, 2));
     for (const p of ranks) assert.equal(null, p.exitCode ?? p.signalCode, `pid ${p.pid} is alive`);

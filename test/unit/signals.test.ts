@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { holdsInto, MAX_FDS_EXAMINED, processUid, provenWriter, type ProcLinks, type ProcReader } from '../../src/actions/signals.js';
-import { REPO, requireBinary, tmpDir } from '../helpers/proc.js';
+import { repoForAnyUser, requireBinary, tmpDir } from '../helpers/proc.js';
 
 const BTIME = 1_700_000_000;
 const BOOT_TS = BTIME + 1000; // the trainer's boot record, 1000 s after the host booted
@@ -155,7 +155,7 @@ test('a real process of another user whose /proc entries are refused to an unpri
   const target = spawn('sleep', ['600'], { cwd: '/', stdio: 'ignore' });
   t.after(() => target.kill('SIGKILL'));
   // The reader: node as nobody, without capabilities, running holdsInto on root's process.
-  const code = `import('${REPO}/dist/src/actions/signals.js').then((m) => console.log(m.holdsInto(${target.pid}, '/')))`;
+  const code = `import('${repoForAnyUser()}/dist/src/actions/signals.js').then((m) => console.log(m.holdsInto(${target.pid}, '/')))`;
   const r = spawnSync(setpriv, ['--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', process.execPath, '-e', code], {
     encoding: 'utf8',
   });
