@@ -10,8 +10,8 @@ type Rec = { ts: number; msg: string; step: number; pid: number; rank: number; g
 const records = (dir: string, rank: number): Rec[] =>
   existsSync(join(dir, `heartbeat_rank${rank}.jsonl`))
     ? readFileSync(join(dir, `heartbeat_rank${rank}.jsonl`), 'utf8')
-        .trim()
         .split('\n')
+        .slice(0, -1) // whole lines only: the trainer may be writing the last one right now
         .map((l) => JSON.parse(l.replace(/\bNaN\b/g, 'null')) as Rec)
     : [];
 const read = (dir: string, f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : undefined);

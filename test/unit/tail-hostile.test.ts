@@ -39,8 +39,10 @@ function setup(io: TailIO = SYNC_IO, opts: Partial<{ startupBytes: number; start
   const d = tmpDir('tw-tailh-');
   const path = join(d.path, 'heartbeat_rank0.jsonl');
   const sink = new Collect();
-  // idleMs 0: a file written a moment ago counts as quiet, so idle release can be seen at once.
-  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io, idleMs: 0, ...opts });
+  // idleMs -1: a file written a moment ago counts as quiet, so idle release can be seen at once
+  // (not 0: Date.now() is whole milliseconds and mtime is not, so a file written within the
+  // current millisecond would look written in the future).
+  const tail = new FileTail(path, sink, { maxLineBytes: 1 << 20, startupBytes: 4096, startAtEnd: false, io, idleMs: -1, ...opts });
   return { d, path, sink, tail, done: async () => (await tail.close(), d.cleanup()) };
 }
 
