@@ -145,7 +145,7 @@ export function allProfiles(config: Pick<Config, 'profiles'>): Record<string, Pr
 
 /** The profile of a run under the default config: for tests and benchmarks that build runs by hand. */
 export function defaultRunProfile(): RunProfile {
-  return new Profiles(defaultConfig()).forRun('');
+  return new Profiles(defaultConfig()).base();
 }
 
 /** The profiles and rules of a config, checked; built once at start. */
@@ -178,10 +178,19 @@ export class Profiles {
         via = 'glob';
       }
     }
+    return this.make(name, via);
+  }
+
+  /** The profile of runs no glob matches: the global settings (a glob like `*` would match even ''). */
+  base(): RunProfile {
+    return this.make(DEFAULT_PROFILE, 'default');
+  }
+
+  // One object per profile and way of choosing it: runs share it.
+  private make(name: string, via: RunProfile['via']): RunProfile {
     const key = `${via}:${name}`;
     let p = this.cache.get(key);
     if (!p) {
-      // One object per profile: runs share it, and the metrics see one threshold set per profile.
       const merged = { ...this.config, ...(this.defined[name] ?? {}) } as Config;
       p = { name, via, thresholds: thresholdsOf(merged), halt: merged.halt };
       this.cache.set(key, p);

@@ -264,6 +264,8 @@ function renderRun(r: RunDoc, ui: Ui, now: number): string {
   const open = isOpen(r, ui);
   const sev = r.primary ? r.primary.severity : '';
   const live = VIEW.LIVENESS[r.liveness] || [String(r.liveness), ''];
+  // Shown twice: in the summary line, and in the body's directory line.
+  const liveSpan = '<span class="live ' + esc(r.liveness) + '" title="' + esc(live[1]) + '">' + esc(live[0]) + '</span>';
   const steps = r.ranks.map((k) => k.step).filter(isNum);
   const info = r.ranks.length + (r.ranks.length === 1 ? ' rank' : ' ranks') + (steps.length ? ' · step ' + fmtInt(Math.max(...steps)) : '');
   let body = '';
@@ -302,13 +304,9 @@ function renderRun(r: RunDoc, ui: Ui, now: number): string {
     (r.profile.halt ? '' : ' (no auto-halt)') +
     ' · ' +
     info +
-    ' · <span class="live ' +
-    esc(r.liveness) +
-    '" title="' +
-    esc(live[1]) +
-    '">' +
-    esc(live[0]) +
-    '</span></div>';
+    ' · ' +
+    liveSpan +
+    '</div>';
   if (open) body += rankTable(r, ui, now);
   const audit = (r.audit || [])
     .slice(-VIEW.AUDIT_LINES)
@@ -344,13 +342,8 @@ function renderRun(r: RunDoc, ui: Ui, now: number): string {
     '">' +
     esc(r.reason) +
     '</span>' +
-    '<span class="live ' +
-    esc(r.liveness) +
-    '" title="' +
-    esc(live[1]) +
-    '">' +
-    esc(live[0]) +
-    '</span></summary>' +
+    liveSpan +
+    '</summary>' +
     '<div class="body">' +
     body +
     '</div></details>'

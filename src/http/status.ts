@@ -98,7 +98,7 @@ export function statusJson(w: Watcher, now: number, version: string) {
     });
   }
   runs.sort((a, b) => severityRank(a) - severityRank(b) || (a.run < b.run ? -1 : a.run > b.run ? 1 : 0));
-  const profiles = Object.fromEntries([...new Set(w.runs.values())].map((r) => [r.profile.name, { ...r.profile.thresholds, halt: r.profile.halt }]));
+  const profiles = Object.fromEntries([...w.runs.values()].map((r) => [r.profile.name, { ...r.profile.thresholds, halt: r.profile.halt }]));
   return { version, now, mode: w.config.mode, halt: w.config.halt, watch: watchedPaths(w.config), thresholds: w.thresholds, profiles, states, runs };
 }
 

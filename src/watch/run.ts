@@ -78,7 +78,7 @@ export class Run implements RankTable, RunRef {
 
   /** How single records are classified (RankTable): this run's gate and fetch thresholds. */
   get params(): ReduceParams {
-    return paramsOf(this.profile);
+    return this.profile.thresholds;
   }
 
   /** Whether a halting anomaly writes .HALT in this run (RunRef): its profile's halt. */
@@ -102,23 +102,4 @@ export class Run implements RankTable, RunRef {
   get exited(): boolean {
     return this.liveness === 'exited';
   }
-}
-
-const PARAMS = new WeakMap<RunProfile, ReduceParams>();
-
-/** The reducer's parameters of a profile, made once per profile. */
-function paramsOf(p: RunProfile): ReduceParams {
-  let out = PARAMS.get(p);
-  if (!out) {
-    const t = p.thresholds;
-    out = {
-      gateEntropyMin: t.gateEntropyMin,
-      gateMaxThreshold: t.gateMaxThreshold,
-      gateCollapseFrac: t.gateCollapseFrac,
-      fetchStallRatio: t.fetchStallRatio,
-      fetchWarmupN: t.fetchWarmupN,
-    };
-    PARAMS.set(p, out);
-  }
-  return out;
 }

@@ -98,7 +98,7 @@ export class Watcher {
     this.clock = opts.clock ?? systemClock;
     this.profiles = new Profiles(config);
     this.fdBudget = new FdBudget(tailFdLimit(openFileLimit(), config['web.max-connections']));
-    this.thresholds = this.profiles.forRun('').thresholds;
+    this.thresholds = this.profiles.base().thresholds;
     const coalesceMs = config['tail.event-coalesce-ms'];
     const minBytes = config['tail.parse-thread-bytes'];
     // The thread failing costs speed only: its batches are parsed here from the same bytes.
